@@ -1,0 +1,41 @@
+# The two commands of the README:
+#   make test   set up a virtualenv, install tismet with its test extras, run the tests
+#   make demo   (arrives with the carbon and graphite-web plugins)
+# Other targets:
+#   make dev        build the extensions in place (PYTHONPATH=. python -c 'import tismet')
+#   make bench      run the engine benchmark side by side with whisper
+#   make sanitize   run the engine tests under AddressSanitizer and UBSan
+
+PYTHON ?= python3.11
+VENV ?= .venv
+VPY = $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: test dev bench sanitize clean venv demo
+
+$(VPY):
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+
+venv: $(VPY)
+	$(VPY) -m pip install -q ".[test]"
+
+test: venv
+	cd tests && ../$(VPY) -m pytest -p no:cacheprovider $(PYTEST_ARGS) .
+
+dev:
+	$(or $(shell command -v $(PYTHON)),python3) setup.py -q build_ext --inplace
+
+bench: venv
+	$(VPY) bench/engine.py
+
+sanitize:
+	$(PYTHON) -m pip install -q tox
+	$(PYTHON) -m tox -e sanitize
+
+demo:
+	@echo "make demo arrives with the carbon and graphite-web plugins (issues 3, 4 and 7)"; exit 1
+
+clean:
+	rm -rf build dist *.egg-info $(VENV) .tox tismet/*.so

@@ -1,0 +1,1237 @@
+/*
+ * db.c - database handles: open, locking, recovery, checkpoints, group
+ * commit, and the public API of tismet.h.
+ *
+ * A database directory holds (FORMAT.md):
+ *   lock     flock()ed by the one writer, holds its pid
+ *   pages    4 KiB pages, page 0 the superblock; mapped shared by everyone
+ *   catalog  append-only metric records (names, archives, page ownership)
+ *   wal      the preallocated write-ahead log (wal.c), writer only
+ *
+ * Process model (DESIGN.md): one writer process changes pages in place in
+ * its shared mapping under per-page seqlocks, after logging each change;
+ * reader processes map the same file read-only and copy pages under the
+ * seqlock, and follow the catalog up to the length the writer publishes in
+ * the superblock.  Nobody waits for anybody across processes.
+ *
+ * Within a process a handle is guarded by a rwlock: writes exclusive,
+ * reads shared.  The group-commit thread syncs the log without that lock.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "wal.h"
+
+#define RESERVE_BYTES (1ull << 42)   /* 4 TiB of address space for pages */
+#define GROW_MIN_PAGES 256u
+
+struct tsm_db {
+    tsm_options opts;
+    const tsm_io *io;
+    char dir[3500];
+    char pages_path[4096], catalog_path[4096], lock_path[4096], wal_path[4096];
+    int lock_fd, pages_fd, catalog_fd;
+    uint8_t *base;                  /* reserved region; pages mapped from 0 */
+    _Atomic uint64_t mapped_pages;
+    pthread_mutex_t map_mu;
+    tsm_superblock *sb;
+    pthread_rwlock_t rw;
+    tsm_catalog cat;
+    uint64_t catalog_size;          /* bytes of catalog applied */
+    uint64_t catalog_gen;
+    /* writer only */
+    tsm_wal wal;
+    int has_wal;
+    uint64_t next_lsn;
+    uint32_t next_page;             /* high-water mark of used pages */
+    uint32_t *free_pages;
+    size_t nfree, free_cap;
+    uint32_t *dirty;
+    size_t ndirty, dirty_cap;
+    tsm_buf scratch[2];
+    tsm_update_scratch *upd;
+    int closed;                     /* set by tsm_close under the write lock */
+    _Atomic int fatal;              /* sticky failure code, 0 when healthy */
+    char fatal_msg[512];
+    tsm_db_stats st;
+    /* group commit */
+    pthread_t committer;
+    int committer_running;
+    pthread_mutex_t commit_mu;
+    pthread_cond_t commit_cv;
+    int stopping;
+};
+
+/* ------------------------------------------------------------ small helpers */
+
+void tsm_options_init(tsm_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->durability = TSM_DURABLE_GROUP;
+    o->commit_interval_ms = 200;
+    o->wal_bytes = 64ull << 20;
+}
+
+tsm_buf *tsm_db_scratch(tsm_db *db, int which) { return &db->scratch[which]; }
+
+tsm_update_scratch **tsm_db_update_scratch(tsm_db *db) { return &db->upd; }
+
+uint64_t tsm_db_next_lsn(tsm_db *db) { return db->next_lsn; }
+
+uint8_t *tsm_db_page_ptr(tsm_db *db, uint32_t pno)
+{
+    return db->base + (size_t)pno * TSM_PAGE_SIZE;
+}
+
+static int push_u32(uint32_t **v, size_t *n, size_t *cap, uint32_t x)
+{
+    if (*n == *cap) {
+        size_t c = *cap ? *cap * 2 : 256;
+        uint32_t *p = realloc(*v, c * sizeof *p);
+        if (!p)
+            return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+        *v = p;
+        *cap = c;
+    }
+    (*v)[(*n)++] = x;
+    return TSM_OK;
+}
+
+void tsm_db_note_dirty(tsm_db *db, uint32_t pno)
+{
+    if (push_u32(&db->dirty, &db->ndirty, &db->dirty_cap, pno) != TSM_OK)
+        atomic_store(&db->fatal, TSM_ENOMEM);
+}
+
+static void free_sink(void *ctx, uint32_t pno)
+{
+    tsm_db *db = ctx;
+    if (!db->opts.readonly)
+        push_u32(&db->free_pages, &db->nfree, &db->free_cap, pno);
+}
+
+/* Enter the sticky failed state (LMDB's MDB_FATAL_ERROR). */
+static int set_fatal(tsm_db *db, int rc)
+{
+    if (rc == TSM_EIO || rc == TSM_ENOSPC || rc == TSM_ENOMEM || rc == TSM_ECORRUPT) {
+        tsm_error e;
+        tsm_last_error(&e);
+        int expected = 0;
+        if (atomic_compare_exchange_strong(&db->fatal, &expected, rc))
+            snprintf(db->fatal_msg, sizeof db->fatal_msg, "%s", e.message);
+    }
+    return rc;
+}
+
+static int closed_error(void)
+{
+    return tsm_fail(TSM_ECLOSED, 0, "", -1, "the database handle is closed");
+}
+
+/* Take the write lock for a change; on failure the lock is not held. */
+static int write_begin(tsm_db *db)
+{
+    if (db->opts.readonly)
+        return tsm_fail(TSM_EREADONLY, 0, db->dir, -1, "database %s is open read-only", db->dir);
+    pthread_rwlock_wrlock(&db->rw);
+    if (db->closed) {
+        pthread_rwlock_unlock(&db->rw);
+        return closed_error();
+    }
+    int f = atomic_load(&db->fatal);
+    if (f) {
+        pthread_rwlock_unlock(&db->rw);
+        return tsm_fail(TSM_EFATAL, 0, db->dir, -1,
+                        "an earlier failure (%s: %s) stopped writes; reopen the database",
+                        tsm_strerror(f), db->fatal_msg);
+    }
+    return TSM_OK;
+}
+
+/* ------------------------------------------------------------ page file */
+
+static int map_to(tsm_db *db, uint64_t pages)
+{
+    pthread_mutex_lock(&db->map_mu);
+    uint64_t have = atomic_load(&db->mapped_pages);
+    int rc = TSM_OK;
+    if (pages > have) {
+        if (pages * TSM_PAGE_SIZE > RESERVE_BYTES)
+            rc = tsm_fail(TSM_ENOSPC, 0, db->pages_path, -1, "page file exceeds 4 TiB");
+        else if (db->io->map(db->base + have * TSM_PAGE_SIZE, (pages - have) * TSM_PAGE_SIZE,
+                             db->pages_fd, (off_t)(have * TSM_PAGE_SIZE), !db->opts.readonly) != 0)
+            rc = tsm_io_error(errno, db->pages_path, "map");
+        else
+            atomic_store(&db->mapped_pages, pages);
+    }
+    pthread_mutex_unlock(&db->map_mu);
+    return rc;
+}
+
+static int file_pages(tsm_db *db, uint64_t *pages)
+{
+    off_t sz;
+    if (db->io->size(db->pages_fd, &sz) != 0)
+        return tsm_io_error(errno, db->pages_path, "stat");
+    *pages = (uint64_t)sz / TSM_PAGE_SIZE;
+    return TSM_OK;
+}
+
+/* Make sure page pno is inside the file and mapped (writer: grow). */
+static int ensure_page(tsm_db *db, uint32_t pno)
+{
+    if (pno < atomic_load(&db->mapped_pages))
+        return TSM_OK;
+    uint64_t have;
+    int rc = file_pages(db, &have);
+    if (rc)
+        return rc;
+    if (pno >= have) {
+        if (db->opts.readonly)
+            return tsm_fail(TSM_ECORRUPT, 0, db->pages_path, (int64_t)pno * TSM_PAGE_SIZE,
+                            "page %u is beyond the end of %s", pno, db->pages_path);
+        uint64_t want = have + (have / 8 > GROW_MIN_PAGES ? have / 8 : GROW_MIN_PAGES);
+        if (want <= pno)
+            want = (uint64_t)pno + GROW_MIN_PAGES;
+        if (db->io->allocate(db->pages_fd, (off_t)(have * TSM_PAGE_SIZE),
+                             (off_t)((want - have) * TSM_PAGE_SIZE)) != 0)
+            return tsm_io_error(errno, db->pages_path, "extend");
+        have = want;
+    }
+    rc = map_to(db, have);
+    if (rc == TSM_OK && !db->opts.readonly)
+        atomic_store(&db->sb->npages, have);
+    return rc;
+}
+
+int tsm_db_read_page(tsm_db *db, uint32_t pno, tsm_page_copy *copy)
+{
+    int rc = ensure_page(db, pno);
+    if (rc)
+        return rc;
+    rc = tsm_page_read(tsm_db_page_ptr(db, pno), copy);
+    if (rc == TSM_EBUSY)
+        return tsm_fail(TSM_EBUSY, 0, db->pages_path, (int64_t)pno * TSM_PAGE_SIZE,
+                        "page %u of %s stayed mid-update: its writer died; "
+                        "opening the database for writing recovers it", pno, db->pages_path);
+    return rc ? rc : tsm_page_verify(copy, db->pages_path, pno);
+}
+
+/* ------------------------------------------------------------ logging */
+
+static int publish_catalog(tsm_db *db, const uint8_t *rec, size_t len)
+{
+    int rc = tsm_io_write_full(db->io, db->catalog_fd, rec, len, (off_t)db->catalog_size,
+                               db->catalog_path);
+    if (rc)
+        return rc;
+    db->catalog_size += len;
+    atomic_store_explicit(&db->sb->catalog_len, db->catalog_size, memory_order_release);
+    return TSM_OK;
+}
+
+static int checkpoint_locked(tsm_db *db);
+
+/* Append one finished record (whose LSN must be next_lsn) to the log; for
+ * catalog records also to the catalog, applied to the metric table. */
+int tsm_db_log(tsm_db *db, tsm_buf *b, bool catalog)
+{
+    /* the record was just built by tsm_rec_finish: read its header back */
+    tsm_rec r;
+    memcpy(&r.len, b->data + 4, 4);
+    memcpy(&r.lsn, b->data + 8, 8);
+    r.type = b->data[16];
+    r.body = b->data + TSM_REC_HDR;
+    if (r.len != b->len || r.lsn != db->next_lsn)
+        return tsm_fail(TSM_EINVAL, 0, "", -1, "internal: malformed record");
+    if (tsm_wal_room(&db->wal) < r.len + 8) {
+        int rc = checkpoint_locked(db);
+        if (rc)
+            return set_fatal(db, rc);
+        if (tsm_wal_room(&db->wal) < r.len + 8)
+            return tsm_fail(TSM_ETOOBIG, 0, db->wal_path, -1,
+                            "one change of %u bytes exceeds the log size: write fewer points per call",
+                            r.len);
+    }
+    int rc = tsm_wal_append(&db->wal, b->data, r.len,
+                            db->opts.durability == TSM_DURABLE_SYNC);
+    if (rc)
+        return set_fatal(db, rc);
+    db->next_lsn++;
+    db->st.wal_bytes_written += r.len;
+    atomic_store_explicit(&db->sb->last_lsn, r.lsn, memory_order_relaxed);
+    if (catalog) {
+        rc = tsm_catalog_apply(&db->cat, &r, free_sink, db);
+        if (!rc)
+            rc = publish_catalog(db, b->data, r.len);
+        if (rc)
+            return set_fatal(db, rc);
+    }
+    return TSM_OK;
+}
+
+int tsm_db_alloc_page(tsm_db *db, tsm_metric *m, uint16_t archive, uint32_t ring,
+                      uint32_t *out)
+{
+    uint32_t pno;
+    if (db->nfree)
+        pno = db->free_pages[--db->nfree];
+    else
+        pno = db->next_page;
+    int rc = ensure_page(db, pno);
+    if (rc)
+        return set_fatal(db, rc);
+    if (pno == db->next_page)
+        db->next_page++;
+    tsm_buf *b = &db->scratch[1];
+    b->len = 0;
+    size_t start;
+    uint8_t body[16] = {0};
+    memcpy(body, &m->id, 4);
+    memcpy(body + 4, &archive, 2);
+    memcpy(body + 8, &ring, 4);
+    memcpy(body + 12, &pno, 4);
+    rc = tsm_rec_begin(b, TSM_REC_ALLOC, db->next_lsn, &start);
+    if (!rc)
+        rc = tsm_rec_put(b, body, sizeof body);
+    if (rc)
+        return rc;
+    tsm_rec_finish(b, start);
+    uint64_t lsn = db->next_lsn;
+    rc = tsm_db_log(db, b, true);
+    if (rc)
+        return rc;
+    uint8_t *page = tsm_db_page_ptr(db, pno);
+    tsm_page_id id = {m->id, archive, ring};
+    tsm_page_write_begin(page);
+    tsm_page_init(page, &id, m->arch[archive].seconds_per_point, m->arch[archive].points, lsn);
+    tsm_page_write_end(page);
+    tsm_db_note_dirty(db, pno);
+    *out = pno;
+    return TSM_OK;
+}
+
+/* After a write call: sync mode makes the log durable before returning. */
+static int finish_write(tsm_db *db, int rc)
+{
+    if (rc == TSM_OK && db->opts.durability == TSM_DURABLE_SYNC) {
+        rc = tsm_wal_sync(&db->wal);
+        if (rc)
+            set_fatal(db, rc);
+    }
+    if (rc == TSM_OK && tsm_wal_room(&db->wal) < db->wal.size / 2) {
+        rc = checkpoint_locked(db);
+        if (rc)
+            set_fatal(db, rc);
+    }
+    if (atomic_load(&db->fatal) == TSM_ENOMEM && rc == TSM_OK)
+        rc = tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory tracking dirty pages");
+    return rc;
+}
+
+/* ------------------------------------------------------------ checkpoint */
+
+static int checkpoint_locked(tsm_db *db)
+{
+    for (size_t i = 0; i < db->ndirty; i++) {
+        uint8_t *page = tsm_db_page_ptr(db, db->dirty[i]);
+        tsm_page_write_begin(page);
+        tsm_page_seal(page);
+        tsm_page_write_end(page);
+    }
+    db->ndirty = 0;
+    uint64_t mapped = atomic_load(&db->mapped_pages);
+    if (db->io->msync(db->base, mapped * TSM_PAGE_SIZE) != 0)
+        return tsm_io_error(errno, db->pages_path, "sync");
+    if (db->io->datasync(db->catalog_fd) != 0)
+        return tsm_io_error(errno, db->catalog_path, "sync");
+    int rc = tsm_wal_reset(&db->wal, db->next_lsn - 1);
+    if (rc == TSM_OK)
+        db->st.checkpoints++;
+    return rc;
+}
+
+/* ------------------------------------------------------------ group commit */
+
+static void *committer_main(void *arg)
+{
+    tsm_db *db = arg;
+    pthread_mutex_lock(&db->commit_mu);
+    while (!db->stopping) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)db->opts.commit_interval_ms * 1000000ull;
+        ts.tv_sec += (time_t)(ns / 1000000000ull);
+        ts.tv_nsec = (long)(ns % 1000000000ull);
+        pthread_cond_timedwait(&db->commit_cv, &db->commit_mu, &ts);
+        if (db->stopping)
+            break;
+        pthread_mutex_unlock(&db->commit_mu);
+        if (!atomic_load(&db->fatal)) {
+            int rc = tsm_wal_sync(&db->wal);
+            if (rc)
+                set_fatal(db, rc);
+        }
+        pthread_mutex_lock(&db->commit_mu);
+    }
+    pthread_mutex_unlock(&db->commit_mu);
+    return NULL;
+}
+
+static void stop_committer(tsm_db *db)
+{
+    if (!db->committer_running)
+        return;
+    pthread_mutex_lock(&db->commit_mu);
+    db->stopping = 1;
+    pthread_cond_signal(&db->commit_cv);
+    pthread_mutex_unlock(&db->commit_mu);
+    pthread_join(db->committer, NULL);
+    db->committer_running = 0;
+}
+
+/* ------------------------------------------------------------ recovery */
+
+typedef struct replay_ctx {
+    tsm_db *db;
+    uint64_t applied;
+} replay_ctx;
+
+static int replay_update(tsm_db *db, const tsm_rec *r)
+{
+    uint32_t ngroups;
+    memcpy(&ngroups, r->body + 4, 4);
+    size_t off = 8;
+    for (uint32_t g = 0; g < ngroups; g++) {
+        uint32_t pno;
+        uint16_t cnt;
+        memcpy(&pno, r->body + off, 4);
+        memcpy(&cnt, r->body + off + 4, 2);
+        off += 8;
+        int rc = ensure_page(db, pno);
+        if (rc)
+            return rc;
+        uint8_t *page = tsm_db_page_ptr(db, pno);
+        tsm_page_reset_seq(page);
+        if (tsm_page_lsn(page) < r->lsn) {
+            tsm_page_write_begin(page);
+            for (uint16_t k = 0; k < cnt; k++) {
+                const uint8_t *e = r->body + off + (size_t)k * 16;
+                uint16_t slot;
+                uint32_t tag;
+                double v;
+                memcpy(&slot, e, 2);
+                memcpy(&tag, e + 4, 4);
+                memcpy(&v, e + 8, 8);
+                if (slot < TSM_SLOTS)
+                    tsm_page_set_slot(page, slot, tag, v);
+            }
+            tsm_page_set_lsn(page, r->lsn);
+            tsm_page_write_end(page);
+        }
+        if (tsm_page_mark_dirty(page))
+            tsm_db_note_dirty(db, pno);
+        off += (size_t)cnt * 16;
+    }
+    return TSM_OK;
+}
+
+static int replay_alloc(tsm_db *db, const tsm_rec *r)
+{
+    uint32_t id, ring, pno;
+    uint16_t a;
+    memcpy(&id, r->body, 4);
+    memcpy(&a, r->body + 4, 2);
+    memcpy(&ring, r->body + 8, 4);
+    memcpy(&pno, r->body + 12, 4);
+    int rc = ensure_page(db, pno);
+    if (rc)
+        return rc;
+    tsm_metric *m = tsm_catalog_by_id(&db->cat, id);
+    uint8_t *page = tsm_db_page_ptr(db, pno);
+    tsm_page_reset_seq(page);
+    if (m && a < m->narch && tsm_page_lsn(page) < r->lsn) {
+        tsm_page_id pid = {id, a, ring};
+        tsm_page_write_begin(page);
+        tsm_page_init(page, &pid, m->arch[a].seconds_per_point, m->arch[a].points, r->lsn);
+        tsm_page_write_end(page);
+    }
+    if (tsm_page_mark_dirty(page))
+        tsm_db_note_dirty(db, pno);
+    if (pno >= db->next_page)
+        db->next_page = pno + 1;
+    return TSM_OK;
+}
+
+static int replay_one(void *arg, const tsm_rec *r)
+{
+    replay_ctx *c = arg;
+    tsm_db *db = c->db;
+    if (r->lsn <= db->wal.checkpoint_lsn)
+        return TSM_OK;
+    c->applied++;
+    int rc = TSM_OK;
+    if (r->type != TSM_REC_UPDATE && r->lsn > db->cat.max_lsn) {
+        rc = tsm_catalog_apply(&db->cat, r, NULL, NULL);
+        if (!rc)
+            rc = publish_catalog(db, (const uint8_t *)r->body - TSM_REC_HDR, r->len);
+    }
+    if (!rc && r->type == TSM_REC_ALLOC)
+        rc = replay_alloc(db, r);
+    if (!rc && r->type == TSM_REC_UPDATE)
+        rc = replay_update(db, r);
+    return rc;
+}
+
+/* Free list: every page below the high-water mark that no metric owns. */
+static int build_free_list(tsm_db *db)
+{
+    uint8_t *used = calloc(db->next_page + 1, 1);
+    if (!used)
+        return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+    used[0] = 1;
+    for (size_t i = 0; i < db->cat.by_id_cap; i++) {
+        tsm_metric *m = db->cat.by_id[i];
+        for (unsigned a = 0; m && a < m->narch; a++)
+            for (uint32_t r = 0; m->pages[a] && r < tsm_ring_pages(&m->arch[a]); r++)
+                if (m->pages[a][r] && m->pages[a][r] < db->next_page)
+                    used[m->pages[a][r]] = 1;
+    }
+    db->nfree = 0;
+    int rc = TSM_OK;
+    for (uint32_t p = db->next_page; p-- > 1 && !rc;)
+        if (!used[p])
+            rc = push_u32(&db->free_pages, &db->nfree, &db->free_cap, p);
+    free(used);
+    return rc;
+}
+
+static uint32_t max_owned_page(const tsm_catalog *c)
+{
+    uint32_t hi = 0;
+    for (size_t i = 0; i < c->by_id_cap; i++) {
+        tsm_metric *m = c->by_id[i];
+        for (unsigned a = 0; m && a < m->narch; a++)
+            for (uint32_t r = 0; m->pages[a] && r < tsm_ring_pages(&m->arch[a]); r++)
+                if (m->pages[a][r] > hi)
+                    hi = m->pages[a][r];
+    }
+    return hi;
+}
+
+/* Read the catalog file and apply it; a torn tail is cut off (writer). */
+static int load_catalog(tsm_db *db, uint64_t upto)
+{
+    uint64_t from = db->catalog_size;
+    if (upto <= from)
+        return TSM_OK;
+    size_t n = (size_t)(upto - from);
+    uint8_t *buf = malloc(n ? n : 1);
+    if (!buf)
+        return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+    int rc = tsm_io_read_full(db->io, db->catalog_fd, buf, n, (off_t)from, db->catalog_path);
+    size_t used = 0;
+    if (!rc)
+        rc = tsm_catalog_load(&db->cat, buf, n, &used, NULL, NULL);
+    free(buf);
+    if (rc)
+        return rc == TSM_ECORRUPT
+                   ? tsm_fail(TSM_ECORRUPT, 0, db->catalog_path, (int64_t)(from + used),
+                              "%s: inconsistent record at offset %llu", db->catalog_path,
+                              (unsigned long long)(from + used))
+                   : rc;
+    if (used < n && (db->opts.readonly || n - used > 3 * TSM_PAGE_SIZE))
+        return tsm_fail(TSM_ECORRUPT, 0, db->catalog_path, (int64_t)(from + used),
+                        "%s: damaged record at offset %llu", db->catalog_path,
+                        (unsigned long long)(from + used));
+    if (used < n && db->io->truncate(db->catalog_fd, (off_t)(from + used)) != 0)
+        return tsm_io_error(errno, db->catalog_path, "truncate");
+    db->catalog_size = from + used;
+    return TSM_OK;
+}
+
+/* ------------------------------------------------------------ open/close */
+
+static int take_lock(tsm_db *db)
+{
+    db->lock_fd = db->io->open(db->lock_path, O_RDWR | O_CREAT, 0644);
+    if (db->lock_fd < 0)
+        return tsm_io_error(errno, db->lock_path, "open");
+    if (db->io->lock(db->lock_fd) != 0) {
+        int err = errno;
+        if (err != EWOULDBLOCK && err != EAGAIN)
+            return tsm_io_error(err, db->lock_path, "lock");
+        char buf[32] = {0};
+        long pid = 0;
+        for (int i = 0; i < 50 && pid <= 0; i++) {
+            ssize_t k = db->io->pread(db->lock_fd, buf, sizeof buf - 1, 0);
+            pid = k > 0 ? strtol(buf, NULL, 10) : 0;
+            if (pid <= 0)
+                usleep(1000);
+        }
+        tsm_fail(TSM_ELOCKED, 0, db->lock_path, -1,
+                 "database %s is locked by writer process %ld", db->dir, pid);
+        tsm_fail_pid(pid);
+        return TSM_ELOCKED;
+    }
+    char buf[32];
+    int len = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+    if (db->io->truncate(db->lock_fd, 0) != 0)
+        return tsm_io_error(errno, db->lock_path, "truncate");
+    return tsm_io_write_full(db->io, db->lock_fd, buf, (size_t)len, 0, db->lock_path);
+}
+
+static int open_pages(tsm_db *db)
+{
+    int flags = db->opts.readonly ? O_RDONLY : O_RDWR | O_CREAT;
+    db->pages_fd = db->io->open(db->pages_path, flags, 0644);
+    if (db->pages_fd < 0)
+        return errno == ENOENT && db->opts.readonly
+                   ? tsm_fail(TSM_ENODB, ENOENT, db->dir, -1, "no tismet database in %s", db->dir)
+                   : tsm_io_error(errno, db->pages_path, "open");
+    uint64_t have;
+    int rc = file_pages(db, &have);
+    if (rc)
+        return rc;
+    if (have == 0 && db->opts.readonly)
+        return tsm_fail(TSM_ENODB, 0, db->dir, -1, "no tismet database in %s", db->dir);
+    if (have == 0) {
+        uint8_t page[TSM_PAGE_SIZE] = {0};
+        tsm_sb_init((tsm_superblock *)page);
+        rc = tsm_io_write_full(db->io, db->pages_fd, page, sizeof page, 0, db->pages_path);
+        if (!rc && db->io->allocate(db->pages_fd, TSM_PAGE_SIZE,
+                                    (GROW_MIN_PAGES - 1) * TSM_PAGE_SIZE) != 0)
+            rc = tsm_io_error(errno, db->pages_path, "extend");
+        if (!rc && db->io->datasync(db->pages_fd) != 0)
+            rc = tsm_io_error(errno, db->pages_path, "sync");
+        if (rc)
+            return rc;
+        have = GROW_MIN_PAGES;
+    }
+    db->base = db->io->reserve(RESERVE_BYTES);
+    if (!db->base)
+        return tsm_fail(TSM_ENOMEM, ENOMEM, db->pages_path, -1, "cannot reserve address space");
+    rc = map_to(db, have);
+    if (rc)
+        return rc;
+    db->sb = (tsm_superblock *)db->base;
+    return tsm_sb_check(db->sb, db->pages_path);
+}
+
+static int open_writer(tsm_db *db)
+{
+    int rc = tsm_wal_open(&db->wal, db->io, db->wal_path, db->opts.wal_bytes);
+    if (rc)
+        return rc;
+    db->has_wal = 1;
+    db->cat.max_lsn = 0;
+    off_t csize;
+    if (db->io->size(db->catalog_fd, &csize) != 0)
+        return tsm_io_error(errno, db->catalog_path, "stat");
+    rc = load_catalog(db, (uint64_t)csize);
+    if (rc)
+        return rc;
+    db->next_page = max_owned_page(&db->cat) + 1;
+    db->next_lsn = db->wal.start_lsn;
+    if (db->cat.max_lsn >= db->next_lsn)
+        db->next_lsn = db->cat.max_lsn + 1;
+    atomic_store(&db->sb->catalog_len, db->catalog_size);
+    replay_ctx ctx = {db, 0};
+    uint64_t last;
+    rc = tsm_wal_scan(&db->wal, replay_one, &ctx, &last);
+    if (rc)
+        return rc;
+    if (last + 1 > db->next_lsn)
+        db->next_lsn = last + 1;
+    rc = build_free_list(db);
+    if (rc)
+        return rc;
+    atomic_store(&db->sb->writer_pid, (uint64_t)getpid());
+    atomic_store(&db->sb->npages, atomic_load(&db->mapped_pages));
+    return checkpoint_locked(db);
+}
+
+static int open_all(tsm_db *db, const char *path)
+{
+    struct stat st;
+    if (!db->opts.readonly && stat(path, &st) != 0 && db->io->mkdir(path) != 0 && errno != EEXIST)
+        return tsm_io_error(errno, path, "create directory");
+    if (db->opts.readonly && stat(path, &st) != 0)
+        return tsm_fail(TSM_ENODB, ENOENT, path, -1, "no tismet database in %s", path);
+    if (!db->opts.readonly) {
+        int rc = take_lock(db);
+        if (rc)
+            return rc;
+    }
+    int rc = open_pages(db);
+    if (rc)
+        return rc;
+    int flags = db->opts.readonly ? O_RDONLY : O_RDWR | O_CREAT;
+    db->catalog_fd = db->io->open(db->catalog_path, flags, 0644);
+    if (db->catalog_fd < 0)
+        return tsm_io_error(errno, db->catalog_path, "open");
+    if (db->opts.readonly) {
+        db->catalog_gen = atomic_load(&db->sb->catalog_gen);
+        return load_catalog(db, atomic_load_explicit(&db->sb->catalog_len, memory_order_acquire));
+    }
+    return open_writer(db);
+}
+
+/* Give back files, mappings and memory; the struct and its locks stay. */
+static void release_resources(tsm_db *db)
+{
+    if (db->has_wal)
+        tsm_wal_close(&db->wal);
+    db->has_wal = 0;
+    if (db->base)
+        db->io->unmap(db->base, RESERVE_BYTES);
+    db->base = NULL;
+    db->sb = NULL;
+    if (db->pages_fd >= 0)
+        db->io->close(db->pages_fd);
+    if (db->catalog_fd >= 0)
+        db->io->close(db->catalog_fd);
+    if (db->lock_fd >= 0)
+        db->io->close(db->lock_fd);
+    db->pages_fd = db->catalog_fd = db->lock_fd = -1;
+    tsm_catalog_free(&db->cat);
+    free(db->free_pages);
+    free(db->dirty);
+    db->free_pages = db->dirty = NULL;
+    db->nfree = db->free_cap = db->ndirty = db->dirty_cap = 0;
+    tsm_buf_free(&db->scratch[0]);
+    tsm_buf_free(&db->scratch[1]);
+    tsm_update_scratch_free(db->upd);
+    db->upd = NULL;
+}
+
+static void free_handle(tsm_db *db)
+{
+    pthread_rwlock_destroy(&db->rw);
+    pthread_mutex_destroy(&db->map_mu);
+    pthread_mutex_destroy(&db->commit_mu);
+    pthread_cond_destroy(&db->commit_cv);
+    free(db);
+}
+
+int tsm_open(const char *path, const tsm_options *opts, tsm_db **out)
+{
+    *out = NULL;
+    tsm_options o;
+    if (opts)
+        o = *opts;
+    else
+        tsm_options_init(&o);
+    if (o.durability < TSM_DURABLE_NONE || o.durability > TSM_DURABLE_SYNC ||
+        o.commit_interval_ms == 0 || o.commit_interval_ms > 1000 ||
+        o.wal_bytes < (1u << 20) || strlen(path) >= 3400)
+        return tsm_fail(TSM_EINVAL, 0, "", -1,
+                        "invalid options: durability 0-2, commit interval 1-1000 ms, "
+                        "log at least 1 MiB, path under 3400 bytes");
+    tsm_db *db = calloc(1, sizeof *db);
+    if (!db)
+        return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+    db->opts = o;
+    db->io = &tsm_posix_io;
+    db->lock_fd = db->pages_fd = db->catalog_fd = -1;
+    snprintf(db->dir, sizeof db->dir, "%s", path);
+    snprintf(db->pages_path, sizeof db->pages_path, "%s/pages", path);
+    snprintf(db->catalog_path, sizeof db->catalog_path, "%s/catalog", path);
+    snprintf(db->lock_path, sizeof db->lock_path, "%s/lock", path);
+    snprintf(db->wal_path, sizeof db->wal_path, "%s/wal", path);
+    pthread_rwlock_init(&db->rw, NULL);
+    pthread_mutex_init(&db->map_mu, NULL);
+    pthread_mutex_init(&db->commit_mu, NULL);
+    pthread_cond_init(&db->commit_cv, NULL);
+    int rc = tsm_catalog_init(&db->cat);
+    if (!rc)
+        rc = open_all(db, path);
+    if (!rc && !o.readonly && o.durability == TSM_DURABLE_GROUP) {
+        if (pthread_create(&db->committer, NULL, committer_main, db) != 0)
+            rc = tsm_fail(TSM_ENOMEM, 0, "", -1, "cannot start the group-commit thread");
+        else
+            db->committer_running = 1;
+    }
+    if (rc) {
+        tsm_error e;
+        tsm_last_error(&e);
+        stop_committer(db);
+        release_resources(db);
+        free_handle(db);
+        /* keep the original error for the caller */
+        tsm_fail(rc, e.sys_errno, e.file, e.offset, "%s", e.message);
+        tsm_fail_pid(e.pid);
+        return rc;
+    }
+    *out = db;
+    return TSM_OK;
+}
+
+int tsm_close(tsm_db *db)
+{
+    if (!db)
+        return TSM_OK;
+    pthread_rwlock_wrlock(&db->rw);
+    if (db->closed) {
+        pthread_rwlock_unlock(&db->rw);
+        return TSM_OK;
+    }
+    pthread_rwlock_unlock(&db->rw);
+    stop_committer(db);
+    pthread_rwlock_wrlock(&db->rw);
+    int rc = TSM_OK;
+    if (!db->closed) {
+        if (!db->opts.readonly) {
+            int f = atomic_load(&db->fatal);
+            rc = f ? tsm_fail(TSM_EFATAL, 0, db->dir, -1,
+                              "closing after an earlier failure (%s): the log recovers "
+                              "what was promised at the next open", db->fatal_msg)
+                   : checkpoint_locked(db);
+            if (rc == TSM_OK)
+                atomic_store(&db->sb->writer_pid, 0);
+        }
+        release_resources(db);
+        db->closed = 1;
+    }
+    pthread_rwlock_unlock(&db->rw);
+    return rc;
+}
+
+void tsm_release(tsm_db *db)
+{
+    if (!db)
+        return;
+    tsm_close(db);
+    free_handle(db);
+}
+
+/* ------------------------------------------------------------ readers */
+
+/* Readers follow the catalog the writer publishes in the superblock. */
+/* Bring a reader's catalog up to what the writer has published.  Called
+ * with the read lock held; may trade it for the write lock and back. */
+static int refresh(tsm_db *db)
+{
+    uint64_t len = atomic_load_explicit(&db->sb->catalog_len, memory_order_acquire);
+    uint64_t gen = atomic_load(&db->sb->catalog_gen);
+    if (len == db->catalog_size && gen == db->catalog_gen)
+        return TSM_OK;
+    pthread_rwlock_unlock(&db->rw);
+    pthread_rwlock_wrlock(&db->rw);
+    int rc = TSM_OK;
+    if (db->closed)
+        rc = closed_error();
+    else if (gen != db->catalog_gen || len < db->catalog_size) {
+        tsm_catalog_free(&db->cat);
+        rc = tsm_catalog_init(&db->cat);
+        db->catalog_size = 0;
+        db->catalog_gen = gen;
+    }
+    if (!rc)
+        rc = load_catalog(db, len);
+    pthread_rwlock_unlock(&db->rw);
+    pthread_rwlock_rdlock(&db->rw);
+    if (!rc && db->closed)
+        rc = closed_error();
+    return rc;
+}
+
+/* Take the read lock for a query; on failure the lock is not held. */
+static int read_begin(tsm_db *db)
+{
+    pthread_rwlock_rdlock(&db->rw);
+    int rc = db->closed ? closed_error() : TSM_OK;
+    if (!rc && db->opts.readonly)
+        rc = refresh(db);
+    if (rc)
+        pthread_rwlock_unlock(&db->rw);
+    return rc;
+}
+
+/* ------------------------------------------------------------ API */
+
+static int lookup(tsm_db *db, const char *name, size_t len, tsm_metric **m)
+{
+    int rc = tsm_check_name(name, len);
+    if (rc)
+        return rc;
+    *m = tsm_catalog_get(&db->cat, name, len);
+    if (!*m)
+        return tsm_fail(TSM_ENOTFOUND, 0, "", -1, "no metric named '%.*s'",
+                        (int)(len > 200 ? 200 : len), name);
+    return TSM_OK;
+}
+
+int tsm_create(tsm_db *db, const char *name, size_t len, const tsm_archive *archives,
+               size_t narchives, double xff, int agg)
+{
+    int rc = tsm_check_name(name, len);
+    if (rc)
+        return rc;
+    if (xff < 0)
+        xff = 0.5;
+    if (!(xff >= 0.0 && xff <= 1.0))
+        return tsm_fail(TSM_EBADXFF, 0, "", -1,
+                        "Invalid xFilesFactor %g, not between 0 and 1", xff);
+    if (agg == 0)
+        agg = TSM_AGG_AVERAGE;
+    if (agg < TSM_AGG_AVERAGE || agg > TSM_AGG_ABSMIN)
+        return tsm_fail(TSM_EBADAGG, 0, "", -1, "Unrecognized aggregation method %d", agg);
+    tsm_archive arch[TSM_MAX_ARCHIVES];
+    if (narchives > TSM_MAX_ARCHIVES)
+        return tsm_fail(TSM_EBADARCHIVES, 0, "", -1, "at most %d archives", TSM_MAX_ARCHIVES);
+    memcpy(arch, archives, narchives * sizeof *arch);
+    if ((rc = tsm_validate_archives(arch, narchives)))
+        return rc;
+    if ((rc = write_begin(db)))
+        return rc;
+    if (tsm_catalog_get(&db->cat, name, len)) {
+        pthread_rwlock_unlock(&db->rw);
+        return tsm_fail(TSM_EEXISTS, 0, "", -1, "metric '%.*s' already exists",
+                        (int)(len > 200 ? 200 : len), name);
+    }
+    tsm_buf *b = &db->scratch[1];
+    b->len = 0;
+    size_t start;
+    uint8_t hdr[16] = {0};
+    uint32_t id = db->cat.next_id, nl = (uint32_t)len;
+    uint16_t na = (uint16_t)narchives;
+    float fx = (float)xff;
+    memcpy(hdr, &id, 4);
+    hdr[4] = (uint8_t)agg;
+    memcpy(hdr + 6, &na, 2);
+    memcpy(hdr + 8, &fx, 4);
+    memcpy(hdr + 12, &nl, 4);
+    rc = tsm_rec_begin(b, TSM_REC_CREATE, db->next_lsn, &start);
+    if (!rc)
+        rc = tsm_rec_put(b, hdr, sizeof hdr);
+    for (size_t i = 0; i < narchives && !rc; i++)
+        rc = tsm_rec_put(b, &arch[i], 8);
+    if (!rc)
+        rc = tsm_rec_put(b, name, len);
+    if (!rc) {
+        tsm_rec_finish(b, start);
+        rc = tsm_db_log(db, b, true);
+    }
+    rc = finish_write(db, rc);
+    pthread_rwlock_unlock(&db->rw);
+    return rc;
+}
+
+int tsm_exists(tsm_db *db, const char *name, size_t len)
+{
+    int rc = tsm_check_name(name, len);
+    if (rc)
+        return rc;
+    if ((rc = read_begin(db)))
+        return rc;
+    int found = tsm_catalog_get(&db->cat, name, len) != NULL;
+    pthread_rwlock_unlock(&db->rw);
+    return found;
+}
+
+int tsm_update_many(tsm_db *db, const char *name, size_t len, const void *points,
+                    size_t npoints, int use_now, int64_t now)
+{
+    if (!use_now)
+        now = (int64_t)time(NULL);
+    int rc = write_begin(db);
+    if (rc)
+        return rc;
+    tsm_metric *m;
+    rc = lookup(db, name, len, &m);
+    if (!rc)
+        rc = tsm_series_update(db, m, points, npoints, now);
+    if (!rc)
+        db->st.points_written += npoints;
+    rc = finish_write(db, rc);
+    pthread_rwlock_unlock(&db->rw);
+    return rc;
+}
+
+int tsm_fetch_many(tsm_db *db, const char *names, const uint32_t *name_lens, size_t n,
+                   int64_t from, int64_t until, int use_until, int use_now, int64_t now,
+                   tsm_series *out, double **values)
+{
+    *values = NULL;
+    if (!use_now)
+        now = (int64_t)time(NULL);
+    if (!use_until)
+        until = now;
+    if (from > until)
+        return tsm_fail(TSM_EBADTIME, 0, "", -1,
+                        "Invalid time interval: from time '%lld' is after until time '%lld'",
+                        (long long)from, (long long)until);
+    int rc = read_begin(db);
+    if (rc)
+        return rc;
+    size_t cap = 0, used = 0, off = 0;
+    double *vals = NULL;
+    for (size_t i = 0; i < n && rc == TSM_OK; i++) {
+        const char *nm = names + off;
+        off += name_lens[i];
+        tsm_metric *m = NULL;
+        memset(&out[i], 0, sizeof out[i]);
+        int lr = lookup(db, nm, name_lens[i], &m);
+        if (lr) {
+            out[i].status = lr;
+            continue;
+        }
+        size_t need;
+        tsm_series_fetch(db, m, from, until, now, &out[i], NULL, 0, &need);
+        if (out[i].status == TSM_SERIES_NONE)
+            continue;
+        if (used + need > cap) {
+            size_t c = cap ? cap * 2 : 4096;
+            while (c < used + need)
+                c *= 2;
+            double *p = realloc(vals, c * sizeof *p);
+            if (!p) {
+                rc = tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+                break;
+            }
+            vals = p;
+            cap = c;
+        }
+        tsm_series_fetch(db, m, from, until, now, &out[i], vals + used, cap - used, &need);
+        out[i].offset = used;
+        used += need;
+    }
+    pthread_rwlock_unlock(&db->rw);
+    if (rc) {
+        free(vals);
+        return rc;
+    }
+    *values = vals;
+    return TSM_OK;
+}
+
+int tsm_info(tsm_db *db, const char *name, size_t len, tsm_metric_info *out)
+{
+    int rc = read_begin(db);
+    if (rc)
+        return rc;
+    tsm_metric *m;
+    rc = lookup(db, name, len, &m);
+    if (!rc) {
+        memset(out, 0, sizeof *out);
+        out->aggregation = m->agg;
+        out->x_files_factor = m->xff;
+        out->max_retention = m->max_retention;
+        out->narchives = m->narch;
+        memcpy(out->archives, m->arch, m->narch * sizeof *m->arch);
+    }
+    pthread_rwlock_unlock(&db->rw);
+    return rc;
+}
+
+static int log_simple(tsm_db *db, uint8_t type, const void *body, size_t n)
+{
+    tsm_buf *b = &db->scratch[1];
+    b->len = 0;
+    size_t start;
+    int rc = tsm_rec_begin(b, type, db->next_lsn, &start);
+    if (!rc)
+        rc = tsm_rec_put(b, body, n);
+    if (rc)
+        return rc;
+    tsm_rec_finish(b, start);
+    return tsm_db_log(db, b, true);
+}
+
+int tsm_set_aggregation(tsm_db *db, const char *name, size_t len, int agg, double xff,
+                        int *old_agg)
+{
+    int rc;
+    if (agg != 0 && (agg < TSM_AGG_AVERAGE || agg > TSM_AGG_ABSMIN))
+        return tsm_fail(TSM_EBADAGG, 0, "", -1, "Unrecognized aggregation method %d", agg);
+    if (xff >= 0 && !(xff <= 1.0))
+        return tsm_fail(TSM_EBADXFF, 0, "", -1,
+                        "Invalid xFilesFactor %g, not between 0 and 1", xff);
+    if (xff != xff)
+        return tsm_fail(TSM_EBADXFF, 0, "", -1, "Invalid xFilesFactor nan");
+    if ((rc = write_begin(db)))
+        return rc;
+    tsm_metric *m;
+    rc = lookup(db, name, len, &m);
+    if (!rc) {
+        *old_agg = m->agg;
+        uint8_t body[12] = {0};
+        float fx = xff >= 0 ? (float)xff : m->xff;
+        memcpy(body, &m->id, 4);
+        body[4] = (uint8_t)(agg ? agg : m->agg);
+        memcpy(body + 8, &fx, 4);
+        rc = log_simple(db, TSM_REC_SETAGG, body, sizeof body);
+    }
+    rc = finish_write(db, rc);
+    pthread_rwlock_unlock(&db->rw);
+    return rc;
+}
+
+int tsm_delete(tsm_db *db, const char *name, size_t len)
+{
+    int rc = write_begin(db);
+    if (rc)
+        return rc;
+    tsm_metric *m;
+    rc = lookup(db, name, len, &m);
+    if (!rc) {
+        uint8_t body[8] = {0};
+        memcpy(body, &m->id, 4);
+        rc = log_simple(db, TSM_REC_DELETE, body, sizeof body);
+    }
+    rc = finish_write(db, rc);
+    pthread_rwlock_unlock(&db->rw);
+    return rc;
+}
+
+int tsm_find(tsm_db *db, const char *pattern, size_t len, char **out, size_t *out_len,
+             size_t *count)
+{
+    *out = NULL;
+    *out_len = *count = 0;
+    int rc = read_begin(db);
+    if (rc)
+        return rc;
+    tsm_buf b = {0};
+    rc = tsm_index_find(db->cat.index, &db->cat, pattern, len, &b, count);
+    pthread_rwlock_unlock(&db->rw);
+    if (rc) {
+        tsm_buf_free(&b);
+        return rc;
+    }
+    *out = (char *)b.data;
+    *out_len = b.len;
+    return TSM_OK;
+}
+
+int tsm_sync(tsm_db *db)
+{
+    int rc = read_begin(db);
+    if (rc || db->opts.readonly) {
+        if (!rc)
+            pthread_rwlock_unlock(&db->rw);
+        return rc;
+    }
+    int f = atomic_load(&db->fatal);
+    if (f)
+        rc = tsm_fail(TSM_EFATAL, 0, db->dir, -1, "an earlier failure stopped writes: %s",
+                      db->fatal_msg);
+    else if ((rc = tsm_wal_sync(&db->wal)))
+        set_fatal(db, rc);
+    pthread_rwlock_unlock(&db->rw);
+    return rc;
+}
+
+int tsm_checkpoint(tsm_db *db)
+{
+    int rc = write_begin(db);
+    if (rc)
+        return rc;
+    rc = checkpoint_locked(db);
+    if (rc)
+        set_fatal(db, rc);
+    pthread_rwlock_unlock(&db->rw);
+    return rc;
+}
+
+static uint64_t allocated(tsm_db *db, const char *path)
+{
+    (void)db;
+    struct stat st;
+    return stat(path, &st) == 0 ? (uint64_t)st.st_blocks * 512u : 0;
+}
+
+int tsm_stats(tsm_db *db, tsm_db_stats *out)
+{
+    int rc = read_begin(db);
+    if (rc)
+        return rc;
+    *out = db->st;
+    out->metrics = db->cat.count;
+    out->pages_total = atomic_load(&db->mapped_pages);
+    out->pages_free = db->nfree;
+    out->pages_data = db->opts.readonly ? 0 : db->next_page - 1 - db->nfree;
+    out->last_lsn = atomic_load(&db->sb->last_lsn);
+    out->wal_syncs = db->has_wal ? db->wal.syncs : 0;
+    out->disk_bytes = allocated(db, db->pages_path) + allocated(db, db->catalog_path) +
+                      allocated(db, db->wal_path) + allocated(db, db->lock_path);
+    pthread_rwlock_unlock(&db->rw);
+    return TSM_OK;
+}
+
+/* ------------------------------------------------------------ check */
+
+typedef struct checker {
+    uint64_t problems;
+    tsm_error first;
+} checker;
+
+static void problem(checker *c)
+{
+    if (c->problems++ == 0)
+        tsm_last_error(&c->first);
+}
+
+static void check_metric_pages(tsm_db *db, const tsm_metric *m, checker *c)
+{
+    tsm_page_copy copy;
+    for (unsigned a = 0; a < m->narch; a++)
+        for (uint32_t r = 0; m->pages[a] && r < tsm_ring_pages(&m->arch[a]); r++) {
+            uint32_t pno = m->pages[a][r];
+            if (!pno)
+                continue;
+            if (tsm_db_read_page(db, pno, &copy) != TSM_OK) {
+                problem(c);
+                continue;
+            }
+            tsm_page_id id;
+            uint8_t type;
+            tsm_page_get_id(copy.bytes, &id, &type);
+            if (type != TSM_PAGE_DATA || id.metric_id != m->id || id.archive != a ||
+                id.ring_page != r) {
+                tsm_fail(TSM_ECORRUPT, 0, db->pages_path, (int64_t)pno * TSM_PAGE_SIZE,
+                         "page %u of %s does not belong to metric '%s' archive %u as the "
+                         "catalog says", pno, db->pages_path, m->name, a);
+                problem(c);
+            }
+        }
+}
+
+int tsm_check(tsm_db *db, uint64_t *problems)
+{
+    int rc = read_begin(db);
+    if (rc)
+        return rc;
+    checker c = {0};
+    if (tsm_sb_check(db->sb, db->pages_path) != TSM_OK)
+        problem(&c);
+    for (size_t i = 0; i < db->cat.by_id_cap; i++)
+        if (db->cat.by_id[i])
+            check_metric_pages(db, db->cat.by_id[i], &c);
+    off_t csize;
+    if (db->io->size(db->catalog_fd, &csize) == 0 && (uint64_t)csize > db->catalog_size &&
+        !db->opts.readonly) {
+        tsm_fail(TSM_ECORRUPT, 0, db->catalog_path, (int64_t)db->catalog_size,
+                 "%s has %llu unreadable bytes at offset %llu", db->catalog_path,
+                 (unsigned long long)((uint64_t)csize - db->catalog_size),
+                 (unsigned long long)db->catalog_size);
+        problem(&c);
+    }
+    pthread_rwlock_unlock(&db->rw);
+    *problems = c.problems;
+    if (c.problems) {
+        tsm_fail(c.first.code, c.first.sys_errno, c.first.file, c.first.offset, "%s",
+                 c.first.message);
+    }
+    return TSM_OK;
+}

@@ -1,0 +1,274 @@
+/*
+ * internal.h - types and functions shared between the engine's layers.
+ *
+ * Layers, bottom up (one .c each):
+ *   error.c    thread-local error details, tsm_strerror
+ *   crc32c.c   checksums (hardware CRC32C when the CPU has it)
+ *   io.c       the platform I/O table: the only code that calls the OS
+ *   page.c     page layout: the only code that encodes or decodes page headers
+ *   record.c   log/catalog record encoding and validation
+ *   wal.c      the write-ahead log file
+ *   catalog.c  the catalog file and the in-memory metric table
+ *   index.c    the in-memory name tree and Graphite glob search
+ *   glob.c     matching of one glob component
+ *   series.c   whisper semantics: update_many's write set, fetch
+ *   db.c       handles, locking, recovery, checkpoints, group commit, API
+ */
+#ifndef TSM_INTERNAL_H
+#define TSM_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "tismet.h"
+
+/* ------------------------------------------------------------------ error */
+
+/* Record a failure for the calling thread and return `code`. */
+int tsm_fail(int code, int sys_errno, const char *file, int64_t offset,
+             const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+void tsm_fail_pid(int64_t pid);
+
+/* ------------------------------------------------------------------ crc */
+
+uint32_t tsm_crc32c(uint32_t crc, const void *buf, size_t len);
+
+/* ------------------------------------------------------------------ io */
+
+/* Every OS call of the engine goes through this table, so that tests can
+ * swap in a fault-injecting one.  Functions return 0 / a byte count on
+ * success and -1 with errno set on failure, like the system calls. */
+typedef struct tsm_io {
+    int (*open)(const char *path, int flags, int mode);
+    int (*close)(int fd);
+    ssize_t (*pread)(int fd, void *buf, size_t len, off_t off);
+    ssize_t (*pwrite)(int fd, const void *buf, size_t len, off_t off);
+    int (*datasync)(int fd);
+    int (*truncate)(int fd, off_t len);
+    int (*allocate)(int fd, off_t off, off_t len);
+    int (*size)(int fd, off_t *len);
+    int (*lock)(int fd);          /* exclusive, non-blocking; EWOULDBLOCK if held */
+    void *(*reserve)(size_t len); /* address space only, NULL on failure */
+    int (*map)(void *addr, size_t len, int fd, off_t off, int writable);
+    int (*msync)(void *addr, size_t len);
+    int (*unmap)(void *addr, size_t len);
+    int (*mkdir)(const char *path);
+} tsm_io;
+
+extern const tsm_io tsm_posix_io;
+
+/* Read/write exactly len bytes; map failures to TSM codes with details. */
+int tsm_io_read_full(const tsm_io *io, int fd, void *buf, size_t len, off_t off,
+                     const char *file);
+int tsm_io_write_full(const tsm_io *io, int fd, const void *buf, size_t len,
+                      off_t off, const char *file);
+int tsm_io_error(int sys_errno, const char *file, const char *what);
+
+/* ------------------------------------------------------------------ pages */
+
+#define TSM_PAGE_SIZE 4096u
+#define TSM_PAGE_HDR 64u
+#define TSM_SLOTS ((TSM_PAGE_SIZE - TSM_PAGE_HDR) / 12u)  /* 336 */
+#define TSM_PAGE_DATA 1u
+#define TSM_PAGE_FREE 2u
+#define TSM_PAGE_FLAG_DIRTY 1u
+#define TSM_CODEC_RAW 0u
+
+/* Decoded identity of a data page. */
+typedef struct tsm_page_id {
+    uint32_t metric_id;
+    uint16_t archive;
+    uint32_t ring_page;
+} tsm_page_id;
+
+/* A consistent private copy of one page, taken by tsm_page_read. */
+typedef struct tsm_page_copy {
+    uint8_t bytes[TSM_PAGE_SIZE];
+} tsm_page_copy;
+
+void tsm_page_init(uint8_t *page, const tsm_page_id *id, uint32_t step,
+                   uint32_t ring_points, uint64_t lsn);
+void tsm_page_write_begin(uint8_t *page);
+void tsm_page_write_end(uint8_t *page);
+/* Set one slot; call between write_begin and write_end. */
+void tsm_page_set_slot(uint8_t *page, uint32_t slot, uint32_t tag, double value);
+uint32_t tsm_page_tag(const uint8_t *page, uint32_t slot);
+double tsm_page_value(const uint8_t *page, uint32_t slot);
+uint64_t tsm_page_lsn(const uint8_t *page);
+void tsm_page_set_lsn(uint8_t *page, uint64_t lsn);
+bool tsm_page_dirty(const uint8_t *page);
+/* Mark dirty; returns true if it was clean (caller records it). */
+bool tsm_page_mark_dirty(uint8_t *page);
+/* Compute the checksum and clear the dirty flag (checkpoint). */
+void tsm_page_seal(uint8_t *page);
+/* Clear a torn seqlock left by a crashed writer (recovery only). */
+void tsm_page_reset_seq(uint8_t *page);
+bool tsm_page_seq_odd(const uint8_t *page);
+void tsm_page_get_id(const uint8_t *page, tsm_page_id *id, uint8_t *type);
+/* Consistent copy under the page's seqlock.  Returns TSM_OK, TSM_EBUSY. */
+int tsm_page_read(const uint8_t *page, tsm_page_copy *copy);
+/* Checksum check of a copy (skipped for dirty pages).  Returns TSM_OK or
+ * TSM_ECORRUPT with details (file, offset). */
+int tsm_page_verify(const tsm_page_copy *copy, const char *file, uint64_t pno);
+
+/* Superblock: page 0 of the page file. */
+#define TSM_SB_MAGIC "TISMETPG"
+typedef struct tsm_superblock {
+    char magic[8];
+    uint32_t version;
+    uint32_t page_size;
+    uint64_t created;
+    uint32_t crc;         /* of the 24 bytes above */
+    uint32_t pad0;
+    uint8_t pad1[24];
+    /* live part, shared with readers (offset 64) */
+    _Atomic uint64_t catalog_len;
+    _Atomic uint64_t catalog_gen;
+    _Atomic uint64_t npages;
+    _Atomic uint64_t last_lsn;
+    _Atomic uint64_t writer_pid;
+} tsm_superblock;
+
+void tsm_sb_init(tsm_superblock *sb);
+int tsm_sb_check(const tsm_superblock *sb, const char *file);
+
+/* ------------------------------------------------------------------ records */
+
+/* Record header, shared by the log and the catalog (FORMAT.md). */
+#define TSM_REC_HDR 24u
+#define TSM_REC_CREATE 1u
+#define TSM_REC_DELETE 2u
+#define TSM_REC_SETAGG 3u
+#define TSM_REC_ALLOC 4u
+#define TSM_REC_UPDATE 5u
+
+typedef struct tsm_rec {
+    uint32_t len;       /* whole record, header included, multiple of 8 */
+    uint64_t lsn;
+    uint8_t type;
+    const uint8_t *body;  /* len - TSM_REC_HDR bytes */
+} tsm_rec;
+
+typedef struct tsm_buf {
+    uint8_t *data;
+    size_t len, cap;
+} tsm_buf;
+
+int tsm_buf_reserve(tsm_buf *b, size_t extra);
+void tsm_buf_free(tsm_buf *b);
+
+/* Start a record in b (header reserved); finish computes len, pad, crc. */
+int tsm_rec_begin(tsm_buf *b, uint8_t type, uint64_t lsn, size_t *start);
+int tsm_rec_put(tsm_buf *b, const void *p, size_t n);
+void tsm_rec_finish(tsm_buf *b, size_t start);
+/* Parse the record at p (avail bytes).  Returns TSM_OK, or TSM_ECORRUPT when
+ * the bytes are not a complete valid record (torn tail or damage). */
+int tsm_rec_parse(const uint8_t *p, size_t avail, tsm_rec *rec);
+
+typedef struct tsm_create_body {
+    uint32_t id;
+    uint8_t agg;
+    uint16_t narch;
+    float xff;
+    uint32_t name_len;
+    const uint8_t *archives;   /* narch * (u32 step, u32 points) */
+    const char *name;
+} tsm_create_body;
+
+int tsm_rec_decode_create(const tsm_rec *r, tsm_create_body *out);
+
+/* ------------------------------------------------------------------ catalog */
+
+typedef struct tsm_metric {
+    uint32_t id;
+    uint32_t name_len;
+    char *name;
+    uint8_t agg;
+    uint8_t narch;
+    float xff;
+    uint32_t max_retention;
+    tsm_archive *arch;          /* narch, sorted by precision */
+    uint32_t **pages;           /* per archive: ring page -> page number, NULL until used */
+    struct tsm_node *node;      /* leaf in the name tree (untagged names) */
+    struct tsm_metric *hnext;   /* name hash chain */
+} tsm_metric;
+
+static inline uint32_t tsm_ring_pages(const tsm_archive *a)
+{
+    return (a->points + TSM_SLOTS - 1) / TSM_SLOTS;
+}
+
+typedef struct tsm_catalog {
+    tsm_metric **buckets;
+    size_t nbuckets, count;
+    tsm_metric **by_id;          /* id -> metric (NULL when deleted/unknown) */
+    size_t by_id_cap;
+    uint32_t next_id;
+    uint64_t max_lsn;            /* highest LSN applied from catalog records */
+    struct tsm_index *index;
+} tsm_catalog;
+
+int tsm_catalog_init(tsm_catalog *c);
+void tsm_catalog_free(tsm_catalog *c);
+tsm_metric *tsm_catalog_get(const tsm_catalog *c, const char *name, size_t len);
+tsm_metric *tsm_catalog_by_id(const tsm_catalog *c, uint32_t id);
+/* Apply one catalog-type record (CREATE, DELETE, SETAGG, ALLOC).
+ * freed_page (may be NULL) is called for each page released by DELETE. */
+typedef void (*tsm_page_sink)(void *ctx, uint32_t pno);
+int tsm_catalog_apply(tsm_catalog *c, const tsm_rec *r, tsm_page_sink freed,
+                      void *ctx);
+/* Parse and apply records in [p, p+len); *used receives the bytes consumed
+ * (up to the first invalid record). */
+int tsm_catalog_load(tsm_catalog *c, const uint8_t *p, size_t len, size_t *used,
+                     tsm_page_sink freed, void *ctx);
+
+/* ------------------------------------------------------------------ index */
+
+typedef struct tsm_index tsm_index;
+int tsm_index_new(tsm_index **out);
+void tsm_index_free(tsm_index *ix);
+int tsm_index_add(tsm_index *ix, tsm_metric *m);
+void tsm_index_remove(tsm_index *ix, tsm_metric *m);
+int tsm_index_find(tsm_index *ix, const tsm_catalog *c, const char *pattern,
+                   size_t len, tsm_buf *out, size_t *count);
+
+/* ------------------------------------------------------------------ names */
+
+int tsm_check_name(const char *name, size_t len);
+uint64_t tsm_hash_bytes(const void *p, size_t len);
+
+/* ------------------------------------------------------------------ series */
+
+struct tsm_db;
+/* Whisper semantics.  tsm_series_update computes every slot write of one
+ * update_many call into the db's write set and logs/applies it. */
+int tsm_series_update(struct tsm_db *db, tsm_metric *m, const void *points,
+                      size_t n, int64_t now);
+int tsm_series_fetch(struct tsm_db *db, const tsm_metric *m, int64_t from,
+                     int64_t until, int64_t now, tsm_series *out,
+                     double *values, size_t cap, size_t *needed);
+int tsm_validate_archives(tsm_archive *a, size_t n);
+typedef struct tsm_update_scratch tsm_update_scratch;
+void tsm_update_scratch_free(tsm_update_scratch *u);
+
+/* ------------------------------------------------------------------ db */
+
+/* Read a consistent copy of page pno (maps more of the file if needed). */
+int tsm_db_read_page(struct tsm_db *db, uint32_t pno, tsm_page_copy *copy);
+uint8_t *tsm_db_page_ptr(struct tsm_db *db, uint32_t pno);
+/* Writer: allocate a page for (metric, archive, ring page), log it. */
+int tsm_db_alloc_page(struct tsm_db *db, tsm_metric *m, uint16_t archive,
+                      uint32_t ring_page, uint32_t *pno);
+/* Writer: append a finished record to the log (and to the catalog for
+ * catalog types), apply nothing.  *lsn is the record's LSN. */
+uint64_t tsm_db_next_lsn(struct tsm_db *db);
+int tsm_db_log(struct tsm_db *db, tsm_buf *rec, bool catalog);
+void tsm_db_note_dirty(struct tsm_db *db, uint32_t pno);
+/* Scratch buffers owned by the writer (valid under the write lock). */
+tsm_buf *tsm_db_scratch(struct tsm_db *db, int which);
+struct tsm_update_scratch **tsm_db_update_scratch(struct tsm_db *db);
+
+#endif /* TSM_INTERNAL_H */

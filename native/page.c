@@ -1,0 +1,215 @@
+/*
+ * page.c - the page layout.  Only this file encodes or decodes page headers.
+ *
+ * A page is 4096 bytes (FORMAT.md, "Data page"):
+ *
+ *   0  u32 crc        CRC-32C of bytes 8..4095 (valid when not dirty)
+ *   4  u32 seq        seqlock: odd while the writer modifies the page
+ *   8  u8  type       1 data, 2 free
+ *   9  u8  codec      0 raw (room for compressed codecs)
+ *  10  u8  flags      bit 0: dirty (modified since the last checkpoint)
+ *  12  u32 metric_id
+ *  16  u64 lsn        log sequence number of the last change applied
+ *  24  u16 archive
+ *  28  u32 ring_page  index of this page in the archive's ring
+ *  32  u32 step       seconds per point of the archive (identity check)
+ *  36  u32 ring_points
+ *  64  u32 tag[336]   0: empty; else (interval / step) / ring_points + 1
+ * 1408 f64 value[336]
+ *
+ * Invariants (DESIGN.md I3-I5): the writer changes a page only between
+ * tsm_page_write_begin and tsm_page_write_end; a reader's copy is used only
+ * if seq was even and unchanged around the copy; a clean page's crc is
+ * valid; every dirty page is covered by log records after the checkpoint.
+ */
+#define _GNU_SOURCE
+#include <sched.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "little-endian hosts only");
+_Static_assert(TSM_PAGE_HDR + TSM_SLOTS * 12 <= TSM_PAGE_SIZE, "slots fit");
+_Static_assert(sizeof(tsm_superblock) <= TSM_PAGE_SIZE, "superblock fits");
+
+#define OFF_CRC 0
+#define OFF_SEQ 4
+#define OFF_TYPE 8
+#define OFF_CODEC 9
+#define OFF_FLAGS 10
+#define OFF_METRIC 12
+#define OFF_LSN 16
+#define OFF_ARCHIVE 24
+#define OFF_RING 28
+#define OFF_STEP 32
+#define OFF_POINTS 36
+#define OFF_TAGS TSM_PAGE_HDR
+#define OFF_VALUES (TSM_PAGE_HDR + TSM_SLOTS * 4)
+
+static inline uint32_t get32(const uint8_t *p, size_t off)
+{
+    uint32_t v;
+    memcpy(&v, p + off, 4);
+    return v;
+}
+
+static inline void put32(uint8_t *p, size_t off, uint32_t v) { memcpy(p + off, &v, 4); }
+
+static inline _Atomic uint32_t *seqp(const uint8_t *page)
+{
+    return (_Atomic uint32_t *)(uintptr_t)(page + OFF_SEQ);
+}
+
+void tsm_page_init(uint8_t *page, const tsm_page_id *id, uint32_t step,
+                   uint32_t ring_points, uint64_t lsn)
+{
+    /* the seq word is kept: a reader may be spinning on it */
+    memset(page + OFF_TYPE, 0, TSM_PAGE_SIZE - OFF_TYPE);
+    page[OFF_TYPE] = TSM_PAGE_DATA;
+    page[OFF_CODEC] = TSM_CODEC_RAW;
+    page[OFF_FLAGS] = TSM_PAGE_FLAG_DIRTY;
+    put32(page, OFF_METRIC, id->metric_id);
+    memcpy(page + OFF_LSN, &lsn, 8);
+    memcpy(page + OFF_ARCHIVE, &id->archive, 2);
+    put32(page, OFF_RING, id->ring_page);
+    put32(page, OFF_STEP, step);
+    put32(page, OFF_POINTS, ring_points);
+}
+
+void tsm_page_write_begin(uint8_t *page)
+{
+    uint32_t s = atomic_load_explicit(seqp(page), memory_order_relaxed);
+    atomic_store_explicit(seqp(page), s + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+}
+
+void tsm_page_write_end(uint8_t *page)
+{
+    uint32_t s = atomic_load_explicit(seqp(page), memory_order_relaxed);
+    atomic_store_explicit(seqp(page), s + 1, memory_order_release);
+}
+
+void tsm_page_reset_seq(uint8_t *page)
+{
+    uint32_t s = atomic_load_explicit(seqp(page), memory_order_relaxed);
+    if (s & 1)
+        atomic_store_explicit(seqp(page), s + 1, memory_order_release);
+}
+
+bool tsm_page_seq_odd(const uint8_t *page)
+{
+    return atomic_load_explicit(seqp(page), memory_order_acquire) & 1;
+}
+
+void tsm_page_set_slot(uint8_t *page, uint32_t slot, uint32_t tag, double value)
+{
+    memcpy(page + OFF_VALUES + (size_t)slot * 8, &value, 8);
+    put32(page, OFF_TAGS + (size_t)slot * 4, tag);
+}
+
+uint32_t tsm_page_tag(const uint8_t *page, uint32_t slot)
+{
+    return get32(page, OFF_TAGS + (size_t)slot * 4);
+}
+
+double tsm_page_value(const uint8_t *page, uint32_t slot)
+{
+    double v;
+    memcpy(&v, page + OFF_VALUES + (size_t)slot * 8, 8);
+    return v;
+}
+
+uint64_t tsm_page_lsn(const uint8_t *page)
+{
+    uint64_t v;
+    memcpy(&v, page + OFF_LSN, 8);
+    return v;
+}
+
+void tsm_page_set_lsn(uint8_t *page, uint64_t lsn) { memcpy(page + OFF_LSN, &lsn, 8); }
+
+bool tsm_page_dirty(const uint8_t *page) { return page[OFF_FLAGS] & TSM_PAGE_FLAG_DIRTY; }
+
+bool tsm_page_mark_dirty(uint8_t *page)
+{
+    if (page[OFF_FLAGS] & TSM_PAGE_FLAG_DIRTY)
+        return false;
+    page[OFF_FLAGS] |= TSM_PAGE_FLAG_DIRTY;
+    return true;
+}
+
+void tsm_page_seal(uint8_t *page)
+{
+    page[OFF_FLAGS] &= (uint8_t)~TSM_PAGE_FLAG_DIRTY;
+    put32(page, OFF_CRC, tsm_crc32c(0, page + 8, TSM_PAGE_SIZE - 8));
+}
+
+void tsm_page_get_id(const uint8_t *page, tsm_page_id *id, uint8_t *type)
+{
+    *type = page[OFF_TYPE];
+    id->metric_id = get32(page, OFF_METRIC);
+    memcpy(&id->archive, page + OFF_ARCHIVE, 2);
+    id->ring_page = get32(page, OFF_RING);
+}
+
+int tsm_page_read(const uint8_t *page, tsm_page_copy *copy)
+{
+    for (int attempt = 0; attempt < 100000; attempt++) {
+        uint32_t s1 = atomic_load_explicit(seqp(page), memory_order_acquire);
+        if (!(s1 & 1)) {
+            memcpy(copy->bytes, page, TSM_PAGE_SIZE);
+            atomic_thread_fence(memory_order_acquire);
+            uint32_t s2 = atomic_load_explicit(seqp(page), memory_order_relaxed);
+            if (s1 == s2)
+                return TSM_OK;
+        }
+        if (attempt > 100) {
+            struct timespec ts = {0, 20000};
+            nanosleep(&ts, NULL);
+        } else {
+            sched_yield();
+        }
+    }
+    return tsm_fail(TSM_EBUSY, 0, "", -1,
+                    "page stayed mid-update: the writer died; open as writer to recover");
+}
+
+int tsm_page_verify(const tsm_page_copy *copy, const char *file, uint64_t pno)
+{
+    const uint8_t *p = copy->bytes;
+    if (p[OFF_FLAGS] & TSM_PAGE_FLAG_DIRTY)
+        return TSM_OK;
+    uint32_t want = get32(p, OFF_CRC);
+    uint32_t got = tsm_crc32c(0, p + 8, TSM_PAGE_SIZE - 8);
+    if (want != got)
+        return tsm_fail(TSM_ECORRUPT, 0, file, (int64_t)(pno * TSM_PAGE_SIZE),
+                        "page %llu checksum mismatch in %s at offset %llu",
+                        (unsigned long long)pno, file,
+                        (unsigned long long)(pno * TSM_PAGE_SIZE));
+    return TSM_OK;
+}
+
+void tsm_sb_init(tsm_superblock *sb)
+{
+    memset(sb, 0, sizeof *sb);
+    memcpy(sb->magic, TSM_SB_MAGIC, 8);
+    sb->version = TSM_FORMAT_VERSION;
+    sb->page_size = TSM_PAGE_SIZE;
+    sb->created = (uint64_t)time(NULL);
+    sb->crc = tsm_crc32c(0, sb, 24);
+}
+
+int tsm_sb_check(const tsm_superblock *sb, const char *file)
+{
+    if (memcmp(sb->magic, TSM_SB_MAGIC, 8) != 0)
+        return tsm_fail(TSM_ECORRUPT, 0, file, 0, "%s: not a tismet page file", file);
+    if (sb->crc != tsm_crc32c(0, sb, 24))
+        return tsm_fail(TSM_ECORRUPT, 0, file, 0, "%s: superblock checksum mismatch", file);
+    if (sb->version != TSM_FORMAT_VERSION)
+        return tsm_fail(TSM_EVERSION, 0, file, 8, "%s: format version %u, this build reads %u",
+                        file, sb->version, TSM_FORMAT_VERSION);
+    if (sb->page_size != TSM_PAGE_SIZE)
+        return tsm_fail(TSM_ECORRUPT, 0, file, 12, "%s: page size %u", file, sb->page_size);
+    return TSM_OK;
+}

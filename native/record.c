@@ -1,0 +1,192 @@
+/*
+ * record.c - the record format shared by the write-ahead log and the catalog.
+ *
+ * Every record (FORMAT.md, "Records"):
+ *
+ *   0  u32 crc    CRC-32C of bytes 4..len-1
+ *   4  u32 len    whole record, header included, a multiple of 8
+ *   8  u64 lsn    log sequence number, strictly increasing by one
+ *  16  u8  type   CREATE, DELETE, SETAGG, ALLOC, UPDATE
+ *  17  7 bytes zero
+ *  24  body
+ *
+ * A record is valid only if len fits, the crc matches and the body decodes;
+ * anything else is a torn tail or damage, and the reader stops there.
+ * Also here: name validation and the hash used by the name tables.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+int tsm_buf_reserve(tsm_buf *b, size_t extra)
+{
+    if (b->len + extra <= b->cap)
+        return TSM_OK;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + extra)
+        cap *= 2;
+    uint8_t *p = realloc(b->data, cap);
+    if (!p)
+        return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory (%zu bytes)", cap);
+    b->data = p;
+    b->cap = cap;
+    return TSM_OK;
+}
+
+void tsm_buf_free(tsm_buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+int tsm_rec_begin(tsm_buf *b, uint8_t type, uint64_t lsn, size_t *start)
+{
+    int rc = tsm_buf_reserve(b, TSM_REC_HDR);
+    if (rc)
+        return rc;
+    *start = b->len;
+    uint8_t *h = b->data + b->len;
+    memset(h, 0, TSM_REC_HDR);
+    memcpy(h + 8, &lsn, 8);
+    h[16] = type;
+    b->len += TSM_REC_HDR;
+    return TSM_OK;
+}
+
+int tsm_rec_put(tsm_buf *b, const void *p, size_t n)
+{
+    int rc = tsm_buf_reserve(b, n);
+    if (rc)
+        return rc;
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    return TSM_OK;
+}
+
+void tsm_rec_finish(tsm_buf *b, size_t start)
+{
+    /* callers reserve 8 spare bytes via tsm_rec_put of the body */
+    while ((b->len - start) % 8) {
+        if (tsm_buf_reserve(b, 1) == TSM_OK)
+            b->data[b->len++] = 0;
+    }
+    uint32_t len = (uint32_t)(b->len - start);
+    uint8_t *h = b->data + start;
+    memcpy(h + 4, &len, 4);
+    uint32_t crc = tsm_crc32c(0, h + 4, len - 4);
+    memcpy(h, &crc, 4);
+}
+
+static int body_ok(const tsm_rec *r)
+{
+    size_t n = r->len - TSM_REC_HDR;
+    const uint8_t *b = r->body;
+    switch (r->type) {
+    case TSM_REC_CREATE: {
+        if (n < 16)
+            return 0;
+        uint16_t narch;
+        uint32_t nl;
+        memcpy(&narch, b + 6, 2);
+        memcpy(&nl, b + 12, 4);
+        return narch >= 1 && narch <= TSM_MAX_ARCHIVES && nl >= 1 &&
+               nl <= TSM_MAX_NAME && 16 + (size_t)narch * 8 + nl <= n;
+    }
+    case TSM_REC_DELETE: return n >= 4;
+    case TSM_REC_SETAGG: return n >= 12;
+    case TSM_REC_ALLOC: return n >= 16;
+    case TSM_REC_UPDATE: {
+        if (n < 8)
+            return 0;
+        uint32_t ngroups;
+        memcpy(&ngroups, b + 4, 4);
+        size_t off = 8;
+        for (uint32_t g = 0; g < ngroups; g++) {
+            if (off + 8 > n)
+                return 0;
+            uint16_t cnt;
+            memcpy(&cnt, b + off + 4, 2);
+            off += 8 + (size_t)cnt * 16;
+            if (off > n)
+                return 0;
+        }
+        return 1;
+    }
+    default: return 0;
+    }
+}
+
+int tsm_rec_parse(const uint8_t *p, size_t avail, tsm_rec *rec)
+{
+    if (avail < TSM_REC_HDR)
+        return TSM_ECORRUPT;
+    uint32_t crc, len;
+    memcpy(&crc, p, 4);
+    memcpy(&len, p + 4, 4);
+    if (len < TSM_REC_HDR || len % 8 || len > avail)
+        return TSM_ECORRUPT;
+    if (tsm_crc32c(0, p + 4, len - 4) != crc)
+        return TSM_ECORRUPT;
+    rec->len = len;
+    memcpy(&rec->lsn, p + 8, 8);
+    rec->type = p[16];
+    rec->body = p + TSM_REC_HDR;
+    return body_ok(rec) ? TSM_OK : TSM_ECORRUPT;
+}
+
+int tsm_rec_decode_create(const tsm_rec *r, tsm_create_body *out)
+{
+    const uint8_t *b = r->body;
+    memcpy(&out->id, b, 4);
+    out->agg = b[4];
+    memcpy(&out->narch, b + 6, 2);
+    memcpy(&out->xff, b + 8, 4);
+    memcpy(&out->name_len, b + 12, 4);
+    out->archives = b + 16;
+    out->name = (const char *)(b + 16 + (size_t)out->narch * 8);
+    return TSM_OK;
+}
+
+int tsm_check_name(const char *name, size_t len)
+{
+    if (len == 0)
+        return tsm_fail(TSM_EBADNAME, 0, "", -1, "empty metric name");
+    if (len > TSM_MAX_NAME)
+        return tsm_fail(TSM_EBADNAME, 0, "", -1,
+                        "metric name of %zu bytes exceeds the limit of %d", len,
+                        TSM_MAX_NAME);
+    size_t path_end = len;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (c < 0x20 || c == 0x7f)
+            return tsm_fail(TSM_EBADNAME, 0, "", -1,
+                            "metric name has a control character (0x%02x) at byte %zu", c, i);
+        if (c == ';' && path_end == len)
+            path_end = i;
+    }
+    if (path_end == 0 || name[0] == '.' || name[path_end - 1] == '.')
+        return tsm_fail(TSM_EBADNAME, 0, "", -1,
+                        "metric name has an empty path component (leading or trailing dot)");
+    for (size_t i = 1; i < path_end; i++)
+        if (name[i] == '.' && name[i - 1] == '.')
+            return tsm_fail(TSM_EBADNAME, 0, "", -1,
+                            "metric name has an empty path component ('..')");
+    return TSM_OK;
+}
+
+uint64_t tsm_hash_bytes(const void *p, size_t len)
+{
+    /* FNV-1a, 64 bit, with a final mix */
+    const uint8_t *s = p;
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < len; i++) {
+        h ^= s[i];
+        h *= 0x100000001b3ull;
+    }
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    return h;
+}

@@ -1,0 +1,604 @@
+/*
+ * series.c - whisper's semantics, value for value.
+ *
+ * An archive of N points at `step` seconds is a ring of N slots; interval I
+ * (a multiple of step) lives in slot (I / step) mod N with the tag
+ * (I / step) / N + 1, so a slot answers for I only when its tag matches, as
+ * a whisper slot answers only when its stored timestamp matches.  This makes
+ * the ring independent of whisper's "base interval" while keeping exactly
+ * its overwrite rules: writing I replaces whatever interval shared its slot.
+ *
+ * tsm_series_update mirrors whisper.update_many / file_update_many /
+ * __archive_update_many / __propagate step by step (the comments name the
+ * whisper statement each part follows).  It never touches a page directly:
+ * every slot write goes into a write set, reads during propagation look at
+ * the write set first, and only when the call is complete is the write set
+ * logged as one UPDATE record and then applied (DESIGN.md I1, I2).
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "internal.h"
+
+typedef struct pt {
+    int64_t t;
+    double v;
+    uint32_t i;   /* position in the caller's list: ties keep whisper's order */
+} pt;
+
+typedef struct ws_entry {
+    uint32_t archive, idx, tag;
+    double value;
+} ws_entry;
+
+typedef struct wset {
+    ws_entry *e;
+    size_t n, cap;
+    int32_t *table;      /* open addressing: index into e, -1 empty */
+    size_t tcap;
+} wset;
+
+/* ---------------------------------------------------------------- helpers */
+
+static int64_t floor_mod(int64_t a, int64_t b)
+{
+    int64_t r = a % b;
+    return r < 0 ? r + b : r;
+}
+
+static void slot_of(const tsm_archive *a, int64_t interval, uint32_t *idx, uint32_t *tag)
+{
+    uint64_t k = (uint64_t)interval / a->seconds_per_point;
+    *idx = (uint32_t)(k % a->points);
+    *tag = (uint32_t)(k / a->points + 1);
+}
+
+static int cmp_newest_first(const void *x, const void *y)
+{
+    const pt *a = x, *b = y;
+    if (a->t != b->t)
+        return a->t > b->t ? -1 : 1;    /* points.sort(key=t, reverse=True) */
+    return a->i < b->i ? -1 : a->i > b->i;   /* ...which is stable */
+}
+
+static size_t ws_hash(uint32_t archive, uint32_t idx, size_t mask)
+{
+    uint64_t k = ((uint64_t)archive << 32 | idx) * 0x9E3779B97F4A7C15ull;
+    return (size_t)(k >> 20) & mask;
+}
+
+/* Prepare w for about `expect` entries, reusing its memory. */
+static int ws_init(wset *w, size_t expect)
+{
+    size_t tcap = 64;
+    while (tcap < expect * 2 + 16)
+        tcap *= 2;
+    w->n = 0;
+    if (w->cap < expect + 16) {
+        free(w->e);
+        w->cap = expect + 16;
+        w->e = malloc(w->cap * sizeof *w->e);
+    }
+    if (w->tcap < tcap) {
+        free(w->table);
+        w->tcap = tcap;
+        w->table = malloc(tcap * sizeof *w->table);
+    }
+    if (!w->e || !w->table) {
+        free(w->e);
+        free(w->table);
+        memset(w, 0, sizeof *w);
+        return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+    }
+    memset(w->table, 0xff, w->tcap * sizeof *w->table);
+    return TSM_OK;
+}
+
+static ws_entry *ws_find(const wset *w, uint32_t archive, uint32_t idx)
+{
+    size_t mask = w->tcap - 1;
+    for (size_t h = ws_hash(archive, idx, mask);; h = (h + 1) & mask) {
+        int32_t k = w->table[h];
+        if (k < 0)
+            return NULL;
+        if (w->e[k].archive == archive && w->e[k].idx == idx)
+            return &w->e[k];
+    }
+}
+
+static int ws_set(wset *w, uint32_t archive, uint32_t idx, uint32_t tag, double v)
+{
+    ws_entry *e = ws_find(w, archive, idx);
+    if (e) {
+        e->tag = tag;
+        e->value = v;
+        return TSM_OK;
+    }
+    if (w->n + 1 > w->tcap / 2)
+        return tsm_fail(TSM_ENOMEM, 0, "", -1, "write set overflow");
+    if (w->n == w->cap) {
+        ws_entry *p = realloc(w->e, w->cap * 2 * sizeof *p);
+        if (!p)
+            return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+        w->e = p;
+        w->cap *= 2;
+    }
+    size_t mask = w->tcap - 1, h = ws_hash(archive, idx, mask);
+    while (w->table[h] >= 0)
+        h = (h + 1) & mask;
+    w->table[h] = (int32_t)w->n;
+    w->e[w->n++] = (ws_entry){archive, idx, tag, v};
+    return TSM_OK;
+}
+
+/* Does archive a hold interval I (write set first, then the page)? */
+static int slot_get(struct tsm_db *db, const tsm_metric *m, const wset *w,
+                    uint32_t a, int64_t interval, double *v)
+{
+    uint32_t idx, tag;
+    slot_of(&m->arch[a], interval, &idx, &tag);
+    const ws_entry *e = ws_find(w, a, idx);
+    if (e) {
+        *v = e->value;
+        return e->tag == tag;
+    }
+    if (!m->pages[a] || !m->pages[a][idx / TSM_SLOTS])
+        return 0;
+    const uint8_t *page = tsm_db_page_ptr(db, m->pages[a][idx / TSM_SLOTS]);
+    if (tsm_page_tag(page, idx % TSM_SLOTS) != tag)
+        return 0;
+    *v = tsm_page_value(page, idx % TSM_SLOTS);
+    return 1;
+}
+
+/* ------------------------------------------------------------ aggregation */
+
+/* whisper.aggregate over the k neighbours of one lower interval. */
+static double aggregate(int method, const double *vals, const uint8_t *known, size_t k)
+{
+    double acc = 0.0, best = 0.0;
+    size_t nknown = 0;
+    for (size_t j = 0; j < k; j++) {
+        if (method == TSM_AGG_AVG_ZERO) {
+            acc += known[j] ? vals[j] : 0.0;   /* [x or 0 for x in neighborValues] */
+            continue;
+        }
+        if (!known[j])
+            continue;
+        double v = vals[j];
+        if (nknown == 0)
+            best = v;
+        else if ((method == TSM_AGG_MAX && v > best) || (method == TSM_AGG_MIN && v < best) ||
+                 (method == TSM_AGG_ABSMAX && fabs(v) > fabs(best)) ||
+                 (method == TSM_AGG_ABSMIN && fabs(v) < fabs(best)) || method == TSM_AGG_LAST)
+            best = v;
+        acc += v;
+        nknown++;
+    }
+    switch (method) {
+    case TSM_AGG_AVERAGE: return acc / (double)nknown;
+    case TSM_AGG_SUM: return acc;
+    case TSM_AGG_AVG_ZERO: return acc / (double)k;
+    default: return best;
+    }
+}
+
+typedef struct scratch {
+    double *vals;
+    uint8_t *known;
+    size_t cap;
+} scratch;
+
+/* Memory reused by every update of a writer (used under its write lock). */
+struct tsm_update_scratch {
+    pt *pts;
+    int64_t *lows;
+    size_t cap;
+    wset w;
+    scratch sc;
+};
+
+void tsm_update_scratch_free(tsm_update_scratch *u)
+{
+    if (!u)
+        return;
+    free(u->pts);
+    free(u->lows);
+    free(u->w.e);
+    free(u->w.table);
+    free(u->sc.vals);
+    free(u->sc.known);
+    free(u);
+}
+
+/* whisper.__propagate: aggregate archive hi's points under lower interval L
+ * into archive lo.  Returns 1 if a value was written, 0 if not, < 0 error. */
+static int propagate(struct tsm_db *db, const tsm_metric *m, wset *w, scratch *sc,
+                     uint32_t hi, uint32_t lo, int64_t L)
+{
+    uint32_t step = m->arch[hi].seconds_per_point;
+    size_t k = m->arch[lo].seconds_per_point / step, nknown = 0;
+    if (k > sc->cap) {
+        free(sc->vals);
+        free(sc->known);
+        sc->vals = malloc(k * sizeof *sc->vals);
+        sc->known = malloc(k);
+        sc->cap = sc->vals && sc->known ? k : 0;
+        if (!sc->cap)
+            return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+    }
+    for (size_t j = 0; j < k; j++) {
+        sc->known[j] = (uint8_t)slot_get(db, m, w, hi, L + (int64_t)(j * step), &sc->vals[j]);
+        nknown += sc->known[j];
+    }
+    if (nknown == 0)
+        return 0;
+    /* knownPercent >= xff, with xff read back from a float32 */
+    if ((double)nknown / (double)k < (double)m->xff)
+        return 0;
+    uint32_t idx, tag;
+    slot_of(&m->arch[lo], L, &idx, &tag);
+    int rc = ws_set(w, lo, idx, tag, aggregate(m->agg, sc->vals, sc->known, k));
+    return rc ? rc : 1;
+}
+
+static int cmp_i64(const void *x, const void *y)
+{
+    int64_t a = *(const int64_t *)x, b = *(const int64_t *)y;
+    return a < b ? -1 : a > b;
+}
+
+/* whisper.__archive_update_many for group g (newest first) of archive a. */
+static int archive_update(struct tsm_db *db, const tsm_metric *m, wset *w, scratch *sc,
+                          uint32_t a, const pt *g, size_t n, int64_t *lows)
+{
+    uint32_t step = m->arch[a].seconds_per_point;
+    /* chronological = g reversed; take the last point of each interval */
+    for (size_t k = n; k-- > 0;) {
+        int64_t iv = g[k].t - g[k].t % step;
+        if (k > 0 && g[k - 1].t - g[k - 1].t % step == iv)
+            continue;
+        uint32_t idx, tag;
+        slot_of(&m->arch[a], iv, &idx, &tag);
+        int rc = ws_set(w, a, idx, tag, g[k].v);
+        if (rc)
+            return rc;
+    }
+    uint32_t hi = a;
+    for (uint32_t lo = a + 1; lo < m->narch; lo++) {
+        uint32_t ls = m->arch[lo].seconds_per_point;
+        for (size_t k = 0; k < n; k++)
+            lows[k] = g[k].t - g[k].t % ls;
+        qsort(lows, n, sizeof *lows, cmp_i64);
+        int further = 0;
+        for (size_t k = 0; k < n; k++) {
+            if (k > 0 && lows[k] == lows[k - 1])
+                continue;
+            int rc = propagate(db, m, w, sc, hi, lo, lows[k]);
+            if (rc < 0)
+                return rc;
+            further |= rc;
+        }
+        if (!further)
+            break;
+        hi = lo;
+    }
+    return TSM_OK;
+}
+
+/* ------------------------------------------------------------ logging */
+
+static int cmp_entry(const void *x, const void *y)
+{
+    const ws_entry *a = x, *b = y;
+    if (a->archive != b->archive)
+        return a->archive < b->archive ? -1 : 1;
+    return a->idx < b->idx ? -1 : a->idx > b->idx;
+}
+
+/* Log the write set as one UPDATE record, then apply it to the pages. */
+static int commit(struct tsm_db *db, tsm_metric *m, wset *w)
+{
+    qsort(w->e, w->n, sizeof *w->e, cmp_entry);
+    tsm_buf *rec = tsm_db_scratch(db, 0);
+    rec->len = 0;
+    size_t start, ngroups = 0;
+    int rc = tsm_rec_begin(rec, TSM_REC_UPDATE, 0, &start);
+    uint32_t hdr[2] = {m->id, 0};
+    if (!rc)
+        rc = tsm_rec_put(rec, hdr, sizeof hdr);
+    for (size_t i = 0; i < w->n && !rc;) {
+        uint32_t a = w->e[i].archive, ring = w->e[i].idx / TSM_SLOTS;
+        size_t j = i;
+        while (j < w->n && w->e[j].archive == a && w->e[j].idx / TSM_SLOTS == ring)
+            j++;
+        uint32_t pno = m->pages[a] ? m->pages[a][ring] : 0;
+        if (!pno)
+            rc = tsm_db_alloc_page(db, m, (uint16_t)a, ring, &pno);
+        uint8_t gh[8] = {0};
+        uint16_t cnt = (uint16_t)(j - i);
+        memcpy(gh, &pno, 4);
+        memcpy(gh + 4, &cnt, 2);
+        if (!rc)
+            rc = tsm_rec_put(rec, gh, 8);
+        for (size_t k = i; k < j && !rc; k++) {
+            uint8_t ent[16] = {0};
+            uint16_t slot = (uint16_t)(w->e[k].idx % TSM_SLOTS);
+            memcpy(ent, &slot, 2);
+            memcpy(ent + 4, &w->e[k].tag, 4);
+            memcpy(ent + 8, &w->e[k].value, 8);
+            rc = tsm_rec_put(rec, ent, 16);
+        }
+        ngroups++;
+        i = j;
+    }
+    if (rc)
+        return rc;
+    uint32_t ng = (uint32_t)ngroups;
+    memcpy(rec->data + start + TSM_REC_HDR + 4, &ng, 4);
+    uint64_t lsn = tsm_db_next_lsn(db);
+    memcpy(rec->data + start + 8, &lsn, 8);
+    tsm_rec_finish(rec, start);
+    rc = tsm_db_log(db, rec, false);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < w->n;) {
+        uint32_t a = w->e[i].archive, ring = w->e[i].idx / TSM_SLOTS;
+        uint32_t pno = m->pages[a][ring];
+        uint8_t *page = tsm_db_page_ptr(db, pno);
+        tsm_page_write_begin(page);
+        for (; i < w->n && w->e[i].archive == a && w->e[i].idx / TSM_SLOTS == ring; i++)
+            tsm_page_set_slot(page, w->e[i].idx % TSM_SLOTS, w->e[i].tag, w->e[i].value);
+        tsm_page_set_lsn(page, lsn);
+        if (tsm_page_mark_dirty(page))
+            tsm_db_note_dirty(db, pno);
+        tsm_page_write_end(page);
+    }
+    return TSM_OK;
+}
+
+/* ------------------------------------------------------------ update */
+
+static int load_points(const uint8_t *points, size_t n, pt *out)
+{
+    for (size_t k = 0; k < n; k++) {
+        double t, v;
+        memcpy(&t, points + 16 * k, 8);
+        memcpy(&v, points + 16 * k + 8, 8);
+        if (!isfinite(v))
+            return tsm_fail(TSM_EBADPOINT, 0, "", -1,
+                            "point %zu has value %g: NaN and infinity cannot be stored", k, v);
+        if (!isfinite(t) || t <= -1.0 || t >= 4294967295.0)
+            return tsm_fail(TSM_EBADPOINT, 0, "", -1,
+                            "point %zu has timestamp %.17g outside 0..4294967294", k, t);
+        out[k] = (pt){(int64_t)t, v, (uint32_t)k};   /* int(t) truncates */
+    }
+    return TSM_OK;
+}
+
+static int scratch_for(tsm_update_scratch **up, size_t n)
+{
+    tsm_update_scratch *u = *up;
+    if (!u && !(u = *up = calloc(1, sizeof *u)))
+        return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+    if (u->cap < n) {
+        free(u->pts);
+        free(u->lows);
+        u->pts = malloc(n * sizeof *u->pts);
+        u->lows = malloc(n * sizeof *u->lows);
+        u->cap = u->pts && u->lows ? n : 0;
+        if (!u->cap)
+            return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+    }
+    return TSM_OK;
+}
+
+/* file_update_many: split the points (newest first) into one group per
+ * archive by age, dropping what is older than every archive. */
+static int update_groups(struct tsm_db *db, tsm_metric *m, tsm_update_scratch *u,
+                         size_t n, int64_t now)
+{
+    pt *pts = u->pts;
+    uint32_t a = 0;
+    size_t gstart = 0, k = 0;
+    int rc = TSM_OK;
+    for (; k < n && !rc; k++) {
+        int64_t age = now - pts[k].t;
+        while (a < m->narch && (int64_t)m->arch[a].seconds_per_point * m->arch[a].points < age) {
+            if (k > gstart)
+                rc = archive_update(db, m, &u->w, &u->sc, a, pts + gstart, k - gstart, u->lows);
+            gstart = k;
+            a++;
+        }
+        if (a == m->narch || rc)
+            break;
+    }
+    if (!rc && a < m->narch && k > gstart)
+        rc = archive_update(db, m, &u->w, &u->sc, a, pts + gstart, k - gstart, u->lows);
+    return rc;
+}
+
+int tsm_series_update(struct tsm_db *db, tsm_metric *m, const void *points,
+                      size_t n, int64_t now)
+{
+    if (n == 0)
+        return TSM_OK;
+    if (n > TSM_MAX_POINTS)
+        return tsm_fail(TSM_ETOOBIG, 0, "", -1, "%zu points in one call (limit %d)", n,
+                        TSM_MAX_POINTS);
+    tsm_update_scratch **up = tsm_db_update_scratch(db);
+    int rc = scratch_for(up, n);
+    tsm_update_scratch *u = *up;
+    if (!rc)
+        rc = load_points(points, n, u->pts);
+    if (!rc)
+        rc = ws_init(&u->w, n * (size_t)m->narch);
+    if (rc)
+        return rc;
+    if (n > 1)
+        qsort(u->pts, n, sizeof *u->pts, cmp_newest_first);
+    rc = update_groups(db, m, u, n, now);
+    if (!rc && u->w.n)
+        rc = commit(db, m, &u->w);
+    return rc;
+}
+
+/* ------------------------------------------------------------ fetch */
+
+typedef struct plan {
+    int none;
+    uint32_t archive;
+    int64_t from, until, step;
+    uint64_t count;
+} plan;
+
+/* whisper.file_fetch + __archive_fetch: choose the archive and window. */
+static void make_plan(const tsm_metric *m, int64_t from, int64_t until, int64_t now, plan *p)
+{
+    memset(p, 0, sizeof *p);
+    int64_t oldest = now - (int64_t)m->max_retention;
+    if (from > now || until < oldest) {
+        p->none = 1;
+        return;
+    }
+    if (from < oldest)
+        from = oldest;
+    if (until > now)
+        until = now;
+    int64_t diff = now - from;
+    uint32_t a = 0;
+    while (a + 1 < m->narch &&
+           (int64_t)m->arch[a].seconds_per_point * m->arch[a].points < diff)
+        a++;
+    int64_t step = m->arch[a].seconds_per_point;
+    p->archive = a;
+    p->step = step;
+    p->from = from - floor_mod(from, step) + step;
+    p->until = until - floor_mod(until, step) + step;
+    if (p->from == p->until)
+        p->until += step;
+    p->count = (uint64_t)((p->until - p->from) / step);
+}
+
+static void fill(struct tsm_db *db, const tsm_metric *m, const plan *p, double *out, int *status)
+{
+    const tsm_archive *ar = &m->arch[p->archive];
+    tsm_page_copy *copy = NULL;
+    int64_t have_ring = -1;
+    int ok = 0;
+    for (uint64_t k = 0; k < p->count; k++) {
+        int64_t iv = p->from + (int64_t)k * p->step;
+        out[k] = NAN;
+        if (iv < 0 || iv > 4294967294LL)
+            continue;
+        uint32_t idx, tag;
+        slot_of(ar, iv, &idx, &tag);
+        uint32_t ring = idx / TSM_SLOTS;
+        const uint32_t *tbl = m->pages[p->archive];
+        if (!tbl || !tbl[ring])
+            continue;
+        if (have_ring != ring) {
+            if (!copy && !(copy = malloc(sizeof *copy))) {
+                *status = TSM_ENOMEM;
+                return;
+            }
+            have_ring = ring;
+            int rc = tsm_db_read_page(db, tbl[ring], copy);
+            tsm_page_id id;
+            uint8_t type;
+            if (rc == TSM_OK) {
+                tsm_page_get_id(copy->bytes, &id, &type);
+                ok = type == TSM_PAGE_DATA && id.metric_id == m->id &&
+                     id.archive == p->archive && id.ring_page == ring;
+            } else {
+                *status = rc;
+                free(copy);
+                return;
+            }
+        }
+        if (ok && tsm_page_tag(copy->bytes, idx % TSM_SLOTS) == tag)
+            out[k] = tsm_page_value(copy->bytes, idx % TSM_SLOTS);
+    }
+    free(copy);
+}
+
+int tsm_series_fetch(struct tsm_db *db, const tsm_metric *m, int64_t from,
+                     int64_t until, int64_t now, tsm_series *out,
+                     double *values, size_t cap, size_t *needed)
+{
+    plan p;
+    make_plan(m, from, until, now, &p);
+    memset(out, 0, sizeof *out);
+    if (p.none) {
+        out->status = TSM_SERIES_NONE;
+        *needed = 0;
+        return TSM_OK;
+    }
+    *needed = p.count;
+    out->start = p.from;
+    out->end = p.until;
+    out->step = p.step;
+    out->count = p.count;
+    if (cap < p.count)
+        return TSM_OK;   /* caller grows the array and calls again */
+    out->status = TSM_SERIES_OK;
+    fill(db, m, &p, values, &out->status);
+    return TSM_OK;
+}
+
+/* ------------------------------------------------------------ archives */
+
+static int cmp_archive(const void *x, const void *y)
+{
+    const tsm_archive *a = x, *b = y;
+    return a->seconds_per_point < b->seconds_per_point ? -1
+                                                       : a->seconds_per_point > b->seconds_per_point;
+}
+
+/* whisper.validateArchiveList, after sorting by precision. */
+int tsm_validate_archives(tsm_archive *a, size_t n)
+{
+    if (n == 0)
+        return tsm_fail(TSM_EBADARCHIVES, 0, "", -1,
+                        "You must specify at least one archive configuration!");
+    if (n > TSM_MAX_ARCHIVES)
+        return tsm_fail(TSM_EBADARCHIVES, 0, "", -1, "at most %d archives", TSM_MAX_ARCHIVES);
+    for (size_t i = 0; i < n; i++)
+        if (a[i].seconds_per_point == 0 || a[i].points == 0 ||
+            (uint64_t)a[i].seconds_per_point * a[i].points > 0xFFFFFFFFull)
+            return tsm_fail(TSM_EBADARCHIVES, 0, "", -1,
+                            "archive%zu (%u, %u): seconds per point and points must be "
+                            "positive with a retention below 2^32 seconds",
+                            i, a[i].seconds_per_point, a[i].points);
+    qsort(a, n, sizeof *a, cmp_archive);
+    for (size_t i = 0; i + 1 < n; i++) {
+        const tsm_archive *x = &a[i], *y = &a[i + 1];
+        if (x->seconds_per_point == y->seconds_per_point)
+            return tsm_fail(TSM_EBADARCHIVES, 0, "", -1,
+                            "A Whisper database may not be configured having two archives "
+                            "with the same precision (archive%zu: (%u, %u), archive%zu: (%u, %u))",
+                            i, x->seconds_per_point, x->points, i + 1, y->seconds_per_point, y->points);
+        if (y->seconds_per_point % x->seconds_per_point)
+            return tsm_fail(TSM_EBADARCHIVES, 0, "", -1,
+                            "Higher precision archives' precision must evenly divide all lower "
+                            "precision archives' precision (archive%zu: %u, archive%zu: %u)",
+                            i, x->seconds_per_point, i + 1, y->seconds_per_point);
+        uint64_t r1 = (uint64_t)x->seconds_per_point * x->points;
+        uint64_t r2 = (uint64_t)y->seconds_per_point * y->points;
+        if (r2 <= r1)
+            return tsm_fail(TSM_EBADARCHIVES, 0, "", -1,
+                            "Lower precision archives must cover larger time intervals than "
+                            "higher precision archives (archive%zu: %llu seconds, archive%zu: %llu seconds)",
+                            i, (unsigned long long)r1, i + 1, (unsigned long long)r2);
+        uint32_t per = y->seconds_per_point / x->seconds_per_point;
+        if (x->points < per)
+            return tsm_fail(TSM_EBADARCHIVES, 0, "", -1,
+                            "Each archive must have at least enough points to consolidate to the "
+                            "next archive (archive%zu consolidates %u of archive%zu's points but it "
+                            "has only %u total points)",
+                            i + 1, per, i, x->points);
+    }
+    return TSM_OK;
+}

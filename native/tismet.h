@@ -1,0 +1,246 @@
+/*
+ * tismet.h - the public interface of the Tismet storage engine.
+ *
+ * Tismet stores Graphite time series with whisper's semantics (archives,
+ * aggregation, xFilesFactor, roll-up) in one directory per database, with a
+ * write-ahead log, page checksums and any number of reader processes.
+ * See native/DESIGN.md for the process model and invariants, and
+ * native/FORMAT.md for the on-disk format.
+ *
+ * Every call taking a tsm_db may also return TSM_ECLOSED after tsm_close().
+ *
+ * Conventions (after LMDB):
+ *   - Handles are opaque.  Every fallible call returns an int: TSM_OK (0) or
+ *     one of the negative TSM_E* codes below; results come back through
+ *     out-parameters.  tsm_strerror() names a code.
+ *   - After a failed call, tsm_last_error() fills a tsm_error with details
+ *     (message, system errno, file and offset for corruption) for the calling
+ *     thread.
+ *   - After an I/O failure while writing or syncing, a writer handle enters a
+ *     sticky failed state: every later write returns TSM_EFATAL until the
+ *     database is closed and reopened (recovery then runs).
+ *   - Names are byte strings (UTF-8) passed as (pointer, length); they are not
+ *     NUL-terminated.
+ *   - All calls on one handle are thread-safe.
+ *
+ * The block between CDEF-BEGIN and CDEF-END is parsed by cffi: it holds only
+ * declarations and integer #defines.
+ */
+#ifndef TISMET_H
+#define TISMET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* CDEF-BEGIN */
+#define TSM_FORMAT_VERSION 1
+
+/* Return codes: 0 is success, failures are negative and distinct from errno. */
+#define TSM_OK 0
+#define TSM_EINVAL -30701      /* invalid argument (bad value, timestamp, option) */
+#define TSM_EBADARCHIVES -30702 /* archive list refused (whisper's rules) */
+#define TSM_EBADAGG -30703     /* unknown aggregation method */
+#define TSM_EBADXFF -30704     /* xFilesFactor outside [0, 1] */
+#define TSM_EBADNAME -30705    /* metric name refused (empty, too long, control characters) */
+#define TSM_EBADPOINT -30706   /* NaN/inf value or timestamp out of range: nothing applied */
+#define TSM_EBADTIME -30707    /* from_time > until_time */
+#define TSM_ENOTFOUND -30708   /* no such metric */
+#define TSM_EEXISTS -30709     /* metric already exists */
+#define TSM_ELOCKED -30710     /* another process holds the writer lock */
+#define TSM_ECORRUPT -30711    /* checksum or structural check failed */
+#define TSM_EIO -30712         /* a system I/O call failed (errno in tsm_error) */
+#define TSM_ENOSPC -30713      /* no space left on device */
+#define TSM_EREADONLY -30714   /* write on a read-only handle */
+#define TSM_EFATAL -30715      /* handle failed earlier; close and reopen */
+#define TSM_ENOMEM -30716      /* out of memory */
+#define TSM_EVERSION -30717    /* database format version not supported */
+#define TSM_ENODB -30718       /* read-only open of a directory holding no database */
+#define TSM_ETOOBIG -30719     /* request too large (points in one call, pattern variants) */
+#define TSM_EBUSY -30720       /* a page stayed mid-update (writer died); reopen as writer */
+#define TSM_ECLOSED -30721     /* the handle was closed */
+
+/* Aggregation methods: whisper's numbering. */
+#define TSM_AGG_AVERAGE 1
+#define TSM_AGG_SUM 2
+#define TSM_AGG_LAST 3
+#define TSM_AGG_MAX 4
+#define TSM_AGG_MIN 5
+#define TSM_AGG_AVG_ZERO 6
+#define TSM_AGG_ABSMAX 7
+#define TSM_AGG_ABSMIN 8
+
+/* Durability of the write-ahead log. */
+#define TSM_DURABLE_NONE 0   /* fsync only at checkpoints and close */
+#define TSM_DURABLE_GROUP 1  /* fsync by a background thread every commit_interval_ms */
+#define TSM_DURABLE_SYNC 2   /* fsync before every write call returns */
+
+#define TSM_MAX_ARCHIVES 32
+#define TSM_MAX_NAME 4096
+#define TSM_MAX_POINTS 1000000  /* points in one tsm_update_many call */
+
+/* Fetch status per series (tsm_series.status). */
+#define TSM_SERIES_OK 0        /* values present (possibly all gaps) */
+#define TSM_SERIES_NONE 1      /* range outside the retention: whisper returns None */
+
+/* find result flags */
+#define TSM_FIND_LEAF 1
+#define TSM_FIND_BRANCH 2
+
+typedef struct tsm_db tsm_db;
+
+typedef struct tsm_archive {
+    uint32_t seconds_per_point;
+    uint32_t points;
+} tsm_archive;
+
+typedef struct tsm_options {
+    int readonly;                 /* 1: reader handle, never takes the lock */
+    int durability;               /* TSM_DURABLE_* (default GROUP) */
+    uint32_t commit_interval_ms;  /* group commit window (default 200, max 1000) */
+    uint64_t wal_bytes;           /* size of the preallocated log (default 64 MiB) */
+} tsm_options;
+
+typedef struct tsm_error {
+    int code;             /* the TSM_E* code of the failure */
+    int sys_errno;        /* errno for TSM_EIO/TSM_ENOSPC, else 0 */
+    int64_t offset;       /* byte offset for TSM_ECORRUPT, else -1 */
+    int64_t pid;          /* holder for TSM_ELOCKED, else 0 */
+    char file[512];       /* file for TSM_ECORRUPT / TSM_EIO, else "" */
+    char message[512];    /* human-readable description */
+} tsm_error;
+
+typedef struct tsm_metric_info {
+    int aggregation;      /* TSM_AGG_* */
+    float x_files_factor; /* stored as float32, like whisper */
+    uint32_t max_retention;
+    uint32_t narchives;
+    tsm_archive archives[32];
+} tsm_metric_info;
+
+typedef struct tsm_series {
+    int status;           /* TSM_SERIES_*, or a negative TSM_E* code for this series */
+    int64_t start, end, step;
+    uint64_t offset;      /* index of the first value in the shared values array */
+    uint64_t count;       /* number of values */
+} tsm_series;
+
+typedef struct tsm_db_stats {
+    uint64_t metrics;
+    uint64_t pages_total;      /* pages in the page file, superblock included */
+    uint64_t pages_data;       /* pages holding series data */
+    uint64_t pages_free;
+    uint64_t wal_bytes_written;  /* log bytes appended since open */
+    uint64_t wal_syncs;
+    uint64_t checkpoints;
+    uint64_t points_written;     /* points accepted by update_many since open */
+    uint64_t last_lsn;
+    uint64_t disk_bytes;         /* bytes allocated by the database files */
+} tsm_db_stats;
+
+/* Fill *opts with the defaults. */
+void tsm_options_init(tsm_options *opts);
+
+/* Open (creating when writable and absent) the database in directory `path`.
+ * Returns TSM_OK, TSM_ELOCKED (error pid = holder), TSM_ENODB (read-only and
+ * no database), TSM_EVERSION, TSM_ECORRUPT, TSM_EIO, TSM_ENOSPC, TSM_ENOMEM,
+ * TSM_EINVAL (bad options).  A writable open recovers from the log by itself. */
+int tsm_open(const char *path, const tsm_options *opts, tsm_db **out);
+
+/* Close the handle: a writer checkpoints, makes everything durable and
+ * releases the lock.  Waits for calls in flight on other threads; every
+ * later call returns TSM_ECLOSED.  Idempotent.  The handle's memory stays
+ * valid until tsm_release(), so racing threads fail cleanly instead of
+ * touching freed memory.  Returns TSM_OK, TSM_EIO, TSM_ENOSPC, TSM_EFATAL. */
+int tsm_close(tsm_db *db);
+
+/* Close if still open, then free the handle.  No call may follow. */
+void tsm_release(tsm_db *db);
+
+/* Create a metric.  archives are sorted by precision and validated exactly as
+ * whisper.validateArchiveList does.  xff < 0 means 0.5; aggregation 0 means
+ * average.  Returns TSM_OK, TSM_EBADNAME, TSM_EBADARCHIVES, TSM_EBADAGG,
+ * TSM_EBADXFF, TSM_EEXISTS, TSM_EREADONLY, TSM_EFATAL, TSM_EIO, TSM_ENOSPC,
+ * TSM_ENOMEM. */
+int tsm_create(tsm_db *db, const char *name, size_t name_len,
+               const tsm_archive *archives, size_t narchives,
+               double xff, int aggregation);
+
+/* 1 if the metric exists, 0 if not, or a negative code (TSM_EBADNAME,
+ * TSM_ECORRUPT, TSM_EIO). */
+int tsm_exists(tsm_db *db, const char *name, size_t name_len);
+
+/* Write points, given as npoints (timestamp, value) pairs interleaved in
+ * `points`, with whisper.update_many's semantics at clock `now`
+ * (use_now = 0: the real clock).  All or nothing: a NaN/inf value or a
+ * timestamp outside [0, 2^32-2] fails the call with TSM_EBADPOINT before
+ * anything is applied.  Returns TSM_OK, TSM_ENOTFOUND, TSM_EBADPOINT,
+ * TSM_ETOOBIG, TSM_EREADONLY, TSM_EFATAL, TSM_EIO, TSM_ENOSPC, TSM_ENOMEM. */
+int tsm_update_many(tsm_db *db, const char *name, size_t name_len,
+                    const void *points, size_t npoints,
+                    int use_now, int64_t now);
+
+/* Fetch n series in one call with whisper.fetch's semantics.  Names are
+ * concatenated in `names`, name i being name_lens[i] bytes.  For each series,
+ * out[i] is filled; values of all series are stored in one array allocated
+ * by the engine, returned in *values (NaN for gaps), freed with tsm_free().
+ * A missing metric gives out[i].status = TSM_ENOTFOUND; a corrupt page gives
+ * TSM_ECORRUPT for that series only.  Returns TSM_OK, TSM_EBADTIME,
+ * TSM_ENOMEM, TSM_EINVAL. */
+int tsm_fetch_many(tsm_db *db, const char *names, const uint32_t *name_lens,
+                   size_t n, int64_t from_time, int64_t until_time,
+                   int use_until, int use_now, int64_t now,
+                   tsm_series *out, double **values);
+
+/* whisper.info.  Returns TSM_OK, TSM_ENOTFOUND, TSM_EBADNAME. */
+int tsm_info(tsm_db *db, const char *name, size_t name_len, tsm_metric_info *out);
+
+/* Change aggregation (0: keep) and xFilesFactor (< 0: keep); *old_aggregation
+ * receives the previous method.  Returns TSM_OK, TSM_ENOTFOUND, TSM_EBADAGG,
+ * TSM_EBADXFF, TSM_EREADONLY, TSM_EFATAL, TSM_EIO, TSM_ENOSPC. */
+int tsm_set_aggregation(tsm_db *db, const char *name, size_t name_len,
+                        int aggregation, double xff, int *old_aggregation);
+
+/* Delete a metric and free its pages.  Returns TSM_OK, TSM_ENOTFOUND,
+ * TSM_EREADONLY, TSM_EFATAL, TSM_EIO, TSM_ENOSPC. */
+int tsm_delete(tsm_db *db, const char *name, size_t name_len);
+
+/* Graphite glob over the name index (graphite-web StandardFinder semantics).
+ * On success *out is a buffer of *count entries, each one flag byte
+ * (TSM_FIND_LEAF | TSM_FIND_BRANCH) followed by the name and a '\n'; free it
+ * with tsm_free().  Returns TSM_OK, TSM_ETOOBIG, TSM_ENOMEM. */
+int tsm_find(tsm_db *db, const char *pattern, size_t pattern_len,
+             char **out, size_t *out_len, size_t *count);
+
+/* Make every logged change durable now.  Returns TSM_OK, TSM_EIO, TSM_EFATAL. */
+int tsm_sync(tsm_db *db);
+
+/* Flush pages, make them durable and recycle the log.  Returns TSM_OK,
+ * TSM_EREADONLY, TSM_EIO, TSM_ENOSPC, TSM_EFATAL. */
+int tsm_checkpoint(tsm_db *db);
+
+/* Engine figures.  Returns TSM_OK. */
+int tsm_stats(tsm_db *db, tsm_db_stats *out);
+
+/* Verify every page checksum, every catalog and log record and the
+ * references between them.  *problems receives the number found; the first
+ * one is described by tsm_last_error().  Returns TSM_OK or TSM_ENOMEM. */
+int tsm_check(tsm_db *db, uint64_t *problems);
+
+/* Name of a code. */
+const char *tsm_strerror(int code);
+
+/* Details of the calling thread's last failure. */
+void tsm_last_error(tsm_error *out);
+
+/* Free memory returned by the engine. */
+void tsm_free(void *p);
+/* CDEF-END */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TISMET_H */

@@ -1,0 +1,217 @@
+/*
+ * wal.c - the write-ahead log.
+ *
+ * One preallocated, zero-filled file, mapped shared: appending a record is a
+ * memcpy into the page cache (or, in sync mode, one pwrite), so a record
+ * survives the death of the process as soon as it is copied, and fdatasync
+ * makes it survive the machine.
+ * Overwriting preallocated blocks keeps each sync cheap.
+ *
+ * Layout (FORMAT.md, "Log"): two 2048-byte header slots at 0 and 2048, the
+ * newer valid one (by seq) rules; records from offset 4096, with LSNs
+ * start_lsn, start_lsn+1, ... without gaps.  A scan stops at the first
+ * record that fails its checksum or breaks the sequence: that is the end
+ * of the log.  Older records left from an earlier cycle have smaller LSNs
+ * and so can never be taken for new ones.
+ *
+ * Invariants: (W1) a record is appended before any page it changes is
+ * touched; (W2) the header is durable before the first record of its cycle
+ * is written; (W3) reset happens only after a checkpoint made every change
+ * up to checkpoint_lsn durable in the page file and the catalog.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "wal.h"
+
+typedef struct wal_header {
+    char magic[8];
+    uint32_t version;
+    uint32_t crc;          /* of the header with crc = 0 */
+    uint64_t seq;
+    uint64_t start_lsn;
+    uint64_t checkpoint_lsn;
+} wal_header;
+
+static uint32_t header_crc(wal_header h)
+{
+    h.crc = 0;
+    return tsm_crc32c(0, &h, sizeof h);
+}
+
+static int read_header(tsm_wal *w)
+{
+    int found = 0;
+    for (int slot = 0; slot < 2; slot++) {
+        wal_header h;
+        memcpy(&h, w->map + slot * 2048, sizeof h);
+        if (memcmp(h.magic, TSM_WAL_MAGIC, 8) || h.crc != header_crc(h))
+            continue;
+        if (h.version != TSM_FORMAT_VERSION)
+            return tsm_fail(TSM_EVERSION, 0, w->path, slot * 2048,
+                            "%s: log format version %u", w->path, h.version);
+        if (!found || h.seq > w->hdr_seq) {
+            w->hdr_seq = h.seq;
+            w->start_lsn = h.start_lsn;
+            w->checkpoint_lsn = h.checkpoint_lsn;
+            found = 1;
+        }
+    }
+    return found ? TSM_OK : TSM_ENODB;
+}
+
+static int write_header(tsm_wal *w, uint64_t checkpoint_lsn)
+{
+    wal_header h = {0};
+    memcpy(h.magic, TSM_WAL_MAGIC, 8);
+    h.version = TSM_FORMAT_VERSION;
+    h.seq = w->hdr_seq + 1;
+    h.start_lsn = checkpoint_lsn + 1;
+    h.checkpoint_lsn = checkpoint_lsn;
+    h.crc = header_crc(h);
+    memcpy(w->map + (h.seq % 2) * 2048, &h, sizeof h);
+    if (w->io->msync(w->map, TSM_WAL_DATA) != 0)
+        return tsm_io_error(errno, w->path, "sync log header of");
+    w->hdr_seq = h.seq;
+    w->start_lsn = h.start_lsn;
+    w->checkpoint_lsn = checkpoint_lsn;
+    return TSM_OK;
+}
+
+static int create_file(tsm_wal *w, uint64_t size)
+{
+    enum { CHUNK = 1 << 20 };
+    uint8_t *zero = calloc(1, CHUNK);
+    if (!zero)
+        return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+    int rc = TSM_OK;
+    for (uint64_t off = 0; off < size && rc == TSM_OK; off += CHUNK) {
+        size_t n = size - off < CHUNK ? (size_t)(size - off) : CHUNK;
+        rc = tsm_io_write_full(w->io, w->fd, zero, n, (off_t)off, w->path);
+    }
+    free(zero);
+    if (rc == TSM_OK && w->io->datasync(w->fd) != 0)
+        rc = tsm_io_error(errno, w->path, "sync");
+    return rc;
+}
+
+int tsm_wal_open(tsm_wal *w, const tsm_io *io, const char *path, uint64_t size)
+{
+    memset(w, 0, sizeof *w);
+    w->io = io;
+    w->fd = -1;
+    pthread_mutex_init(&w->sync_mu, NULL);
+    snprintf(w->path, sizeof w->path, "%s", path);
+    w->fd = io->open(path, O_RDWR | O_CREAT, 0644);
+    if (w->fd < 0)
+        return tsm_io_error(errno, path, "open");
+    off_t cur;
+    if (io->size(w->fd, &cur) != 0)
+        return tsm_io_error(errno, path, "stat");
+    int fresh = cur == 0;
+    if (fresh) {
+        int rc = create_file(w, size);
+        if (rc)
+            return rc;
+    } else {
+        size = (uint64_t)cur;   /* an existing log keeps its size */
+    }
+    if (size < 2 * TSM_WAL_DATA)
+        return tsm_fail(TSM_ECORRUPT, 0, path, 0, "%s: log file too small", path);
+    w->size = size;
+    w->map = io->reserve(size);
+    if (!w->map || io->map(w->map, size, w->fd, 0, 1) != 0)
+        return tsm_io_error(errno ? errno : ENOMEM, path, "map");
+    int rc = fresh ? TSM_ENODB : read_header(w);
+    if (rc == TSM_ENODB)
+        rc = write_header(w, 0);
+    atomic_store(&w->write_off, TSM_WAL_DATA);
+    w->synced_off = TSM_WAL_DATA;
+    return rc;
+}
+
+void tsm_wal_close(tsm_wal *w)
+{
+    if (w->map)
+        w->io->unmap(w->map, w->size);
+    if (w->fd >= 0)
+        w->io->close(w->fd);
+    w->map = NULL;
+    w->fd = -1;
+    pthread_mutex_destroy(&w->sync_mu);
+}
+
+int tsm_wal_scan(tsm_wal *w, tsm_wal_visit visit, void *ctx, uint64_t *last_lsn)
+{
+    uint64_t off = TSM_WAL_DATA, expect = w->start_lsn;
+    while (off < w->size) {
+        tsm_rec r;
+        if (tsm_rec_parse(w->map + off, w->size - off, &r) != TSM_OK || r.lsn != expect)
+            break;
+        int rc = visit(ctx, &r);
+        if (rc)
+            return rc;
+        off += r.len;
+        expect++;
+    }
+    atomic_store(&w->write_off, off);
+    w->synced_off = off;
+    *last_lsn = expect - 1;
+    return TSM_OK;
+}
+
+uint64_t tsm_wal_room(const tsm_wal *w)
+{
+    return w->size - atomic_load(&w->write_off);
+}
+
+int tsm_wal_append(tsm_wal *w, const uint8_t *rec, size_t len, int by_write)
+{
+    uint64_t off = atomic_load_explicit(&w->write_off, memory_order_relaxed);
+    if (len > w->size - off)
+        return tsm_fail(TSM_ETOOBIG, 0, w->path, -1, "log record of %zu bytes does not fit", len);
+    if (by_write) {
+        /* sync mode: a write(2) then fdatasync is cheaper than dirtying the
+         * mapping (no write faults); the mapping sees the same page cache */
+        int rc = tsm_io_write_full(w->io, w->fd, rec, len, (off_t)off, w->path);
+        if (rc)
+            return rc;
+    } else {
+        memcpy(w->map + off, rec, len);
+    }
+    atomic_store_explicit(&w->write_off, off + len, memory_order_release);
+    return TSM_OK;
+}
+
+int tsm_wal_sync(tsm_wal *w)
+{
+    pthread_mutex_lock(&w->sync_mu);
+    uint64_t end = atomic_load_explicit(&w->write_off, memory_order_acquire);
+    int rc = TSM_OK;
+    if (end > w->synced_off) {
+        if (w->io->datasync(w->fd) != 0)
+            rc = tsm_io_error(errno, w->path, "sync");
+        else {
+            w->synced_off = end;
+            w->syncs++;
+        }
+    }
+    pthread_mutex_unlock(&w->sync_mu);
+    return rc;
+}
+
+int tsm_wal_reset(tsm_wal *w, uint64_t checkpoint_lsn)
+{
+    pthread_mutex_lock(&w->sync_mu);
+    int rc = write_header(w, checkpoint_lsn);
+    if (rc == TSM_OK) {
+        memset(w->map + TSM_WAL_DATA, 0, 8);
+        atomic_store(&w->write_off, TSM_WAL_DATA);
+        w->synced_off = TSM_WAL_DATA;
+    }
+    pthread_mutex_unlock(&w->sync_mu);
+    return rc;
+}

@@ -1,0 +1,47 @@
+/*
+ * wal.h - the write-ahead log file (see wal.c).
+ */
+#ifndef TSM_WAL_H
+#define TSM_WAL_H
+
+#include "internal.h"
+
+#define TSM_WAL_MAGIC "TISMETWL"
+#define TSM_WAL_DATA 4096u   /* records start here; two header slots before */
+
+typedef struct tsm_wal {
+    const tsm_io *io;
+    int fd;
+    char path[4096];
+    uint8_t *map;
+    uint64_t size;
+    _Atomic uint64_t write_off;   /* end of the last appended record */
+    uint64_t synced_off;          /* everything before is durable */
+    uint64_t hdr_seq;             /* sequence of the newest valid header slot */
+    uint64_t start_lsn;           /* LSN of the first record after the header */
+    uint64_t checkpoint_lsn;      /* every change <= this is in the page file */
+    uint64_t syncs;
+    pthread_mutex_t sync_mu;      /* orders msync against reset */
+} tsm_wal;
+
+/* Open or create (zero-filled, preallocated) the log at path. */
+int tsm_wal_open(tsm_wal *w, const tsm_io *io, const char *path, uint64_t size);
+void tsm_wal_close(tsm_wal *w);
+/* Visit every valid record after the header in order; stops at the first
+ * invalid or out-of-sequence one and positions the append offset there.
+ * *last_lsn receives the LSN of the last valid record (or start_lsn - 1). */
+typedef int (*tsm_wal_visit)(void *ctx, const tsm_rec *r);
+int tsm_wal_scan(tsm_wal *w, tsm_wal_visit visit, void *ctx, uint64_t *last_lsn);
+/* Bytes still free for records. */
+uint64_t tsm_wal_room(const tsm_wal *w);
+/* Copy a finished record into the log (in the page cache: survives the
+ * process); by_write uses pwrite instead of the mapping.  TSM_ETOOBIG if it
+ * does not fit, TSM_EIO/TSM_ENOSPC from pwrite. */
+int tsm_wal_append(tsm_wal *w, const uint8_t *rec, size_t len, int by_write);
+/* Make everything appended so far durable. */
+int tsm_wal_sync(tsm_wal *w);
+/* Start a new cycle after a checkpoint: records restart after the header,
+ * with LSNs from checkpoint_lsn + 1. */
+int tsm_wal_reset(tsm_wal *w, uint64_t checkpoint_lsn);
+
+#endif

@@ -1,0 +1,375 @@
+"""``tismet.Database``: the Python face of the C engine.
+
+Design rules (see API.md for the contract):
+
+* one engine call per metric per write and per batch of series per fetch;
+  the conversions in both directions are done in C by ``tismet._convert``,
+  so no hot path loops over points in Python;
+* every engine return code goes through :func:`_raise`, which builds the
+  matching exception from one table, with the engine's message, file and
+  offset;
+* the handle is thread-safe: the engine locks internally (cffi releases the
+  GIL during calls), and ``close()`` leaves the handle's memory to
+  ``ffi.gc``, so a call racing ``close()`` fails with DatabaseClosed.
+"""
+import os
+
+from tismet import _convert, errors
+from tismet._native import ffi, lib
+
+AGGREGATION_METHODS = ("average", "sum", "last", "max", "min", "avg_zero", "absmax", "absmin")
+_AGG_CODE = {name: i + 1 for i, name in enumerate(AGGREGATION_METHODS)}
+_AGG_NAME = {code: name for name, code in _AGG_CODE.items()}
+DURABILITY_MODES = {"none": lib.TSM_DURABLE_NONE, "group": lib.TSM_DURABLE_GROUP,
+                    "sync": lib.TSM_DURABLE_SYNC}
+
+_ERROR_CLASSES = {
+    lib.TSM_EINVAL: errors.InvalidArgument,
+    lib.TSM_EBADARCHIVES: errors.InvalidConfiguration,
+    lib.TSM_EBADAGG: errors.InvalidAggregationMethod,
+    lib.TSM_EBADXFF: errors.InvalidXFilesFactor,
+    lib.TSM_EBADNAME: errors.InvalidName,
+    lib.TSM_EBADPOINT: errors.InvalidPoint,
+    lib.TSM_EBADTIME: errors.InvalidTimeInterval,
+    lib.TSM_ENOTFOUND: errors.MetricNotFound,
+    lib.TSM_EEXISTS: errors.MetricExists,
+    lib.TSM_ELOCKED: errors.DatabaseLocked,
+    lib.TSM_ECORRUPT: errors.CorruptDatabase,
+    lib.TSM_EIO: errors.StorageError,
+    lib.TSM_ENOSPC: errors.StorageError,
+    lib.TSM_EREADONLY: errors.ReadOnlyDatabase,
+    lib.TSM_EFATAL: errors.StorageError,
+    lib.TSM_ENOMEM: errors.TismetMemoryError,
+    lib.TSM_EVERSION: errors.UnsupportedVersion,
+    lib.TSM_ENODB: errors.DatabaseNotFound,
+    lib.TSM_ETOOBIG: errors.RequestTooLarge,
+    lib.TSM_EBUSY: errors.PageBusy,
+    lib.TSM_ECLOSED: errors.DatabaseClosed,
+}
+
+_pack_points = _convert.pack_points
+_update_many = lib.tsm_update_many
+
+_METADATA_SIZE = 16   # whisper's header and archive-info sizes, for info()'s offsets
+_ARCHIVE_INFO_SIZE = 12
+_POINT_SIZE = 12
+
+
+def _error(code):
+    """The exception for engine return code ``code``, with the engine's details."""
+    detail = ffi.new("tsm_error *")
+    lib.tsm_last_error(detail)
+    message = ffi.string(detail.message).decode("utf-8", "replace")
+    if detail.code != code or not message:
+        message = ffi.string(lib.tsm_strerror(code)).decode()
+    cls = _ERROR_CLASSES.get(code, errors.TismetError)
+    if issubclass(cls, errors.TismetOSError):
+        file = ffi.string(detail.file).decode("utf-8", "replace")
+        exc = cls(message, errno=detail.sys_errno or None, file=file, offset=detail.offset)
+        if cls is errors.DatabaseLocked:
+            exc.pid = int(detail.pid) or None
+        return exc
+    if cls is errors.DatabaseNotFound:
+        return cls(message)
+    return cls(message)
+
+
+def _name_bytes(name):
+    if isinstance(name, bytes):
+        return name
+    if not isinstance(name, str):
+        raise errors.InvalidName("metric name must be str, not %s" % type(name).__name__)
+    try:
+        return name.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise errors.InvalidName("metric name is not valid UTF-8: %s" % e) from None
+
+
+def _int_time(value, what):
+    try:
+        return int(value)
+    except (TypeError, ValueError, OverflowError):
+        raise errors.InvalidArgument("%s must be a number, not %r" % (what, value)) from None
+
+
+class Database:
+    """A Tismet database directory, opened for writing (one process) or reading (any number).
+
+    Methods mirror whisper's functions, with the metric name in place of the
+    file path: ``create``, ``exists``, ``update_many``, ``fetch``, ``info``,
+    ``set_aggregation_method``, plus ``find``, ``delete``, ``fetch_many`` and
+    housekeeping (``sync``, ``checkpoint``, ``stats``, ``check``).
+    """
+
+    def __init__(self, path, readonly=False, durability="group", commit_interval=0.2,
+                 wal_size=None):
+        if durability not in DURABILITY_MODES:
+            raise errors.InvalidArgument("durability must be one of %s, not %r"
+                                         % (", ".join(DURABILITY_MODES), durability))
+        interval_ms = int(round(float(commit_interval) * 1000))
+        if not 1 <= interval_ms <= 1000:
+            raise errors.InvalidArgument("commit_interval must be between 0.001 and 1 second")
+        opts = ffi.new("tsm_options *")
+        lib.tsm_options_init(opts)
+        opts.readonly = 1 if readonly else 0
+        opts.durability = DURABILITY_MODES[durability]
+        opts.commit_interval_ms = interval_ms
+        if wal_size is not None:
+            opts.wal_bytes = int(wal_size)
+        self.path = os.fspath(path)
+        self.readonly = bool(readonly)
+        self.durability = durability
+        out = ffi.new("tsm_db **")
+        rc = lib.tsm_open(os.fsencode(self.path), opts, out)
+        if rc:
+            raise _error(rc)
+        # the engine frees the handle only when this object dies, so a call
+        # racing close() gets DatabaseClosed, never freed memory
+        self._db = ffi.gc(out[0], lib.tsm_release)
+        self._closed = False
+
+    # -- lifetime --------------------------------------------------------------
+
+    def close(self):
+        """Checkpoint, make everything durable and release the writer lock.
+
+        Idempotent; waits for calls in flight on other threads; later calls
+        raise DatabaseClosed.
+        """
+        self._closed = True
+        rc = lib.tsm_close(self._db)
+        if rc:
+            raise _error(rc)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if self._closed else ("read-only" if self.readonly else self.durability)
+        return "<tismet.Database %r (%s)>" % (self.path, state)
+
+    # -- metrics -----------------------------------------------------------------
+
+    def create(self, name, archives, x_files_factor=0.5, aggregation_method="average"):
+        """Create metric ``name`` with whisper's ``archives`` [(secondsPerPoint, points), ...]."""
+        nb = _name_bytes(name)
+        if x_files_factor is None:
+            x_files_factor = 0.5
+        if aggregation_method is None:
+            aggregation_method = "average"
+        if aggregation_method not in _AGG_CODE:
+            raise errors.InvalidAggregationMethod(
+                "Unrecognized aggregation method %s" % (aggregation_method,))
+        try:
+            xff = float(x_files_factor)
+        except (TypeError, ValueError):
+            raise errors.InvalidXFilesFactor(
+                "Invalid xFilesFactor %s, not a float" % (x_files_factor,)) from None
+        try:
+            pairs = [(int(a[0]), int(a[1])) for a in archives]
+        except (TypeError, ValueError, IndexError):
+            raise errors.InvalidConfiguration(
+                "archives must be a list of (secondsPerPoint, points) pairs") from None
+        if any(not (0 < s < 2 ** 32 and 0 < p < 2 ** 32) for s, p in pairs):
+            raise errors.InvalidConfiguration(
+                "archive seconds per point and points must be positive 32-bit integers")
+        if len(pairs) > lib.TSM_MAX_ARCHIVES:
+            raise errors.InvalidConfiguration("at most %d archives" % lib.TSM_MAX_ARCHIVES)
+        arr = ffi.new("tsm_archive[]", pairs or 1)
+        rc = lib.tsm_create(self._db, nb, len(nb), arr, len(pairs), xff,
+                            _AGG_CODE[aggregation_method])
+        if rc:
+            raise _error(rc)
+
+    def exists(self, name):
+        nb = _name_bytes(name)
+        rc = lib.tsm_exists(self._db, nb, len(nb))
+        if rc < 0:
+            if rc == lib.TSM_EBADNAME:
+                return False
+            raise _error(rc)
+        return rc == 1
+
+    def update_many(self, name, points, now=None):
+        """Write (timestamp, value) points with whisper.update_many's semantics; all or nothing."""
+        packed = _pack_points(points)
+        if not packed:
+            return
+        nb = name.encode() if type(name) is str else _name_bytes(name)
+        if now is None:
+            rc = _update_many(self._db, nb, len(nb), packed, len(packed) >> 4, 0, 0)
+        else:
+            rc = _update_many(self._db, nb, len(nb), packed, len(packed) >> 4, 1,
+                              _int_time(now, "now"))
+        if rc:
+            raise _error(rc)
+
+    def fetch(self, name, from_time, until_time=None, now=None):
+        """whisper.fetch: ``((start, end, step), values)`` with None for gaps, or None."""
+        result = self._fetch([name], from_time, until_time, now, missing_ok=False)
+        return result[0]
+
+    def fetch_many(self, names, from_time, until_time=None, now=None):
+        """fetch() for many series in one engine call; None for missing metrics."""
+        return self._fetch(list(names), from_time, until_time, now, missing_ok=True)
+
+    def _fetch(self, names, from_time, until_time, now, missing_ok):
+        encoded = [_name_bytes(n) for n in names]
+        count = len(encoded)
+        if not count:
+            return []
+        blob = b"".join(encoded)
+        lens = ffi.new("uint32_t[]", [len(b) for b in encoded])
+        out = ffi.new("tsm_series[]", count)
+        values = ffi.new("double **")
+        use_until, until_v = (0, 0) if until_time is None else (1, _int_time(until_time, "until_time"))
+        use_now, now_v = (0, 0) if now is None else (1, _int_time(now, "now"))
+        from_v = _int_time(from_time, "from_time")
+        rc = lib.tsm_fetch_many(self._db, blob, lens, count, from_v, until_v, use_until,
+                                use_now, now_v, out, values)
+        if rc:
+            raise _error(rc)
+        try:
+            return self._results(names, out, values[0], missing_ok)
+        finally:
+            lib.tsm_free(values[0])
+
+    def _results(self, names, out, vals, missing_ok):
+        total = 0
+        for i in range(len(names)):
+            if out[i].status == lib.TSM_SERIES_OK:
+                total = max(total, out[i].offset + out[i].count)
+        buf = ffi.buffer(vals, total * 8) if total else b""
+        results = []
+        for i, name in enumerate(names):
+            s = out[i]
+            if s.status == lib.TSM_SERIES_OK:
+                results.append(((s.start, s.end, s.step),
+                                _convert.values_list(buf, s.offset, s.count)))
+            elif s.status == lib.TSM_SERIES_NONE or (missing_ok and s.status == lib.TSM_ENOTFOUND):
+                results.append(None)
+            elif missing_ok and s.status == lib.TSM_EBADNAME:
+                results.append(None)
+            else:
+                raise _series_error(s.status, name)
+        return results
+
+    def info(self, name):
+        """whisper.info's dict for ``name``."""
+        nb = _name_bytes(name)
+        out = ffi.new("tsm_metric_info *")
+        rc = lib.tsm_info(self._db, nb, len(nb), out)
+        if rc:
+            raise _error(rc)
+        archives = []
+        offset = _METADATA_SIZE + _ARCHIVE_INFO_SIZE * out.narchives
+        for i in range(out.narchives):
+            step, points = out.archives[i].seconds_per_point, out.archives[i].points
+            archives.append({"offset": offset, "secondsPerPoint": step, "points": points,
+                             "retention": step * points, "size": points * _POINT_SIZE})
+            offset += points * _POINT_SIZE
+        return {"aggregationMethod": _AGG_NAME[out.aggregation],
+                "maxRetention": out.max_retention,
+                "xFilesFactor": out.x_files_factor,
+                "archives": archives}
+
+    def set_aggregation_method(self, name, aggregation_method, x_files_factor=None):
+        """Change the aggregation (and xFilesFactor); returns the old method, like whisper."""
+        if aggregation_method not in _AGG_CODE:
+            raise errors.InvalidAggregationMethod(
+                "Unrecognized aggregation method: %s" % (aggregation_method,))
+        if x_files_factor is None:
+            xff = -1.0
+        else:
+            try:
+                xff = float(x_files_factor)
+            except (TypeError, ValueError):
+                raise errors.InvalidXFilesFactor(
+                    "Invalid xFilesFactor %s, not a float" % (x_files_factor,)) from None
+            if not 0 <= xff <= 1:
+                raise errors.InvalidXFilesFactor(
+                    "Invalid xFilesFactor %s, not between 0 and 1" % (x_files_factor,))
+        nb = _name_bytes(name)
+        old = ffi.new("int *")
+        rc = lib.tsm_set_aggregation(self._db, nb, len(nb), _AGG_CODE[aggregation_method], xff, old)
+        if rc:
+            raise _error(rc)
+        return _AGG_NAME[old[0]]
+
+    def delete(self, name):
+        """Delete metric ``name`` and free its space."""
+        nb = _name_bytes(name)
+        rc = lib.tsm_delete(self._db, nb, len(nb))
+        if rc:
+            raise _error(rc)
+
+    def find(self, pattern):
+        """Yield ``(name, is_leaf)`` for a Graphite glob, as graphite-web's StandardFinder would."""
+        pb = pattern.encode("utf-8", "surrogateescape") if isinstance(pattern, str) else pattern
+        out = ffi.new("char **")
+        out_len = ffi.new("size_t *")
+        count = ffi.new("size_t *")
+        rc = lib.tsm_find(self._db, pb, len(pb), out, out_len, count)
+        if rc:
+            raise _error(rc)
+        try:
+            data = ffi.buffer(out[0], out_len[0])[:] if out_len[0] else b""
+        finally:
+            lib.tsm_free(out[0])
+        entries = sorted(data.split(b"\n")[:-1], key=lambda e: e[1:])
+        return iter(_find_pairs(entries))
+
+    # -- housekeeping ------------------------------------------------------------
+
+    def sync(self):
+        """Make every write so far durable now (whatever the durability mode)."""
+        self._call(lib.tsm_sync)
+
+    def checkpoint(self):
+        """Flush pages to the page file and recycle the log."""
+        self._call(lib.tsm_checkpoint)
+
+    def stats(self):
+        """Engine figures: metrics, pages, log bytes, checkpoints, points written, disk bytes."""
+        out = ffi.new("tsm_db_stats *")
+        self._call(lib.tsm_stats, out)
+        return {field: int(getattr(out, field)) for field, _ in ffi.typeof("tsm_db_stats").fields}
+
+    def check(self):
+        """Verify every checksum and reference; returns a list of problems (empty when clean)."""
+        problems = ffi.new("uint64_t *")
+        self._call(lib.tsm_check, problems)
+        if not problems[0]:
+            return []
+        first = _error(lib.TSM_ECORRUPT)
+        found = [str(first)]
+        if problems[0] > 1:
+            found.append("... and %d more problems" % (problems[0] - 1))
+        return found
+
+    def _call(self, fn, *args):
+        rc = fn(self._db, *args)
+        if rc:
+            raise _error(rc)
+
+
+def _find_pairs(entries):
+    pairs = []
+    for entry in entries:
+        flags = entry[0]
+        name = entry[1:].decode("utf-8", "surrogateescape")
+        if flags & lib.TSM_FIND_BRANCH:
+            pairs.append((name, False))
+        if flags & lib.TSM_FIND_LEAF:
+            pairs.append((name, True))
+    return pairs
+
+
+def _series_error(code, name):
+    exc = _error(code)
+    if isinstance(exc, errors.MetricNotFound):
+        return errors.MetricNotFound("no metric named %r" % (name,))
+    return exc
