@@ -123,7 +123,7 @@ typedef struct tsm_superblock {
     uint64_t created;
     uint32_t crc;         /* of the 24 bytes above */
     uint32_t pad0;
-    uint8_t pad1[24];
+    uint8_t pad1[32];
     /* live part, shared with readers (offset 64) */
     _Atomic uint64_t catalog_len;
     _Atomic uint64_t catalog_gen;

@@ -24,6 +24,7 @@
  */
 #define _GNU_SOURCE
 #include <sched.h>
+#include <stddef.h>
 #include <string.h>
 #include <time.h>
 
@@ -32,6 +33,8 @@
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "little-endian hosts only");
 _Static_assert(TSM_PAGE_HDR + TSM_SLOTS * 12 <= TSM_PAGE_SIZE, "slots fit");
 _Static_assert(sizeof(tsm_superblock) <= TSM_PAGE_SIZE, "superblock fits");
+_Static_assert(offsetof(tsm_superblock, catalog_len) == 64, "FORMAT.md: live part at 64");
+_Static_assert(offsetof(tsm_superblock, writer_pid) == 96, "FORMAT.md: writer_pid at 96");
 
 #define OFF_CRC 0
 #define OFF_SEQ 4
