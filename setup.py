@@ -38,6 +38,8 @@ setup(
         Extension(
             "tismet._convert",
             sources=["tismet/_convert.c"],
+            include_dirs=["native"],
+            depends=["native/tismet.h"],
             extra_compile_args=["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror"] + _san,
             extra_link_args=_san,
         )

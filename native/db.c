@@ -78,7 +78,7 @@ void tsm_options_init(tsm_options *o)
     memset(o, 0, sizeof *o);
     o->durability = TSM_DURABLE_GROUP;
     o->commit_interval_ms = 200;
-    o->wal_bytes = 64ull << 20;
+    o->wal_bytes = 128ull << 20;
 }
 
 tsm_buf *tsm_db_scratch(tsm_db *db, int which) { return &db->scratch[which]; }
@@ -140,12 +140,14 @@ static int closed_error(void)
 /* Take the write lock for a change; on failure the lock is not held. */
 static int write_begin(tsm_db *db)
 {
-    if (db->opts.readonly)
-        return tsm_fail(TSM_EREADONLY, 0, db->dir, -1, "database %s is open read-only", db->dir);
     pthread_rwlock_wrlock(&db->rw);
     if (db->closed) {
         pthread_rwlock_unlock(&db->rw);
         return closed_error();
+    }
+    if (db->opts.readonly) {
+        pthread_rwlock_unlock(&db->rw);
+        return tsm_fail(TSM_EREADONLY, 0, db->dir, -1, "database %s is open read-only", db->dir);
     }
     int f = atomic_load(&db->fatal);
     if (f) {
@@ -328,7 +330,7 @@ static int finish_write(tsm_db *db, int rc)
         if (rc)
             set_fatal(db, rc);
     }
-    if (rc == TSM_OK && tsm_wal_room(&db->wal) < db->wal.size / 2) {
+    if (rc == TSM_OK && tsm_wal_room(&db->wal) < db->wal.max_size / 4) {
         rc = checkpoint_locked(db);
         if (rc)
             set_fatal(db, rc);
@@ -406,43 +408,59 @@ typedef struct replay_ctx {
     uint64_t applied;
 } replay_ctx;
 
+typedef struct replay_page {
+    tsm_db *db;
+    uint64_t lsn;
+    uint8_t *page;      /* page of the current group */
+    int apply;          /* the page is older than the record (I5) */
+    int rc;
+} replay_page;
+
+static void replay_group_end(replay_page *c)
+{
+    if (!c->page)
+        return;
+    if (c->apply) {
+        tsm_page_set_lsn(c->page, c->lsn);
+        tsm_page_write_end(c->page);
+    }
+    c->page = NULL;
+}
+
+static int replay_group(void *arg, uint32_t pno)
+{
+    replay_page *c = arg;
+    replay_group_end(c);
+    if ((c->rc = ensure_page(c->db, pno)))
+        return 1;
+    c->page = tsm_db_page_ptr(c->db, pno);
+    tsm_page_reset_seq(c->page);
+    c->apply = tsm_page_lsn(c->page) < c->lsn;
+    if (c->apply)
+        tsm_page_write_begin(c->page);
+    if (tsm_page_mark_dirty(c->page))
+        tsm_db_note_dirty(c->db, pno);
+    return 0;
+}
+
+static int replay_run(void *arg, uint16_t slot, uint16_t count, uint32_t tag,
+                      const uint8_t *values)
+{
+    replay_page *c = arg;
+    for (uint16_t k = 0; c->apply && k < count; k++) {
+        double v;
+        memcpy(&v, values + (size_t)k * 8, 8);
+        tsm_page_set_slot(c->page, (uint32_t)slot + k, tag, v);
+    }
+    return 0;
+}
+
 static int replay_update(tsm_db *db, const tsm_rec *r)
 {
-    uint32_t ngroups;
-    memcpy(&ngroups, r->body + 4, 4);
-    size_t off = 8;
-    for (uint32_t g = 0; g < ngroups; g++) {
-        uint32_t pno;
-        uint16_t cnt;
-        memcpy(&pno, r->body + off, 4);
-        memcpy(&cnt, r->body + off + 4, 2);
-        off += 8;
-        int rc = ensure_page(db, pno);
-        if (rc)
-            return rc;
-        uint8_t *page = tsm_db_page_ptr(db, pno);
-        tsm_page_reset_seq(page);
-        if (tsm_page_lsn(page) < r->lsn) {
-            tsm_page_write_begin(page);
-            for (uint16_t k = 0; k < cnt; k++) {
-                const uint8_t *e = r->body + off + (size_t)k * 16;
-                uint16_t slot;
-                uint32_t tag;
-                double v;
-                memcpy(&slot, e, 2);
-                memcpy(&tag, e + 4, 4);
-                memcpy(&v, e + 8, 8);
-                if (slot < TSM_SLOTS)
-                    tsm_page_set_slot(page, slot, tag, v);
-            }
-            tsm_page_set_lsn(page, r->lsn);
-            tsm_page_write_end(page);
-        }
-        if (tsm_page_mark_dirty(page))
-            tsm_db_note_dirty(db, pno);
-        off += (size_t)cnt * 16;
-    }
-    return TSM_OK;
+    replay_page c = {db, r->lsn, NULL, 0, TSM_OK};
+    int rc = tsm_update_walk(r, replay_group, replay_run, &c);
+    replay_group_end(&c);
+    return c.rc ? c.rc : rc;
 }
 
 static int replay_alloc(tsm_db *db, const tsm_rec *r)
@@ -1013,6 +1031,15 @@ int tsm_fetch_many(tsm_db *db, const char *names, const uint32_t *name_lens, siz
     }
     *values = vals;
     return TSM_OK;
+}
+
+uint64_t tsm_values_count(const tsm_series *series, size_t n)
+{
+    uint64_t end = 0;
+    for (size_t i = 0; i < n; i++)
+        if (series[i].status == TSM_SERIES_OK && series[i].offset + series[i].count > end)
+            end = series[i].offset + series[i].count;
+    return end;
 }
 
 int tsm_info(tsm_db *db, const char *name, size_t len, tsm_metric_info *out)

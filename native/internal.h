@@ -86,7 +86,7 @@ typedef struct tsm_page_id {
 
 /* A consistent private copy of one page, taken by tsm_page_read. */
 typedef struct tsm_page_copy {
-    uint8_t bytes[TSM_PAGE_SIZE];
+    _Alignas(64) uint8_t bytes[TSM_PAGE_SIZE];
 } tsm_page_copy;
 
 void tsm_page_init(uint8_t *page, const tsm_page_id *id, uint32_t step,
@@ -97,6 +97,9 @@ void tsm_page_write_end(uint8_t *page);
 void tsm_page_set_slot(uint8_t *page, uint32_t slot, uint32_t tag, double value);
 uint32_t tsm_page_tag(const uint8_t *page, uint32_t slot);
 double tsm_page_value(const uint8_t *page, uint32_t slot);
+/* Direct views of a private copy's slot arrays (aligned). */
+const uint32_t *tsm_page_tags(const tsm_page_copy *copy);
+const double *tsm_page_values(const tsm_page_copy *copy);
 uint64_t tsm_page_lsn(const uint8_t *page);
 void tsm_page_set_lsn(uint8_t *page, uint64_t lsn);
 bool tsm_page_dirty(const uint8_t *page);
@@ -179,6 +182,16 @@ typedef struct tsm_create_body {
 } tsm_create_body;
 
 int tsm_rec_decode_create(const tsm_rec *r, tsm_create_body *out);
+
+/* Walk an UPDATE body: group() once per page, run() once per run of
+ * consecutive slots sharing a tag (values: count unaligned f64).  Either
+ * callback may be NULL; a non-zero return stops the walk.  Returns TSM_OK
+ * or TSM_ECORRUPT when the body does not decode. */
+typedef int (*tsm_update_group_fn)(void *ctx, uint32_t pno);
+typedef int (*tsm_update_run_fn)(void *ctx, uint16_t slot, uint16_t count, uint32_t tag,
+                                 const uint8_t *values);
+int tsm_update_walk(const tsm_rec *r, tsm_update_group_fn group, tsm_update_run_fn run,
+                    void *ctx);
 
 /* ------------------------------------------------------------------ catalog */
 

@@ -123,6 +123,16 @@ double tsm_page_value(const uint8_t *page, uint32_t slot)
     return v;
 }
 
+const uint32_t *tsm_page_tags(const tsm_page_copy *copy)
+{
+    return (const uint32_t *)(const void *)(copy->bytes + OFF_TAGS);
+}
+
+const double *tsm_page_values(const tsm_page_copy *copy)
+{
+    return (const double *)(const void *)(copy->bytes + OFF_VALUES);
+}
+
 uint64_t tsm_page_lsn(const uint8_t *page)
 {
     uint64_t v;

@@ -97,25 +97,47 @@ static int body_ok(const tsm_rec *r)
     case TSM_REC_DELETE: return n >= 4;
     case TSM_REC_SETAGG: return n >= 12;
     case TSM_REC_ALLOC: return n >= 16;
-    case TSM_REC_UPDATE: {
-        if (n < 8)
-            return 0;
-        uint32_t ngroups;
-        memcpy(&ngroups, b + 4, 4);
-        size_t off = 8;
-        for (uint32_t g = 0; g < ngroups; g++) {
-            if (off + 8 > n)
-                return 0;
-            uint16_t cnt;
-            memcpy(&cnt, b + off + 4, 2);
-            off += 8 + (size_t)cnt * 16;
-            if (off > n)
-                return 0;
-        }
-        return 1;
-    }
+    case TSM_REC_UPDATE: return tsm_update_walk(r, NULL, NULL, NULL) == TSM_OK;
     default: return 0;
     }
+}
+
+int tsm_update_walk(const tsm_rec *r, tsm_update_group_fn group, tsm_update_run_fn run,
+                    void *ctx)
+{
+    const uint8_t *b = r->body;
+    size_t n = r->len - TSM_REC_HDR, off = 8;
+    uint32_t ngroups;
+    if (n < 8)
+        return TSM_ECORRUPT;
+    memcpy(&ngroups, b + 4, 4);
+    for (uint32_t g = 0; g < ngroups; g++) {
+        uint32_t pno;
+        uint16_t nruns;
+        if (off + 8 > n)
+            return TSM_ECORRUPT;
+        memcpy(&pno, b + off, 4);
+        memcpy(&nruns, b + off + 4, 2);
+        off += 8;
+        if (group && group(ctx, pno))
+            return TSM_ECORRUPT;
+        for (uint16_t k = 0; k < nruns; k++) {
+            uint16_t slot, count;
+            uint32_t tag;
+            if (off + 8 > n)
+                return TSM_ECORRUPT;
+            memcpy(&slot, b + off, 2);
+            memcpy(&count, b + off + 2, 2);
+            memcpy(&tag, b + off + 4, 4);
+            off += 8;
+            if (count == 0 || (size_t)slot + count > TSM_SLOTS || off + (size_t)count * 8 > n)
+                return TSM_ECORRUPT;
+            if (run && run(ctx, slot, count, tag, b + off))
+                return TSM_ECORRUPT;
+            off += (size_t)count * 8;
+        }
+    }
+    return TSM_OK;
 }
 
 int tsm_rec_parse(const uint8_t *p, size_t avail, tsm_rec *rec)

@@ -194,7 +194,6 @@ typedef struct scratch {
 /* Memory reused by every update of a writer (used under its write lock). */
 struct tsm_update_scratch {
     pt *pts;
-    int64_t *lows;
     size_t cap;
     wset w;
     scratch sc;
@@ -205,7 +204,6 @@ void tsm_update_scratch_free(tsm_update_scratch *u)
     if (!u)
         return;
     free(u->pts);
-    free(u->lows);
     free(u->w.e);
     free(u->w.table);
     free(u->sc.vals);
@@ -244,15 +242,9 @@ static int propagate(struct tsm_db *db, const tsm_metric *m, wset *w, scratch *s
     return rc ? rc : 1;
 }
 
-static int cmp_i64(const void *x, const void *y)
-{
-    int64_t a = *(const int64_t *)x, b = *(const int64_t *)y;
-    return a < b ? -1 : a > b;
-}
-
 /* whisper.__archive_update_many for group g (newest first) of archive a. */
 static int archive_update(struct tsm_db *db, const tsm_metric *m, wset *w, scratch *sc,
-                          uint32_t a, const pt *g, size_t n, int64_t *lows)
+                          uint32_t a, const pt *g, size_t n)
 {
     uint32_t step = m->arch[a].seconds_per_point;
     /* chronological = g reversed; take the last point of each interval */
@@ -269,14 +261,16 @@ static int archive_update(struct tsm_db *db, const tsm_metric *m, wset *w, scrat
     uint32_t hi = a;
     for (uint32_t lo = a + 1; lo < m->narch; lo++) {
         uint32_t ls = m->arch[lo].seconds_per_point;
-        for (size_t k = 0; k < n; k++)
-            lows[k] = g[k].t - g[k].t % ls;
-        qsort(lows, n, sizeof *lows, cmp_i64);
         int further = 0;
-        for (size_t k = 0; k < n; k++) {
-            if (k > 0 && lows[k] == lows[k - 1])
+        /* g is newest first, so its lower intervals are non-increasing:
+         * walking it backwards visits each unique one once, oldest first */
+        int64_t prev = -1;
+        for (size_t k = n; k-- > 0;) {
+            int64_t low = g[k].t - g[k].t % ls;
+            if (low == prev)
                 continue;
-            int rc = propagate(db, m, w, sc, hi, lo, lows[k]);
+            prev = low;
+            int rc = propagate(db, m, w, sc, hi, lo, low);
             if (rc < 0)
                 return rc;
             further |= rc;
@@ -298,51 +292,104 @@ static int cmp_entry(const void *x, const void *y)
     return a->idx < b->idx ? -1 : a->idx > b->idx;
 }
 
-/* Log the write set as one UPDATE record, then apply it to the pages. */
-static int commit(struct tsm_db *db, tsm_metric *m, wset *w)
+static int entries_sorted(const wset *w)
 {
-    qsort(w->e, w->n, sizeof *w->e, cmp_entry);
-    tsm_buf *rec = tsm_db_scratch(db, 0);
-    rec->len = 0;
-    size_t start, ngroups = 0;
-    int rc = tsm_rec_begin(rec, TSM_REC_UPDATE, 0, &start);
-    uint32_t hdr[2] = {m->id, 0};
+    for (size_t i = 1; i < w->n; i++)
+        if (cmp_entry(&w->e[i - 1], &w->e[i]) > 0)
+            return 0;
+    return 1;
+}
+
+/* Make sure every ring page the write set touches has a page; count the
+ * page groups and the runs of consecutive slots sharing a tag. */
+static int alloc_pages(struct tsm_db *db, tsm_metric *m, const wset *w, size_t *ngroups,
+                       size_t *nruns)
+{
+    *ngroups = *nruns = 0;
+    for (size_t i = 0; i < w->n;) {
+        uint32_t a = w->e[i].archive, ring = w->e[i].idx / TSM_SLOTS;
+        for (size_t first = i; i < w->n && w->e[i].archive == a &&
+                               w->e[i].idx / TSM_SLOTS == ring; i++)
+            if (i == first || w->e[i].idx != w->e[i - 1].idx + 1 || w->e[i].tag != w->e[i - 1].tag)
+                (*nruns)++;
+        uint32_t pno;
+        if (!(m->pages[a] && m->pages[a][ring])) {
+            int rc = tsm_db_alloc_page(db, m, (uint16_t)a, ring, &pno);
+            if (rc)
+                return rc;
+        }
+        (*ngroups)++;
+    }
+    return TSM_OK;
+}
+
+/* Encode one page group's entries [i, j) as runs; returns the new end. */
+static uint8_t *encode_group(uint8_t *p, const ws_entry *e, size_t i, size_t j, uint32_t pno)
+{
+    uint8_t *gh = p;
+    uint16_t nruns = 0;
+    p += 8;
+    while (i < j) {
+        size_t k = i + 1;
+        while (k < j && e[k].idx == e[k - 1].idx + 1 && e[k].tag == e[i].tag)
+            k++;
+        uint16_t slot = (uint16_t)(e[i].idx % TSM_SLOTS), count = (uint16_t)(k - i);
+        memcpy(p, &slot, 2);
+        memcpy(p + 2, &count, 2);
+        memcpy(p + 4, &e[i].tag, 4);
+        p += 8;
+        for (; i < k; i++, p += 8)
+            memcpy(p, &e[i].value, 8);
+        nruns++;
+    }
+    memset(gh, 0, 8);
+    memcpy(gh, &pno, 4);
+    memcpy(gh + 4, &nruns, 2);
+    return p;
+}
+
+/* Encode the write set as one UPDATE record (FORMAT.md). */
+static int encode_update(tsm_buf *rec, const tsm_metric *m, const wset *w, size_t ngroups,
+                         size_t nruns, uint64_t lsn, size_t *start)
+{
+    int rc = tsm_rec_begin(rec, TSM_REC_UPDATE, lsn, start);
     if (!rc)
-        rc = tsm_rec_put(rec, hdr, sizeof hdr);
-    for (size_t i = 0; i < w->n && !rc;) {
+        rc = tsm_buf_reserve(rec, 8 + ngroups * 8 + nruns * 8 + w->n * 8 + 8);
+    if (rc)
+        return rc;
+    uint8_t *p = rec->data + rec->len;
+    uint32_t ng = (uint32_t)ngroups;
+    memcpy(p, &m->id, 4);
+    memcpy(p + 4, &ng, 4);
+    p += 8;
+    for (size_t i = 0; i < w->n;) {
         uint32_t a = w->e[i].archive, ring = w->e[i].idx / TSM_SLOTS;
         size_t j = i;
         while (j < w->n && w->e[j].archive == a && w->e[j].idx / TSM_SLOTS == ring)
             j++;
-        uint32_t pno = m->pages[a] ? m->pages[a][ring] : 0;
-        if (!pno)
-            rc = tsm_db_alloc_page(db, m, (uint16_t)a, ring, &pno);
-        uint8_t gh[8] = {0};
-        uint16_t cnt = (uint16_t)(j - i);
-        memcpy(gh, &pno, 4);
-        memcpy(gh + 4, &cnt, 2);
-        if (!rc)
-            rc = tsm_rec_put(rec, gh, 8);
-        for (size_t k = i; k < j && !rc; k++) {
-            uint8_t ent[16] = {0};
-            uint16_t slot = (uint16_t)(w->e[k].idx % TSM_SLOTS);
-            memcpy(ent, &slot, 2);
-            memcpy(ent + 4, &w->e[k].tag, 4);
-            memcpy(ent + 8, &w->e[k].value, 8);
-            rc = tsm_rec_put(rec, ent, 16);
-        }
-        ngroups++;
+        p = encode_group(p, w->e, i, j, m->pages[a][ring]);
         i = j;
     }
+    rec->len = (size_t)(p - rec->data);
+    tsm_rec_finish(rec, *start);
+    return TSM_OK;
+}
+
+/* Log the write set as one UPDATE record, then apply it to the pages. */
+static int commit(struct tsm_db *db, tsm_metric *m, wset *w)
+{
+    if (!entries_sorted(w))
+        qsort(w->e, w->n, sizeof *w->e, cmp_entry);
+    size_t ngroups, nruns, start;
+    int rc = alloc_pages(db, m, w, &ngroups, &nruns);
     if (rc)
         return rc;
-    uint32_t ng = (uint32_t)ngroups;
-    memcpy(rec->data + start + TSM_REC_HDR + 4, &ng, 4);
+    tsm_buf *rec = tsm_db_scratch(db, 0);
+    rec->len = 0;
     uint64_t lsn = tsm_db_next_lsn(db);
-    memcpy(rec->data + start + 8, &lsn, 8);
-    tsm_rec_finish(rec, start);
-    rc = tsm_db_log(db, rec, false);
-    if (rc)
+    if ((rc = encode_update(rec, m, w, ngroups, nruns, lsn, &start)))
+        return rc;
+    if ((rc = tsm_db_log(db, rec, false)))
         return rc;
     for (size_t i = 0; i < w->n;) {
         uint32_t a = w->e[i].archive, ring = w->e[i].idx / TSM_SLOTS;
@@ -361,8 +408,12 @@ static int commit(struct tsm_db *db, tsm_metric *m, wset *w)
 
 /* ------------------------------------------------------------ update */
 
-static int load_points(const uint8_t *points, size_t n, pt *out)
+/* Read and check the caller's points; *sorted tells whether they came in
+ * strictly ascending time, in which case they are stored newest first
+ * already (the order whisper's sort gives) and need no sort. */
+static int load_points(const uint8_t *points, size_t n, pt *out, int *sorted)
 {
+    *sorted = 1;
     for (size_t k = 0; k < n; k++) {
         double t, v;
         memcpy(&t, points + 16 * k, 8);
@@ -373,7 +424,10 @@ static int load_points(const uint8_t *points, size_t n, pt *out)
         if (!isfinite(t) || t <= -1.0 || t >= 4294967295.0)
             return tsm_fail(TSM_EBADPOINT, 0, "", -1,
                             "point %zu has timestamp %.17g outside 0..4294967294", k, t);
-        out[k] = (pt){(int64_t)t, v, (uint32_t)k};   /* int(t) truncates */
+        pt p = {(int64_t)t, v, (uint32_t)k};   /* int(t) truncates */
+        if (k > 0 && p.t <= out[n - k].t)
+            *sorted = 0;
+        out[n - 1 - k] = p;
     }
     return TSM_OK;
 }
@@ -385,10 +439,8 @@ static int scratch_for(tsm_update_scratch **up, size_t n)
         return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
     if (u->cap < n) {
         free(u->pts);
-        free(u->lows);
         u->pts = malloc(n * sizeof *u->pts);
-        u->lows = malloc(n * sizeof *u->lows);
-        u->cap = u->pts && u->lows ? n : 0;
+        u->cap = u->pts ? n : 0;
         if (!u->cap)
             return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
     }
@@ -408,7 +460,7 @@ static int update_groups(struct tsm_db *db, tsm_metric *m, tsm_update_scratch *u
         int64_t age = now - pts[k].t;
         while (a < m->narch && (int64_t)m->arch[a].seconds_per_point * m->arch[a].points < age) {
             if (k > gstart)
-                rc = archive_update(db, m, &u->w, &u->sc, a, pts + gstart, k - gstart, u->lows);
+                rc = archive_update(db, m, &u->w, &u->sc, a, pts + gstart, k - gstart);
             gstart = k;
             a++;
         }
@@ -416,7 +468,7 @@ static int update_groups(struct tsm_db *db, tsm_metric *m, tsm_update_scratch *u
             break;
     }
     if (!rc && a < m->narch && k > gstart)
-        rc = archive_update(db, m, &u->w, &u->sc, a, pts + gstart, k - gstart, u->lows);
+        rc = archive_update(db, m, &u->w, &u->sc, a, pts + gstart, k - gstart);
     return rc;
 }
 
@@ -431,13 +483,14 @@ int tsm_series_update(struct tsm_db *db, tsm_metric *m, const void *points,
     tsm_update_scratch **up = tsm_db_update_scratch(db);
     int rc = scratch_for(up, n);
     tsm_update_scratch *u = *up;
+    int sorted = 0;
     if (!rc)
-        rc = load_points(points, n, u->pts);
+        rc = load_points(points, n, u->pts, &sorted);
     if (!rc)
         rc = ws_init(&u->w, n * (size_t)m->narch);
     if (rc)
         return rc;
-    if (n > 1)
+    if (!sorted)
         qsort(u->pts, n, sizeof *u->pts, cmp_newest_first);
     rc = update_groups(db, m, u, n, now);
     if (!rc && u->w.n)
@@ -482,46 +535,66 @@ static void make_plan(const tsm_metric *m, int64_t from, int64_t until, int64_t 
     p->count = (uint64_t)((p->until - p->from) / step);
 }
 
+/* Copy one ring page's slots [j, j+len) answering for tag into out. */
+static int fill_segment(struct tsm_db *db, const tsm_metric *m, uint32_t archive,
+                        uint32_t ring, uint32_t j, uint64_t len, uint32_t tag, double *out)
+{
+    const uint32_t *tbl = m->pages[archive];
+    for (uint64_t s = 0; s < len; s++)
+        out[s] = NAN;
+    if (!tbl || !tbl[ring])
+        return TSM_OK;
+    tsm_page_copy copy;
+    int rc = tsm_db_read_page(db, tbl[ring], &copy);
+    if (rc)
+        return rc;
+    tsm_page_id id;
+    uint8_t type;
+    tsm_page_get_id(copy.bytes, &id, &type);
+    if (type != TSM_PAGE_DATA || id.metric_id != m->id || id.archive != archive ||
+        id.ring_page != ring)
+        return TSM_OK;   /* freed and reused since our catalog view (I7) */
+    const uint32_t *tags = tsm_page_tags(&copy);
+    const double *vals = tsm_page_values(&copy);
+    for (uint64_t s = 0; s < len; s++)
+        if (tags[j + s] == tag)
+            out[s] = vals[j + s];
+    return TSM_OK;
+}
+
+/* Read the planned window, one ring page at a time. */
 static void fill(struct tsm_db *db, const tsm_metric *m, const plan *p, double *out, int *status)
 {
     const tsm_archive *ar = &m->arch[p->archive];
-    tsm_page_copy *copy = NULL;
-    int64_t have_ring = -1;
-    int ok = 0;
-    for (uint64_t k = 0; k < p->count; k++) {
-        int64_t iv = p->from + (int64_t)k * p->step;
-        out[k] = NAN;
-        if (iv < 0 || iv > 4294967294LL)
-            continue;
-        uint32_t idx, tag;
-        slot_of(ar, iv, &idx, &tag);
-        uint32_t ring = idx / TSM_SLOTS;
-        const uint32_t *tbl = m->pages[p->archive];
-        if (!tbl || !tbl[ring])
-            continue;
-        if (have_ring != ring) {
-            if (!copy && !(copy = malloc(sizeof *copy))) {
-                *status = TSM_ENOMEM;
-                return;
-            }
-            have_ring = ring;
-            int rc = tsm_db_read_page(db, tbl[ring], copy);
-            tsm_page_id id;
-            uint8_t type;
-            if (rc == TSM_OK) {
-                tsm_page_get_id(copy->bytes, &id, &type);
-                ok = type == TSM_PAGE_DATA && id.metric_id == m->id &&
-                     id.archive == p->archive && id.ring_page == ring;
-            } else {
-                *status = rc;
-                free(copy);
-                return;
-            }
+    const int64_t last_storable = 4294967294LL;
+    uint64_t k = 0, end = p->count;
+    int64_t iv = p->from;
+    for (; k < end && iv < 0; k++, iv += p->step)
+        out[k] = NAN;   /* before the epoch: nothing can be stored there */
+    for (; end > k && p->from + (int64_t)(end - 1) * p->step > last_storable; end--)
+        out[end - 1] = NAN;   /* past 2^32-2: nothing can be stored there either */
+    if (k == end)
+        return;
+    uint32_t idx, tag;
+    slot_of(ar, iv, &idx, &tag);
+    while (k < end) {
+        uint32_t ring = idx / TSM_SLOTS, j = idx % TSM_SLOTS;
+        uint32_t page_end = (ring + 1) * TSM_SLOTS < ar->points ? (ring + 1) * TSM_SLOTS : ar->points;
+        uint64_t len = page_end - idx;
+        if (len > end - k)
+            len = end - k;
+        int rc = fill_segment(db, m, p->archive, ring, j, len, tag, out + k);
+        if (rc) {
+            *status = rc;
+            return;
         }
-        if (ok && tsm_page_tag(copy->bytes, idx % TSM_SLOTS) == tag)
-            out[k] = tsm_page_value(copy->bytes, idx % TSM_SLOTS);
+        k += len;
+        idx += (uint32_t)len;
+        if (idx == ar->points) {
+            idx = 0;
+            tag++;
+        }
     }
-    free(copy);
 }
 
 int tsm_series_fetch(struct tsm_db *db, const tsm_metric *m, int64_t from,

@@ -101,7 +101,8 @@ typedef struct tsm_options {
     int readonly;                 /* 1: reader handle, never takes the lock */
     int durability;               /* TSM_DURABLE_* (default GROUP) */
     uint32_t commit_interval_ms;  /* group commit window (default 200, max 1000) */
-    uint64_t wal_bytes;           /* size of the preallocated log (default 64 MiB) */
+    uint64_t wal_bytes;           /* maximum size of the log (default 128 MiB; it starts
+                                     at 4 MiB and grows in zero-filled steps) */
 } tsm_options;
 
 typedef struct tsm_error {
@@ -194,6 +195,10 @@ int tsm_fetch_many(tsm_db *db, const char *names, const uint32_t *name_lens,
                    size_t n, int64_t from_time, int64_t until_time,
                    int use_until, int use_now, int64_t now,
                    tsm_series *out, double **values);
+
+/* Number of values a tsm_fetch_many result array holds (the end of the last
+ * TSM_SERIES_OK series). */
+uint64_t tsm_values_count(const tsm_series *series, size_t n);
 
 /* whisper.info.  Returns TSM_OK, TSM_ENOTFOUND, TSM_EBADNAME. */
 int tsm_info(tsm_db *db, const char *name, size_t name_len, tsm_metric_info *out);

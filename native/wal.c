@@ -1,7 +1,8 @@
 /*
  * wal.c - the write-ahead log.
  *
- * One preallocated, zero-filled file, mapped shared: appending a record is a
+ * One zero-filled file, grown in zero-filled chunks up to its maximum size
+ * (so a small database does not pay for a big log), mapped shared: appending a record is a
  * memcpy into the page cache (or, in sync mode, one pwrite), so a record
  * survives the death of the process as soon as it is copied, and fdatasync
  * makes it survive the machine.
@@ -81,21 +82,42 @@ static int write_header(tsm_wal *w, uint64_t checkpoint_lsn)
     return TSM_OK;
 }
 
-static int create_file(tsm_wal *w, uint64_t size)
+/* Zero-fill [from, to) of the file and make it durable: later overwrites
+ * of these blocks are then cheap to sync (no allocation at fsync time). */
+static int zero_fill(tsm_wal *w, uint64_t from, uint64_t to)
 {
     enum { CHUNK = 1 << 20 };
     uint8_t *zero = calloc(1, CHUNK);
     if (!zero)
         return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
     int rc = TSM_OK;
-    for (uint64_t off = 0; off < size && rc == TSM_OK; off += CHUNK) {
-        size_t n = size - off < CHUNK ? (size_t)(size - off) : CHUNK;
+    for (uint64_t off = from; off < to && rc == TSM_OK; off += CHUNK) {
+        size_t n = to - off < CHUNK ? (size_t)(to - off) : CHUNK;
         rc = tsm_io_write_full(w->io, w->fd, zero, n, (off_t)off, w->path);
     }
     free(zero);
     if (rc == TSM_OK && w->io->datasync(w->fd) != 0)
         rc = tsm_io_error(errno, w->path, "sync");
     return rc;
+}
+
+/* Grow the file (and its mapping) so that `need` bytes fit. */
+static int grow(tsm_wal *w, uint64_t need)
+{
+    uint64_t to = w->size * 2;
+    if (to < need)
+        to = (need + TSM_WAL_GROW - 1) / TSM_WAL_GROW * TSM_WAL_GROW;
+    if (to > w->max_size)
+        to = w->max_size;
+    if (to < need)
+        return tsm_fail(TSM_ETOOBIG, 0, w->path, -1, "log full");
+    int rc = zero_fill(w, w->size, to);
+    if (rc)
+        return rc;
+    if (w->io->map(w->map + w->size, to - w->size, w->fd, (off_t)w->size, 1) != 0)
+        return tsm_io_error(errno, w->path, "map");
+    w->size = to;
+    return TSM_OK;
 }
 
 int tsm_wal_open(tsm_wal *w, const tsm_io *io, const char *path, uint64_t size)
@@ -112,18 +134,19 @@ int tsm_wal_open(tsm_wal *w, const tsm_io *io, const char *path, uint64_t size)
     if (io->size(w->fd, &cur) != 0)
         return tsm_io_error(errno, path, "stat");
     int fresh = cur == 0;
+    uint64_t initial = size < TSM_WAL_GROW ? size : TSM_WAL_GROW;
     if (fresh) {
-        int rc = create_file(w, size);
+        int rc = zero_fill(w, 0, initial);
         if (rc)
             return rc;
-    } else {
-        size = (uint64_t)cur;   /* an existing log keeps its size */
+        cur = (off_t)initial;
     }
-    if (size < 2 * TSM_WAL_DATA)
+    w->size = (uint64_t)cur;
+    w->max_size = size > w->size ? size : w->size;
+    if (w->size < 2 * TSM_WAL_DATA)
         return tsm_fail(TSM_ECORRUPT, 0, path, 0, "%s: log file too small", path);
-    w->size = size;
-    w->map = io->reserve(size);
-    if (!w->map || io->map(w->map, size, w->fd, 0, 1) != 0)
+    w->map = io->reserve(w->max_size);
+    if (!w->map || io->map(w->map, w->size, w->fd, 0, 1) != 0)
         return tsm_io_error(errno ? errno : ENOMEM, path, "map");
     int rc = fresh ? TSM_ENODB : read_header(w);
     if (rc == TSM_ENODB)
@@ -136,7 +159,7 @@ int tsm_wal_open(tsm_wal *w, const tsm_io *io, const char *path, uint64_t size)
 void tsm_wal_close(tsm_wal *w)
 {
     if (w->map)
-        w->io->unmap(w->map, w->size);
+        w->io->unmap(w->map, w->max_size);
     if (w->fd >= 0)
         w->io->close(w->fd);
     w->map = NULL;
@@ -165,14 +188,19 @@ int tsm_wal_scan(tsm_wal *w, tsm_wal_visit visit, void *ctx, uint64_t *last_lsn)
 
 uint64_t tsm_wal_room(const tsm_wal *w)
 {
-    return w->size - atomic_load(&w->write_off);
+    return w->max_size - atomic_load(&w->write_off);
 }
 
 int tsm_wal_append(tsm_wal *w, const uint8_t *rec, size_t len, int by_write)
 {
     uint64_t off = atomic_load_explicit(&w->write_off, memory_order_relaxed);
-    if (len > w->size - off)
+    if (len + 8 > w->max_size - off)
         return tsm_fail(TSM_ETOOBIG, 0, w->path, -1, "log record of %zu bytes does not fit", len);
+    if (off + len + 8 > w->size) {
+        int rc = grow(w, off + len + 8);
+        if (rc)
+            return rc;
+    }
     if (by_write) {
         /* sync mode: a write(2) then fdatasync is cheaper than dirtying the
          * mapping (no write faults); the mapping sees the same page cache */

@@ -8,13 +8,15 @@
 
 #define TSM_WAL_MAGIC "TISMETWL"
 #define TSM_WAL_DATA 4096u   /* records start here; two header slots before */
+#define TSM_WAL_GROW (4u << 20)  /* initial size and growth unit */
 
 typedef struct tsm_wal {
     const tsm_io *io;
     int fd;
     char path[4096];
     uint8_t *map;
-    uint64_t size;
+    uint64_t size;                /* bytes in the file, all mapped */
+    uint64_t max_size;            /* the file grows up to this */
     _Atomic uint64_t write_off;   /* end of the last appended record */
     uint64_t synced_off;          /* everything before is durable */
     uint64_t hdr_seq;             /* sequence of the newest valid header slot */
@@ -24,7 +26,8 @@ typedef struct tsm_wal {
     pthread_mutex_t sync_mu;      /* orders msync against reset */
 } tsm_wal;
 
-/* Open or create (zero-filled, preallocated) the log at path. */
+/* Open or create the log at path; it grows in zero-filled chunks up to
+ * `size` bytes (an existing larger file keeps its size). */
 int tsm_wal_open(tsm_wal *w, const tsm_io *io, const char *path, uint64_t size);
 void tsm_wal_close(tsm_wal *w);
 /* Visit every valid record after the header in order; stops at the first
@@ -32,7 +35,7 @@ void tsm_wal_close(tsm_wal *w);
  * *last_lsn receives the LSN of the last valid record (or start_lsn - 1). */
 typedef int (*tsm_wal_visit)(void *ctx, const tsm_rec *r);
 int tsm_wal_scan(tsm_wal *w, tsm_wal_visit visit, void *ctx, uint64_t *last_lsn);
-/* Bytes still free for records. */
+/* Bytes still free for records, counting growth up to the maximum. */
 uint64_t tsm_wal_room(const tsm_wal *w);
 /* Copy a finished record into the log (in the page cache: survives the
  * process); by_write uses pwrite instead of the mapping.  TSM_ETOOBIG if it

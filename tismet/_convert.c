@@ -7,11 +7,17 @@
  *       as interleaved native doubles, converted with float() like whisper.
  *   values_list(buffer, start, count) -> list
  *       `count` doubles from index `start` of a buffer, NaN becoming None.
+ *   fetch_results(series, n, values) -> list
+ *       the n tsm_series filled by tsm_fetch_many, as whisper.fetch results:
+ *       ((start, end, step), values) for TSM_SERIES_OK, None for
+ *       TSM_SERIES_NONE, and the (negative) error code otherwise.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
 #include <string.h>
+
+#include "tismet.h"
 
 static int as_double(PyObject *o, double *out)
 {
@@ -66,6 +72,75 @@ fail:
     return NULL;
 }
 
+static PyObject *doubles_to_list(const char *base, Py_ssize_t count)
+{
+    PyObject *list = PyList_New(count);
+    if (!list)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        double v;
+        memcpy(&v, base + i * (Py_ssize_t)sizeof(double), sizeof v);
+        PyObject *o;
+        if (isnan(v)) {
+            o = Py_None;
+            Py_INCREF(o);
+        } else if (!(o = PyFloat_FromDouble(v))) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, o);
+    }
+    return list;
+}
+
+static PyObject *one_result(const tsm_series *s, const Py_buffer *vals)
+{
+    if (s->status == TSM_SERIES_NONE)
+        Py_RETURN_NONE;
+    if (s->status != TSM_SERIES_OK)
+        return PyLong_FromLong(s->status);
+    if ((s->offset + s->count) * sizeof(double) > (uint64_t)vals->len) {
+        PyErr_SetString(PyExc_ValueError, "fetch_results: series outside the values buffer");
+        return NULL;
+    }
+    PyObject *values = doubles_to_list((const char *)vals->buf + s->offset * sizeof(double),
+                                       (Py_ssize_t)s->count);
+    if (!values)
+        return NULL;
+    return Py_BuildValue("((LLL)N)", (long long)s->start, (long long)s->end,
+                         (long long)s->step, values);
+}
+
+static PyObject *fetch_results(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer series, vals;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "y*ny*", &series, &n, &vals))
+        return NULL;
+    PyObject *list = NULL;
+    if (n < 0 || (size_t)n * sizeof(tsm_series) > (size_t)series.len) {
+        PyErr_SetString(PyExc_ValueError, "fetch_results: series buffer too small");
+        goto done;
+    }
+    if (!(list = PyList_New(n)))
+        goto done;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        tsm_series s;
+        memcpy(&s, (const char *)series.buf + i * (Py_ssize_t)sizeof s, sizeof s);
+        PyObject *item = one_result(&s, &vals);
+        if (!item) {
+            Py_CLEAR(list);
+            goto done;
+        }
+        PyList_SET_ITEM(list, i, item);
+    }
+done:
+    PyBuffer_Release(&series);
+    PyBuffer_Release(&vals);
+    return list;
+}
+
 static PyObject *values_list(PyObject *self, PyObject *args)
 {
     (void)self;
@@ -79,26 +154,8 @@ static PyObject *values_list(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "values_list: range outside the buffer");
         return NULL;
     }
-    PyObject *list = PyList_New(count);
-    if (!list) {
-        PyBuffer_Release(&view);
-        return NULL;
-    }
-    const char *base = (const char *)view.buf + start * (Py_ssize_t)sizeof(double);
-    for (Py_ssize_t i = 0; i < count; i++) {
-        double v;
-        memcpy(&v, base + i * (Py_ssize_t)sizeof(double), sizeof v);
-        PyObject *o;
-        if (isnan(v)) {
-            o = Py_None;
-            Py_INCREF(o);
-        } else if (!(o = PyFloat_FromDouble(v))) {
-            Py_DECREF(list);
-            PyBuffer_Release(&view);
-            return NULL;
-        }
-        PyList_SET_ITEM(list, i, o);
-    }
+    PyObject *list = doubles_to_list((const char *)view.buf + start * (Py_ssize_t)sizeof(double),
+                                     count);
     PyBuffer_Release(&view);
     return list;
 }
@@ -106,6 +163,7 @@ static PyObject *values_list(PyObject *self, PyObject *args)
 static PyMethodDef methods[] = {
     {"pack_points", pack_points, METH_O, "Pack (timestamp, value) pairs as doubles."},
     {"values_list", values_list, METH_VARARGS, "Doubles to a list, NaN as None."},
+    {"fetch_results", fetch_results, METH_VARARGS, "tsm_series array to whisper fetch results."},
     {NULL, NULL, 0, NULL},
 };
 

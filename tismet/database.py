@@ -119,6 +119,13 @@ class Database:
         self.path = os.fspath(path)
         self.readonly = bool(readonly)
         self.durability = durability
+        if not readonly:
+            try:
+                os.makedirs(self.path, exist_ok=True)
+            except OSError as e:
+                raise errors.StorageError("cannot create database directory %s: %s"
+                                          % (self.path, e.strerror), errno=e.errno,
+                                          file=self.path) from None
         out = ffi.new("tsm_db **")
         rc = lib.tsm_open(os.fsencode(self.path), opts, out)
         if rc:
@@ -168,6 +175,9 @@ class Database:
         except (TypeError, ValueError):
             raise errors.InvalidXFilesFactor(
                 "Invalid xFilesFactor %s, not a float" % (x_files_factor,)) from None
+        if not 0 <= xff <= 1:
+            raise errors.InvalidXFilesFactor(
+                "Invalid xFilesFactor %s, not between 0 and 1" % (x_files_factor,))
         try:
             pairs = [(int(a[0]), int(a[1])) for a in archives]
         except (TypeError, ValueError, IndexError):
@@ -238,23 +248,17 @@ class Database:
             lib.tsm_free(values[0])
 
     def _results(self, names, out, vals, missing_ok):
-        total = 0
-        for i in range(len(names)):
-            if out[i].status == lib.TSM_SERIES_OK:
-                total = max(total, out[i].offset + out[i].count)
-        buf = ffi.buffer(vals, total * 8) if total else b""
-        results = []
-        for i, name in enumerate(names):
-            s = out[i]
-            if s.status == lib.TSM_SERIES_OK:
-                results.append(((s.start, s.end, s.step),
-                                _convert.values_list(buf, s.offset, s.count)))
-            elif s.status == lib.TSM_SERIES_NONE or (missing_ok and s.status == lib.TSM_ENOTFOUND):
-                results.append(None)
-            elif missing_ok and s.status == lib.TSM_EBADNAME:
-                results.append(None)
-            else:
-                raise _series_error(s.status, name)
+        count = len(names)
+        series = ffi.buffer(out, ffi.sizeof("tsm_series") * count)
+        nvalues = lib.tsm_values_count(out, count)
+        results = _convert.fetch_results(series, count,
+                                         ffi.buffer(vals, nvalues * 8) if nvalues else b"")
+        for i, item in enumerate(results):
+            if type(item) is int:   # an engine error code for this series
+                if missing_ok and item in (lib.TSM_ENOTFOUND, lib.TSM_EBADNAME):
+                    results[i] = None
+                else:
+                    raise _series_error(item, names[i])
         return results
 
     def info(self, name):
