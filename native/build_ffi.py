@@ -22,6 +22,14 @@ def _cdef():
     return text.split("/* CDEF-BEGIN */")[1].split("/* CDEF-END */")[0]
 
 
+def _version():
+    with open(os.path.join(HERE, os.pardir, "tismet", "_version.py")) as f:
+        for line in f:
+            if line.startswith("__version__"):
+                return line.split("=")[1].strip().strip("\"'")
+    raise RuntimeError("tismet/_version.py has no __version__")
+
+
 def _flags():
     cflags = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden"]
     ldflags = ["-pthread"]
@@ -34,11 +42,12 @@ def _flags():
 
 
 ffibuilder = FFI()
-ffibuilder.cdef(_cdef())
+ffibuilder.cdef(_cdef() + "\nconst char *tismet_build_version(void);\n")
 _cflags, _ldflags = _flags()
 ffibuilder.set_source(
     "tismet._native",
-    '#include "tismet.h"',
+    '#include "tismet.h"\n'
+    'const char *tismet_build_version(void) { return "%s"; }\n' % _version(),
     sources=sorted(os.path.relpath(p) for p in glob.glob(os.path.join(HERE, "*.c"))),
     include_dirs=[os.path.relpath(HERE)],
     extra_compile_args=_cflags,

@@ -186,12 +186,10 @@ static int apply_delete(tsm_catalog *c, uint32_t id, tsm_page_sink freed, void *
 
 static int apply_alloc(tsm_catalog *c, const tsm_rec *r)
 {
-    uint32_t id, ring, pno;
-    uint16_t a;
-    memcpy(&id, r->body, 4);
-    memcpy(&a, r->body + 4, 2);
-    memcpy(&ring, r->body + 8, 4);
-    memcpy(&pno, r->body + 12, 4);
+    tsm_alloc_body al;
+    tsm_rec_decode_alloc(r, &al);
+    uint32_t id = al.id, ring = al.ring_page, pno = al.pno;
+    uint16_t a = al.archive;
     tsm_metric *m = tsm_catalog_by_id(c, id);
     if (!m || a >= m->narch || ring >= tsm_ring_pages(&m->arch[a]) || pno == 0)
         return tsm_fail(TSM_ECORRUPT, 0, "", -1,

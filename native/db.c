@@ -296,18 +296,9 @@ int tsm_db_alloc_page(tsm_db *db, tsm_metric *m, uint16_t archive, uint32_t ring
         db->next_page++;
     tsm_buf *b = &db->scratch[1];
     b->len = 0;
-    size_t start;
-    uint8_t body[16] = {0};
-    memcpy(body, &m->id, 4);
-    memcpy(body + 4, &archive, 2);
-    memcpy(body + 8, &ring, 4);
-    memcpy(body + 12, &pno, 4);
-    rc = tsm_rec_begin(b, TSM_REC_ALLOC, db->next_lsn, &start);
-    if (!rc)
-        rc = tsm_rec_put(b, body, sizeof body);
-    if (rc)
+    tsm_alloc_body al = {m->id, archive, ring, pno};
+    if ((rc = tsm_rec_encode_alloc(b, db->next_lsn, &al)))
         return rc;
-    tsm_rec_finish(b, start);
     uint64_t lsn = db->next_lsn;
     rc = tsm_db_log(db, b, true);
     if (rc)
@@ -465,12 +456,10 @@ static int replay_update(tsm_db *db, const tsm_rec *r)
 
 static int replay_alloc(tsm_db *db, const tsm_rec *r)
 {
-    uint32_t id, ring, pno;
-    uint16_t a;
-    memcpy(&id, r->body, 4);
-    memcpy(&a, r->body + 4, 2);
-    memcpy(&ring, r->body + 8, 4);
-    memcpy(&pno, r->body + 12, 4);
+    tsm_alloc_body al;
+    tsm_rec_decode_alloc(r, &al);
+    uint32_t id = al.id, ring = al.ring_page, pno = al.pno;
+    uint16_t a = al.archive;
     int rc = ensure_page(db, pno);
     if (rc)
         return rc;

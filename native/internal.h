@@ -183,6 +183,17 @@ typedef struct tsm_create_body {
 
 int tsm_rec_decode_create(const tsm_rec *r, tsm_create_body *out);
 
+typedef struct tsm_alloc_body {
+    uint32_t id;
+    uint16_t archive;
+    uint32_t ring_page;
+    uint32_t pno;
+} tsm_alloc_body;
+
+void tsm_rec_decode_alloc(const tsm_rec *r, tsm_alloc_body *out);
+/* Append a finished ALLOC record to b. */
+int tsm_rec_encode_alloc(tsm_buf *b, uint64_t lsn, const tsm_alloc_body *a);
+
 /* Walk an UPDATE body: group() once per page, run() once per run of
  * consecutive slots sharing a tag (values: count unaligned f64).  Either
  * callback may be NULL; a non-zero return stops the walk.  Returns TSM_OK

@@ -171,6 +171,30 @@ int tsm_rec_decode_create(const tsm_rec *r, tsm_create_body *out)
     return TSM_OK;
 }
 
+void tsm_rec_decode_alloc(const tsm_rec *r, tsm_alloc_body *out)
+{
+    memcpy(&out->id, r->body, 4);
+    memcpy(&out->archive, r->body + 4, 2);
+    memcpy(&out->ring_page, r->body + 8, 4);
+    memcpy(&out->pno, r->body + 12, 4);
+}
+
+int tsm_rec_encode_alloc(tsm_buf *b, uint64_t lsn, const tsm_alloc_body *a)
+{
+    uint8_t body[16] = {0};
+    size_t start;
+    memcpy(body, &a->id, 4);
+    memcpy(body + 4, &a->archive, 2);
+    memcpy(body + 8, &a->ring_page, 4);
+    memcpy(body + 12, &a->pno, 4);
+    int rc = tsm_rec_begin(b, TSM_REC_ALLOC, lsn, &start);
+    if (!rc)
+        rc = tsm_rec_put(b, body, sizeof body);
+    if (!rc)
+        tsm_rec_finish(b, start);
+    return rc;
+}
+
 int tsm_check_name(const char *name, size_t len)
 {
     if (len == 0)

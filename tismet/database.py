@@ -16,6 +16,12 @@ import os
 
 from tismet import _convert, errors
 from tismet._native import ffi, lib
+from tismet._version import __version__
+
+_built = ffi.string(lib.tismet_build_version()).decode()
+if _built != __version__:
+    raise ImportError("tismet's compiled engine is version %s but the package is %s: "
+                      "rebuild it (pip install . or make dev)" % (_built, __version__))
 
 AGGREGATION_METHODS = ("average", "sum", "last", "max", "min", "avg_zero", "absmax", "absmin")
 _AGG_CODE = {name: i + 1 for i, name in enumerate(AGGREGATION_METHODS)}
@@ -83,6 +89,17 @@ def _name_bytes(name):
         return name.encode("utf-8")
     except UnicodeEncodeError as e:
         raise errors.InvalidName("metric name is not valid UTF-8: %s" % e) from None
+
+
+def _xff(value):
+    """An xFilesFactor as whisper accepts it: a float in [0, 1]."""
+    try:
+        xff = float(value)
+    except (TypeError, ValueError):
+        raise errors.InvalidXFilesFactor("Invalid xFilesFactor %s, not a float" % (value,)) from None
+    if not 0 <= xff <= 1:
+        raise errors.InvalidXFilesFactor("Invalid xFilesFactor %s, not between 0 and 1" % (value,))
+    return xff
 
 
 def _int_time(value, what):
@@ -170,14 +187,7 @@ class Database:
         if aggregation_method not in _AGG_CODE:
             raise errors.InvalidAggregationMethod(
                 "Unrecognized aggregation method %s" % (aggregation_method,))
-        try:
-            xff = float(x_files_factor)
-        except (TypeError, ValueError):
-            raise errors.InvalidXFilesFactor(
-                "Invalid xFilesFactor %s, not a float" % (x_files_factor,)) from None
-        if not 0 <= xff <= 1:
-            raise errors.InvalidXFilesFactor(
-                "Invalid xFilesFactor %s, not between 0 and 1" % (x_files_factor,))
+        xff = _xff(x_files_factor)
         try:
             pairs = [(int(a[0]), int(a[1])) for a in archives]
         except (TypeError, ValueError, IndexError):
@@ -288,14 +298,7 @@ class Database:
         if x_files_factor is None:
             xff = -1.0
         else:
-            try:
-                xff = float(x_files_factor)
-            except (TypeError, ValueError):
-                raise errors.InvalidXFilesFactor(
-                    "Invalid xFilesFactor %s, not a float" % (x_files_factor,)) from None
-            if not 0 <= xff <= 1:
-                raise errors.InvalidXFilesFactor(
-                    "Invalid xFilesFactor %s, not between 0 and 1" % (x_files_factor,))
+            xff = _xff(x_files_factor)
         nb = _name_bytes(name)
         old = ffi.new("int *")
         rc = lib.tsm_set_aggregation(self._db, nb, len(nb), _AGG_CODE[aggregation_method], xff, old)
