@@ -306,12 +306,28 @@ class Database:
             raise _error(rc)
         return _AGG_NAME[old[0]]
 
-    def delete(self, name):
-        """Delete metric ``name`` and free its space."""
+    def delete(self, name, recursive=False):
+        """Delete metric ``name`` and free its space; returns how many metrics went.
+
+        With ``recursive=True`` also every metric below the path ``name``
+        (``name.x``, ``name.x.y``, ...), as removing a directory of whisper
+        files would; ``name`` itself need not be a metric then.
+        """
         nb = _name_bytes(name)
-        rc = lib.tsm_delete(self._db, nb, len(nb))
-        if rc:
-            raise _error(rc)
+        if not recursive:
+            self._call(lib.tsm_delete, nb, len(nb))
+            return 1
+        prefix = nb.decode("utf-8", "surrogateescape") + "."
+        # a literal prefix narrows the search; names may hold glob characters
+        glob = "**" if any(c in prefix for c in "*?[]{}\\") else prefix + "**"
+        doomed = [n for n, leaf in self.find(glob) if leaf and n.startswith(prefix)]
+        if self.exists(name):
+            doomed.append(name)
+        if not doomed:
+            raise errors.MetricNotFound("no metric named %r or below it" % (name,))
+        for victim in doomed:
+            self.delete(victim)
+        return len(doomed)
 
     def find(self, pattern):
         """Yield ``(name, is_leaf)`` for a Graphite glob, as graphite-web's StandardFinder would."""
