@@ -243,44 +243,57 @@ static int publish_catalog(tsm_db *db, const uint8_t *rec, size_t len)
 
 static int checkpoint_locked(tsm_db *db);
 
-/* Append one finished record (whose LSN must be next_lsn) to the log; for
- * catalog records also to the catalog, applied to the metric table. */
-int tsm_db_log(tsm_db *db, tsm_buf *b, bool catalog)
+/* Append one finished record (whose LSN must be next_lsn) to the log. */
+static int log_append(tsm_db *db, tsm_buf *b, tsm_rec *r)
 {
     /* the record was just built by tsm_rec_finish: read its header back */
-    tsm_rec r;
-    memcpy(&r.len, b->data + 4, 4);
-    memcpy(&r.lsn, b->data + 8, 8);
-    r.type = b->data[16];
-    r.body = b->data + TSM_REC_HDR;
-    if (r.len != b->len || r.lsn != db->next_lsn)
+    memcpy(&r->len, b->data + 4, 4);
+    memcpy(&r->lsn, b->data + 8, 8);
+    r->type = b->data[16];
+    r->body = b->data + TSM_REC_HDR;
+    if (r->len != b->len || r->lsn != db->next_lsn)
         return tsm_fail(TSM_EINVAL, 0, "", -1, "internal: malformed record");
-    if (tsm_wal_room(&db->wal) < r.len + 8) {
+    if (tsm_wal_room(&db->wal) < r->len + 8) {
         int rc = checkpoint_locked(db);
         if (rc)
             return set_fatal(db, rc);
-        if (tsm_wal_room(&db->wal) < r.len + 8)
+        if (tsm_wal_room(&db->wal) < r->len + 8)
             return tsm_fail(TSM_ETOOBIG, 0, db->wal_path, -1,
                             "one change of %u bytes exceeds the log size: write fewer points per call",
-                            r.len);
+                            r->len);
     }
-    int rc = tsm_wal_append(&db->wal, b->data, r.len,
+    int rc = tsm_wal_append(&db->wal, b->data, r->len,
                             db->opts.durability == TSM_DURABLE_SYNC);
     if (rc)
         return set_fatal(db, rc);
     db->next_lsn++;
-    db->st.wal_bytes_written += r.len;
-    atomic_store_explicit(&db->sb->last_lsn, r.lsn, memory_order_relaxed);
-    if (catalog) {
-        rc = tsm_catalog_apply(&db->cat, &r, free_sink, db);
-        if (!rc)
-            rc = publish_catalog(db, b->data, r.len);
-        if (rc)
-            return set_fatal(db, rc);
-    }
+    db->st.wal_bytes_written += r->len;
+    atomic_store_explicit(&db->sb->last_lsn, r->lsn, memory_order_relaxed);
     return TSM_OK;
 }
 
+/* Apply a logged catalog record to the metric table, append it to the
+ * catalog file and publish it to readers (I6). */
+static int catalog_commit(tsm_db *db, const tsm_rec *r)
+{
+    int rc = tsm_catalog_apply(&db->cat, r, free_sink, db);
+    if (!rc)
+        rc = publish_catalog(db, r->body - TSM_REC_HDR, r->len);
+    return rc ? set_fatal(db, rc) : TSM_OK;
+}
+
+int tsm_db_log(tsm_db *db, tsm_buf *b, bool catalog)
+{
+    tsm_rec r;
+    int rc = log_append(db, b, &r);
+    if (!rc && catalog)
+        rc = catalog_commit(db, &r);
+    return rc;
+}
+
+/* A new page: log the ALLOC (I1), initialise the page, and only then
+ * publish the record, so that no reader can reach the page before it has
+ * its identity (I6, I7). */
 int tsm_db_alloc_page(tsm_db *db, tsm_metric *m, uint16_t archive, uint32_t ring,
                       uint32_t *out)
 {
@@ -297,18 +310,17 @@ int tsm_db_alloc_page(tsm_db *db, tsm_metric *m, uint16_t archive, uint32_t ring
     tsm_buf *b = &db->scratch[1];
     b->len = 0;
     tsm_alloc_body al = {m->id, archive, ring, pno};
-    if ((rc = tsm_rec_encode_alloc(b, db->next_lsn, &al)))
-        return rc;
-    uint64_t lsn = db->next_lsn;
-    rc = tsm_db_log(db, b, true);
-    if (rc)
+    tsm_rec r;
+    if ((rc = tsm_rec_encode_alloc(b, db->next_lsn, &al)) || (rc = log_append(db, b, &r)))
         return rc;
     uint8_t *page = tsm_db_page_ptr(db, pno);
     tsm_page_id id = {m->id, archive, ring};
     tsm_page_write_begin(page);
-    tsm_page_init(page, &id, m->arch[archive].seconds_per_point, m->arch[archive].points, lsn);
+    tsm_page_init(page, &id, m->arch[archive].seconds_per_point, m->arch[archive].points, r.lsn);
     tsm_page_write_end(page);
     tsm_db_note_dirty(db, pno);
+    if ((rc = catalog_commit(db, &r)))
+        return rc;
     *out = pno;
     return TSM_OK;
 }
@@ -487,13 +499,14 @@ static int replay_one(void *arg, const tsm_rec *r)
         return TSM_OK;
     c->applied++;
     int rc = TSM_OK;
-    if (r->type != TSM_REC_UPDATE && r->lsn > db->cat.max_lsn) {
+    /* a page gets its identity before readers can learn of it (I6) */
+    if (r->type == TSM_REC_ALLOC)
+        rc = replay_alloc(db, r);
+    if (!rc && r->type != TSM_REC_UPDATE && r->lsn > db->cat.max_lsn) {
         rc = tsm_catalog_apply(&db->cat, r, NULL, NULL);
         if (!rc)
             rc = publish_catalog(db, (const uint8_t *)r->body - TSM_REC_HDR, r->len);
     }
-    if (!rc && r->type == TSM_REC_ALLOC)
-        rc = replay_alloc(db, r);
     if (!rc && r->type == TSM_REC_UPDATE)
         rc = replay_update(db, r);
     return rc;

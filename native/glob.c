@@ -19,10 +19,11 @@
  *  3. Wildcard variants follow Python 3.11 fnmatch.fnmatchcase(): '*' matches
  *     any sequence (also empty), '?' exactly one character, "[...]" a set with
  *     ranges "a-z", "[!...]" negates, ']' right after '[' or "[!" is a member,
- *     an unterminated '[' is a literal '['.  Hyphens follow translate()'s
- *     chunking: a '-' first in the set, last in the set, or directly after a
- *     range ("[a-c-e]") is a member; a reversed range ("[z-a]") drops both of
- *     its endpoints, so "[z-a]" matches nothing and "[!z-a]" anything.
+ *     an unterminated '[' is a literal '['.  Sets replay translate() and re
+ *     step by step (see parse_set): a '-' first in the set, last in the set,
+ *     or directly after a range ("[a-c-e]") is a member; a reversed range
+ *     ("[z-a]") is deleted with both endpoints, so "[z-a]" matches nothing,
+ *     "[!z-a]" anything, and "[[-?!]" (left with just "!") anything too.
  *     There is no escaping ('\' is an ordinary character).
  *  4. Matching is on Unicode code points decoded from UTF-8.  Invalid bytes
  *     decode one by one to U+DC80..U+DCFF, like Python's "surrogateescape"
@@ -372,45 +373,153 @@ static int add_range(tsm_glob *g, uint32_t lo, uint32_t hi)
     return 0;
 }
 
-static int add_singles(tsm_glob *g, const uint32_t *c, size_t from, size_t to)
-{
-    int rc;
+/*
+ * Sets replay CPython 3.11 exactly, in two steps:
+ *  1. fnmatch.translate() cuts the body at range hyphens into chunks,
+ *     deletes reversed ranges by merging chunk k-1 (less its last char) with
+ *     chunk k (less its first), and joins the chunks with unescaped '-'
+ *     while every character inside a chunk is escaped (a literal);
+ *  2. re's set parser reads that text: an optional leading '!' (now '^')
+ *     negates; X '-' Y is a range; a '-' at the end is a literal.
+ * The text is kept as items: a literal code point, or a JOIN ('-').
+ */
+struct sitem {
+    uint32_t c;
+    int join;
+};
 
-    for (; from < to; from++)
-        if ((rc = add_range(g, c[from], c[from])))
-            return rc;
+struct chunk {
+    uint32_t *c;
+    size_t n;
+};
+
+static void chunks_free(struct chunk *ch, size_t n)
+{
+    for (size_t k = 0; k < n; k++)
+        free(ch[k].c);
+    free(ch);
+}
+
+static int chunk_add(struct chunk *ch, size_t *n, const uint32_t *src, size_t len)
+{
+    ch[*n].c = malloc((len + 1) * sizeof(uint32_t));
+    if (!ch[*n].c)
+        return TSM_GLOB_ENOMEM;
+    if (len)
+        memcpy(ch[*n].c, src, len * sizeof(uint32_t));
+    ch[(*n)++].n = len;
     return 0;
 }
 
-/* Members of the set body c[start..j), as fnmatch.translate() chunks it:
- * a '-' at index h (searched from start + 1, then from 3 past the previous
- * one) makes the range c[h-1]..c[h+1], unless it is the last character;
- * a reversed range drops both endpoints; everything else is a member. */
-static int set_members(tsm_glob *g, const uint32_t *c, size_t start, size_t j)
+/* Step 1 for body c[i..j) (which contains a '-'): the chunk list. */
+static int make_chunks(const uint32_t *c, size_t i, size_t j, struct chunk **out, size_t *nout)
 {
-    size_t pos = start, k = start + 1, h;
-    int rc;
-
+    struct chunk *ch = calloc(j - i + 2, sizeof *ch);
+    size_t n = 0, k = c[i] == '!' ? i + 2 : i + 1, h;
+    if (!ch)
+        return TSM_GLOB_ENOMEM;
     for (;;) {
         for (h = k; h < j && c[h] != '-'; h++)
             ;
-        if (h + 1 >= j)                /* no range hyphen, or a trailing '-' */
-            return add_singles(g, c, pos, j);
-        if ((rc = add_singles(g, c, pos, h - 1)))
-            return rc;
-        if (c[h - 1] <= c[h + 1] && (rc = add_range(g, c[h - 1], c[h + 1])))
-            return rc;
-        pos = h + 2;
+        if (h >= j)
+            break;
+        if (chunk_add(ch, &n, c + i, h - i))
+            goto fail;
+        i = h + 1;
         k = h + 3;
     }
+    if (i < j) {
+        if (chunk_add(ch, &n, c + i, j - i))
+            goto fail;
+    } else {
+        ch[n - 1].c[ch[n - 1].n++] = '-';   /* a trailing hyphen joins the last chunk */
+    }
+    for (size_t m = n - 1; m > 0; m--) {      /* remove empty (reversed) ranges */
+        struct chunk *a = &ch[m - 1], *b = &ch[m];
+        if (!a->n || !b->n || a->c[a->n - 1] <= b->c[0])
+            continue;
+        uint32_t *merged = malloc((a->n + b->n) * sizeof(uint32_t));
+        if (!merged)
+            goto fail;
+        memcpy(merged, a->c, (a->n - 1) * sizeof(uint32_t));
+        memcpy(merged + a->n - 1, b->c + 1, (b->n - 1) * sizeof(uint32_t));
+        free(a->c);
+        a->c = merged;
+        a->n = a->n - 1 + b->n - 1;
+        free(b->c);
+        memmove(ch + m, ch + m + 1, (n - m - 1) * sizeof *ch);
+        n--;
+    }
+    *out = ch;
+    *nout = n;
+    return 0;
+fail:
+    chunks_free(ch, n);
+    return TSM_GLOB_ENOMEM;
+}
+
+/* The translated set text of body c[i..j) as items. */
+static int set_items(const uint32_t *c, size_t i, size_t j, struct sitem *it, size_t *n)
+{
+    *n = 0;
+    size_t h = i;
+    while (h < j && c[h] != '-')
+        h++;
+    if (h == j) {                         /* no hyphen: every char a literal */
+        for (; i < j; i++)
+            it[(*n)++] = (struct sitem){c[i], 0};
+        return 0;
+    }
+    struct chunk *ch;
+    size_t nch;
+    int rc = make_chunks(c, i, j, &ch, &nch);
+    if (rc)
+        return rc;
+    for (size_t k = 0; k < nch; k++) {
+        if (k > 0)
+            it[(*n)++] = (struct sitem){'-', 1};
+        for (size_t q = 0; q < ch[k].n; q++)
+            it[(*n)++] = (struct sitem){ch[k].c[q], 0};
+    }
+    chunks_free(ch, nch);
+    return 0;
+}
+
+/* Step 2: re's set parser over items [from, n).  A reversed range is an
+ * error in re (fnmatch would raise); the set then matches nothing. */
+static int set_parse(tsm_glob *g, const struct sitem *it, size_t from, size_t n)
+{
+    size_t first = g->nranges;
+    int rc;
+    while (from < n) {
+        uint32_t lo = it[from++].c;
+        if (from < n && it[from].join) {
+            from++;
+            if (from == n) {              /* "x-]": both literal */
+                if ((rc = add_range(g, lo, lo)) || (rc = add_range(g, '-', '-')))
+                    return rc;
+                break;
+            }
+            uint32_t hi = it[from++].c;
+            if (hi < lo) {
+                g->nranges = first;
+                return 0;
+            }
+            if ((rc = add_range(g, lo, hi)))
+                return rc;
+        } else if ((rc = add_range(g, lo, lo))) {
+            return rc;
+        }
+    }
+    return 0;
 }
 
 /* c[i - 1] is '['.  Emit a T_SET token and set *next past the ']', or
  * return 1 if the set is unterminated ('[' is then a literal). */
 static int parse_set(tsm_glob *g, const uint32_t *c, size_t m, size_t i, size_t *next)
 {
-    size_t j = i, first = g->nranges;
-    int neg, rc;
+    size_t j = i, first = g->nranges, n;
+    int neg = 0, rc;
 
     if (j < m && c[j] == '!')
         j++;
@@ -420,9 +529,19 @@ static int parse_set(tsm_glob *g, const uint32_t *c, size_t m, size_t i, size_t 
         j++;
     if (j >= m)
         return 1;
-    neg = c[i] == '!';
-    if ((rc = set_members(g, c, i + (size_t)neg, j)) ||
-        (rc = grow(&g->sets, &g->setcap, g->nsets + 1, sizeof *g->sets)))
+    struct sitem *it = malloc((2 * (j - i) + 2) * sizeof *it);
+    if (!it)
+        return TSM_GLOB_ENOMEM;
+    rc = set_items(c, i, j, it, &n);
+    size_t from = 0;
+    if (!rc && n > 0 && !it[0].join && it[0].c == '!') {
+        neg = 1;                          /* "!" alone: negated empty set, any char */
+        from = 1;
+    }
+    if (!rc)
+        rc = set_parse(g, it, from, n);
+    free(it);
+    if (rc || (rc = grow(&g->sets, &g->setcap, g->nsets + 1, sizeof *g->sets)))
         return rc;
     g->sets[g->nsets].first = first;
     g->sets[g->nsets].n = g->nranges - first;
