@@ -15,6 +15,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "tismet.h"
@@ -72,7 +73,45 @@ fail:
     return NULL;
 }
 
-static PyObject *doubles_to_list(const char *base, Py_ssize_t count)
+/* Python floats are immutable, so equal values can share one object: metric
+ * values repeat a lot (flat series, zeros, few decimals), and sharing saves
+ * most of the allocations and frees of a large fetch.  A small direct-mapped
+ * cache keyed by the bit pattern, owned by one conversion call. */
+#define FLOAT_CACHE 4096
+
+typedef struct float_cache {
+    uint64_t bits[FLOAT_CACHE];
+    PyObject *obj[FLOAT_CACHE];
+} float_cache;
+
+static PyObject *cached_float(float_cache *fc, double v)
+{
+    uint64_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    size_t h = (size_t)((bits * 0x9E3779B97F4A7C15ull) >> 52);   /* 12 bits */
+    PyObject *o = fc->obj[h];
+    if (o && fc->bits[h] == bits) {
+        Py_INCREF(o);
+        return o;
+    }
+    o = PyFloat_FromDouble(v);
+    if (!o)
+        return NULL;
+    Py_XDECREF(fc->obj[h]);
+    Py_INCREF(o);
+    fc->obj[h] = o;
+    fc->bits[h] = bits;
+    return o;
+}
+
+static void float_cache_clear(float_cache *fc)
+{
+    for (size_t i = 0; i < FLOAT_CACHE; i++)
+        Py_XDECREF(fc->obj[i]);
+    PyMem_Free(fc);
+}
+
+static PyObject *doubles_to_list(const char *base, Py_ssize_t count, float_cache *fc)
 {
     PyObject *list = PyList_New(count);
     if (!list)
@@ -84,7 +123,7 @@ static PyObject *doubles_to_list(const char *base, Py_ssize_t count)
         if (isnan(v)) {
             o = Py_None;
             Py_INCREF(o);
-        } else if (!(o = PyFloat_FromDouble(v))) {
+        } else if (!(o = cached_float(fc, v))) {
             Py_DECREF(list);
             return NULL;
         }
@@ -93,7 +132,15 @@ static PyObject *doubles_to_list(const char *base, Py_ssize_t count)
     return list;
 }
 
-static PyObject *one_result(const tsm_series *s, const Py_buffer *vals)
+static float_cache *float_cache_new(void)
+{
+    float_cache *fc = PyMem_Calloc(1, sizeof *fc);
+    if (!fc)
+        PyErr_NoMemory();
+    return fc;
+}
+
+static PyObject *one_result(const tsm_series *s, const Py_buffer *vals, float_cache *fc)
 {
     if (s->status == TSM_SERIES_NONE)
         Py_RETURN_NONE;
@@ -104,7 +151,7 @@ static PyObject *one_result(const tsm_series *s, const Py_buffer *vals)
         return NULL;
     }
     PyObject *values = doubles_to_list((const char *)vals->buf + s->offset * sizeof(double),
-                                       (Py_ssize_t)s->count);
+                                       (Py_ssize_t)s->count, fc);
     if (!values)
         return NULL;
     return Py_BuildValue("((LLL)N)", (long long)s->start, (long long)s->end,
@@ -119,16 +166,17 @@ static PyObject *fetch_results(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "y*ny*", &series, &n, &vals))
         return NULL;
     PyObject *list = NULL;
+    float_cache *fc = NULL;
     if (n < 0 || (size_t)n * sizeof(tsm_series) > (size_t)series.len) {
         PyErr_SetString(PyExc_ValueError, "fetch_results: series buffer too small");
         goto done;
     }
-    if (!(list = PyList_New(n)))
+    if (!(fc = float_cache_new()) || !(list = PyList_New(n)))
         goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
         tsm_series s;
         memcpy(&s, (const char *)series.buf + i * (Py_ssize_t)sizeof s, sizeof s);
-        PyObject *item = one_result(&s, &vals);
+        PyObject *item = one_result(&s, &vals, fc);
         if (!item) {
             Py_CLEAR(list);
             goto done;
@@ -136,6 +184,8 @@ static PyObject *fetch_results(PyObject *self, PyObject *args)
         PyList_SET_ITEM(list, i, item);
     }
 done:
+    if (fc)
+        float_cache_clear(fc);
     PyBuffer_Release(&series);
     PyBuffer_Release(&vals);
     return list;
@@ -154,8 +204,12 @@ static PyObject *values_list(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "values_list: range outside the buffer");
         return NULL;
     }
-    PyObject *list = doubles_to_list((const char *)view.buf + start * (Py_ssize_t)sizeof(double),
-                                     count);
+    float_cache *fc = float_cache_new();
+    PyObject *list = fc ? doubles_to_list((const char *)view.buf + start * (Py_ssize_t)sizeof(double),
+                                          count, fc)
+                        : NULL;
+    if (fc)
+        float_cache_clear(fc);
     PyBuffer_Release(&view);
     return list;
 }
