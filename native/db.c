@@ -31,7 +31,8 @@
 #include "internal.h"
 #include "wal.h"
 
-#define RESERVE_BYTES (1ull << 42)   /* 4 TiB of address space for pages */
+#define RESERVE_MAX (1ull << 42)     /* address space asked for the page file: 4 TiB */
+#define RESERVE_MIN (1ull << 30)     /* ...or less where that is refused (ulimit -v, valgrind) */
 #define GROW_MIN_PAGES 256u
 
 struct tsm_db {
@@ -41,6 +42,7 @@ struct tsm_db {
     char pages_path[4096], catalog_path[4096], lock_path[4096], wal_path[4096];
     int lock_fd, pages_fd, catalog_fd;
     uint8_t *base;                  /* reserved region; pages mapped from 0 */
+    uint64_t reserved;              /* its size: the page file's size limit */
     _Atomic uint64_t mapped_pages;
     pthread_mutex_t map_mu;
     tsm_superblock *sb;
@@ -167,8 +169,10 @@ static int map_to(tsm_db *db, uint64_t pages)
     uint64_t have = atomic_load(&db->mapped_pages);
     int rc = TSM_OK;
     if (pages > have) {
-        if (pages * TSM_PAGE_SIZE > RESERVE_BYTES)
-            rc = tsm_fail(TSM_ENOSPC, 0, db->pages_path, -1, "page file exceeds 4 TiB");
+        if (pages * TSM_PAGE_SIZE > db->reserved)
+            rc = tsm_fail(TSM_ENOSPC, 0, db->pages_path, -1,
+                          "page file would exceed the %llu GiB of address space reserved for it",
+                          (unsigned long long)(db->reserved >> 30));
         else if (db->io->map(db->base + have * TSM_PAGE_SIZE, (pages - have) * TSM_PAGE_SIZE,
                              db->pages_fd, (off_t)(have * TSM_PAGE_SIZE), !db->opts.readonly) != 0)
             rc = tsm_io_error(errno, db->pages_path, "map");
@@ -637,9 +641,12 @@ static int open_pages(tsm_db *db)
             return rc;
         have = GROW_MIN_PAGES;
     }
-    db->base = db->io->reserve(RESERVE_BYTES);
-    if (!db->base)
-        return tsm_fail(TSM_ENOMEM, ENOMEM, db->pages_path, -1, "cannot reserve address space");
+    for (db->reserved = RESERVE_MAX; db->reserved >= RESERVE_MIN; db->reserved /= 4)
+        if ((db->base = db->io->reserve(db->reserved)))
+            break;
+    if (!db->base || db->reserved < have * TSM_PAGE_SIZE)
+        return tsm_fail(TSM_ENOMEM, ENOMEM, db->pages_path, -1,
+                        "cannot reserve address space for %s (ulimit -v?)", db->pages_path);
     rc = map_to(db, have);
     if (rc)
         return rc;
@@ -713,7 +720,7 @@ static void release_resources(tsm_db *db)
         tsm_wal_close(&db->wal);
     db->has_wal = 0;
     if (db->base)
-        db->io->unmap(db->base, RESERVE_BYTES);
+        db->io->unmap(db->base, db->reserved);
     db->base = NULL;
     db->sb = NULL;
     if (db->pages_fd >= 0)

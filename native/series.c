@@ -33,11 +33,19 @@ typedef struct ws_entry {
     double value;
 } ws_entry;
 
+/* A table slot is in use only when its gen equals the set's current gen,
+ * so starting a new write set costs no clearing. */
+typedef struct ws_slot {
+    uint32_t gen;
+    uint32_t idx;        /* index into e */
+} ws_slot;
+
 typedef struct wset {
     ws_entry *e;
     size_t n, cap;
-    int32_t *table;      /* open addressing: index into e, -1 empty */
+    ws_slot *table;      /* open addressing */
     size_t tcap;
+    uint32_t gen;
 } wset;
 
 /* ---------------------------------------------------------------- helpers */
@@ -84,7 +92,8 @@ static int ws_init(wset *w, size_t expect)
     if (w->tcap < tcap) {
         free(w->table);
         w->tcap = tcap;
-        w->table = malloc(tcap * sizeof *w->table);
+        w->table = calloc(tcap, sizeof *w->table);
+        w->gen = 0;
     }
     if (!w->e || !w->table) {
         free(w->e);
@@ -92,7 +101,10 @@ static int ws_init(wset *w, size_t expect)
         memset(w, 0, sizeof *w);
         return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
     }
-    memset(w->table, 0xff, w->tcap * sizeof *w->table);
+    if (++w->gen == 0) {            /* wrapped: clear once every 2^32 calls */
+        memset(w->table, 0, w->tcap * sizeof *w->table);
+        w->gen = 1;
+    }
     return TSM_OK;
 }
 
@@ -100,11 +112,11 @@ static ws_entry *ws_find(const wset *w, uint32_t archive, uint32_t idx)
 {
     size_t mask = w->tcap - 1;
     for (size_t h = ws_hash(archive, idx, mask);; h = (h + 1) & mask) {
-        int32_t k = w->table[h];
-        if (k < 0)
+        if (w->table[h].gen != w->gen)
             return NULL;
-        if (w->e[k].archive == archive && w->e[k].idx == idx)
-            return &w->e[k];
+        ws_entry *e = &w->e[w->table[h].idx];
+        if (e->archive == archive && e->idx == idx)
+            return e;
     }
 }
 
@@ -126,9 +138,9 @@ static int ws_set(wset *w, uint32_t archive, uint32_t idx, uint32_t tag, double 
         w->cap *= 2;
     }
     size_t mask = w->tcap - 1, h = ws_hash(archive, idx, mask);
-    while (w->table[h] >= 0)
+    while (w->table[h].gen == w->gen)
         h = (h + 1) & mask;
-    w->table[h] = (int32_t)w->n;
+    w->table[h] = (ws_slot){w->gen, (uint32_t)w->n};
     w->e[w->n++] = (ws_entry){archive, idx, tag, v};
     return TSM_OK;
 }

@@ -1,0 +1,102 @@
+"""Damaged bytes are reported as CorruptDatabase naming the file and offset;
+they are never returned as data and never crash the process."""
+import os
+import struct
+
+import pytest
+
+import tismet
+
+NOW = 1700000000
+ARCHIVES = [(10, 360), (60, 1440)]
+PAGE = 4096
+
+
+def build(path):
+    with tismet.Database(path) as db:
+        for name in ("a.one", "a.two"):
+            db.create(name, ARCHIVES)
+            db.update_many(name, [(NOW - 10 * k, float(k)) for k in range(300)], now=NOW)
+
+
+def data_page_of(path, name):
+    """Page number of the metric's first archive page, from the catalog records."""
+    data = open(os.path.join(path, "catalog"), "rb").read()
+    ids, off, pages = {}, 0, []
+    while off + 24 <= len(data):
+        length = struct.unpack_from("<I", data, off + 4)[0]
+        rtype = data[off + 16]
+        body = data[off + 24:off + length]
+        if rtype == 1:
+            narch, name_len = struct.unpack_from("<H", body, 6)[0], struct.unpack_from("<I", body, 12)[0]
+            ids[body[16 + 8 * narch:16 + 8 * narch + name_len].decode()] = struct.unpack_from("<I", body)[0]
+        elif rtype == 4:
+            mid, archive, _ring, pno = struct.unpack_from("<IHxxII", body)
+            pages.append((mid, archive, pno))
+        off += length
+    return next(p for m, a, p in pages if m == ids[name] and a == 0)
+
+
+def flip(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 0x5A]))
+
+
+def test_damaged_page_is_reported_not_returned(tmp_path):
+    path = str(tmp_path / "db")
+    build(path)
+    pno = data_page_of(path, "a.one")
+    flip(os.path.join(path, "pages"), pno * PAGE + 2000)
+    with tismet.Database(path, readonly=True) as db:
+        with pytest.raises(tismet.CorruptDatabase) as ei:
+            db.fetch("a.one", NOW - 3000, NOW, now=NOW)
+        assert ei.value.file.endswith("pages")
+        assert ei.value.offset == pno * PAGE
+        assert isinstance(ei.value, OSError)
+        # the other metric is unharmed
+        values = db.fetch("a.two", NOW - 600, NOW, now=NOW)[1]
+        assert values[-1] == 0.0
+        problems = db.check()
+        assert problems and "checksum" in problems[0]
+
+
+def test_damaged_catalog_is_reported(tmp_path):
+    path = str(tmp_path / "db")
+    build(path)
+    catalog = os.path.join(path, "catalog")
+    flip(catalog, 30)          # inside the first record, far from the tail
+    with open(catalog, "ab") as f:
+        f.write(b"\0" * 5 * PAGE)   # more than a torn tail could be
+    with pytest.raises(tismet.CorruptDatabase) as ei:
+        tismet.Database(path)
+    assert ei.value.file.endswith("catalog")
+    assert ei.value.offset == 0
+
+
+def test_torn_catalog_tail_is_recovered(tmp_path):
+    """A half-written last record (a crash mid-append) is cut off, and the log
+    brings the record back."""
+    path = str(tmp_path / "db")
+    with tismet.Database(path, durability="sync") as db:
+        db.create("keep.me", ARCHIVES)
+        db.update_many("keep.me", [(NOW, 1.0)], now=NOW)
+    with open(os.path.join(path, "catalog"), "ab") as f:
+        f.write(b"\x12\x34\x56\x78\x40\x00\x00\x00garbage")
+    with tismet.Database(path) as db:
+        assert db.exists("keep.me")
+        assert db.check() == []
+
+
+def test_garbage_log_tail_is_ignored(tmp_path):
+    path = str(tmp_path / "db")
+    build(path)
+    wal = os.path.join(path, "wal")
+    with open(wal, "r+b") as f:
+        f.seek(4096)
+        f.write(os.urandom(3000))
+    with tismet.Database(path) as db:
+        assert db.fetch("a.one", NOW - 600, NOW, now=NOW)[1][-1] == 0.0
+        assert db.check() == []
