@@ -190,7 +190,6 @@ typedef struct search {
     tsm_index *ix;
     tsm_glob **globs;
     size_t nglobs;
-    tsm_glob *star;        /* "*", the implicit pattern after a trailing "**" */
     hit *hits;
     size_t nhits, cap;
     int rc;
@@ -304,7 +303,7 @@ static int compile_all(search *s, const char *pat, size_t len)
         s->nglobs++;
         start = i + 1;
     }
-    return tsm_glob_compile("*", 1, &s->star) ? TSM_ENOMEM : TSM_OK;
+    return TSM_OK;
 }
 
 static int find_tagged(const tsm_catalog *c, const char *pat, size_t len,
@@ -345,7 +344,6 @@ int tsm_index_find(tsm_index *ix, const tsm_catalog *c, const char *pattern,
     search s = {.ix = ix};
     int rc = compile_all(&s, pat, plen);
     if (rc == TSM_OK && s.nglobs) {
-        /* a trailing "**" continues as "*": append the implicit component */
         walk(&s, &ix->root, 0);
         rc = s.rc;
     }
@@ -361,8 +359,6 @@ int tsm_index_find(tsm_index *ix, const tsm_catalog *c, const char *pattern,
     }
     for (size_t k = 0; k < s.nglobs; k++)
         tsm_glob_free(s.globs[k]);
-    if (s.star)
-        tsm_glob_free(s.star);
     free(s.globs);
     free(s.hits);
     free(pat);

@@ -63,6 +63,15 @@ static void slot_of(const tsm_archive *a, int64_t interval, uint32_t *idx, uint3
     *tag = (uint32_t)(k / a->points + 1);
 }
 
+/* The slot of the next interval (interval + step), without dividing. */
+static inline void slot_next(const tsm_archive *a, uint32_t *idx, uint32_t *tag)
+{
+    if (++*idx == a->points) {
+        *idx = 0;
+        ++*tag;
+    }
+}
+
 static int cmp_newest_first(const void *x, const void *y)
 {
     const pt *a = x, *b = y;
@@ -145,12 +154,11 @@ static int ws_set(wset *w, uint32_t archive, uint32_t idx, uint32_t tag, double 
     return TSM_OK;
 }
 
-/* Does archive a hold interval I (write set first, then the page)? */
+/* Does archive a hold the interval whose slot is (idx, tag)?  The write
+ * set answers first, then the page. */
 static int slot_get(struct tsm_db *db, const tsm_metric *m, const wset *w,
-                    uint32_t a, int64_t interval, double *v)
+                    uint32_t a, uint32_t idx, uint32_t tag, double *v)
 {
-    uint32_t idx, tag;
-    slot_of(&m->arch[a], interval, &idx, &tag);
     const ws_entry *e = ws_find(w, a, idx);
     if (e) {
         *v = e->value;
@@ -239,9 +247,12 @@ static int propagate(struct tsm_db *db, const tsm_metric *m, wset *w, scratch *s
         if (!sc->cap)
             return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
     }
+    uint32_t hidx, htag;
+    slot_of(&m->arch[hi], L, &hidx, &htag);
     for (size_t j = 0; j < k; j++) {
-        sc->known[j] = (uint8_t)slot_get(db, m, w, hi, L + (int64_t)(j * step), &sc->vals[j]);
+        sc->known[j] = (uint8_t)slot_get(db, m, w, hi, hidx, htag, &sc->vals[j]);
         nknown += sc->known[j];
+        slot_next(&m->arch[hi], &hidx, &htag);
     }
     if (nknown == 0)
         return 0;
@@ -260,12 +271,19 @@ static int archive_update(struct tsm_db *db, const tsm_metric *m, wset *w, scrat
 {
     uint32_t step = m->arch[a].seconds_per_point;
     /* chronological = g reversed; take the last point of each interval */
+    int64_t prev_iv = -1, iv = g[n - 1].t - g[n - 1].t % step;
+    uint32_t idx = 0, tag = 0;
     for (size_t k = n; k-- > 0;) {
-        int64_t iv = g[k].t - g[k].t % step;
-        if (k > 0 && g[k - 1].t - g[k - 1].t % step == iv)
+        int64_t cur = iv;
+        if (k > 0)
+            iv = g[k - 1].t - g[k - 1].t % step;   /* the next point's interval */
+        if (k > 0 && iv == cur)
             continue;
-        uint32_t idx, tag;
-        slot_of(&m->arch[a], iv, &idx, &tag);
+        if (prev_iv >= 0 && cur == prev_iv + step)
+            slot_next(&m->arch[a], &idx, &tag);   /* the common, contiguous case */
+        else
+            slot_of(&m->arch[a], cur, &idx, &tag);
+        prev_iv = cur;
         int rc = ws_set(w, a, idx, tag, g[k].v);
         if (rc)
             return rc;
