@@ -985,6 +985,39 @@ int tsm_update_many(tsm_db *db, const char *name, size_t len, const void *points
     return rc;
 }
 
+int tsm_write_archive(tsm_db *db, const char *name, size_t len, unsigned archive,
+                      const void *points, size_t npoints)
+{
+    int rc = write_begin(db);
+    if (rc)
+        return rc;
+    tsm_metric *m;
+    rc = lookup(db, name, len, &m);
+    if (!rc)
+        rc = tsm_series_write_archive(db, m, archive, points, npoints);
+    if (!rc)
+        db->st.points_written += npoints;
+    rc = finish_write(db, rc);
+    pthread_rwlock_unlock(&db->rw);
+    return rc;
+}
+
+int tsm_read_archive(tsm_db *db, const char *name, size_t len, unsigned archive,
+                     double **points, size_t *npoints)
+{
+    *points = NULL;
+    *npoints = 0;
+    int rc = read_begin(db);
+    if (rc)
+        return rc;
+    tsm_metric *m;
+    rc = lookup(db, name, len, &m);
+    if (!rc)
+        rc = tsm_series_read_archive(db, m, archive, points, npoints);
+    pthread_rwlock_unlock(&db->rw);
+    return rc;
+}
+
 int tsm_fetch_many(tsm_db *db, const char *names, const uint32_t *name_lens, size_t n,
                    int64_t from, int64_t until, int use_until, int use_now, int64_t now,
                    tsm_series *out, double **values)

@@ -271,6 +271,10 @@ struct tsm_db;
  * update_many call into the db's write set and logs/applies it. */
 int tsm_series_update(struct tsm_db *db, tsm_metric *m, const void *points,
                       size_t n, int64_t now);
+int tsm_series_write_archive(struct tsm_db *db, tsm_metric *m, unsigned archive,
+                             const void *points, size_t n);
+int tsm_series_read_archive(struct tsm_db *db, const tsm_metric *m, unsigned archive,
+                            double **points, size_t *npoints);
 int tsm_series_fetch(struct tsm_db *db, const tsm_metric *m, int64_t from,
                      int64_t until, int64_t now, tsm_series *out,
                      double *values, size_t cap, size_t *needed);

@@ -528,6 +528,82 @@ int tsm_series_update(struct tsm_db *db, tsm_metric *m, const void *points,
     return rc;
 }
 
+/* Raw slots into one archive, in the caller's order (later pairs win). */
+int tsm_series_write_archive(struct tsm_db *db, tsm_metric *m, unsigned archive,
+                             const void *points, size_t n)
+{
+    if (archive >= m->narch)
+        return tsm_fail(TSM_EINVAL, 0, "", -1, "metric '%s' has no archive %u (it has %u)",
+                        m->name, archive, m->narch);
+    if (n == 0)
+        return TSM_OK;
+    if (n > TSM_MAX_POINTS)
+        return tsm_fail(TSM_ETOOBIG, 0, "", -1, "%zu points in one call (limit %d)", n,
+                        TSM_MAX_POINTS);
+    tsm_update_scratch **up = tsm_db_update_scratch(db);
+    int sorted, rc = scratch_for(up, n);
+    tsm_update_scratch *u = *up;
+    if (!rc)
+        rc = load_points(points, n, u->pts, &sorted);   /* stored newest first */
+    if (!rc)
+        rc = ws_init(&u->w, n);
+    const tsm_archive *ar = &m->arch[archive];
+    for (size_t k = n; k-- > 0 && !rc;) {           /* the caller's order */
+        uint32_t idx, tag;
+        slot_of(ar, u->pts[k].t - u->pts[k].t % ar->seconds_per_point, &idx, &tag);
+        rc = ws_set(&u->w, archive, idx, tag, u->pts[k].v);
+    }
+    if (!rc && u->w.n)
+        rc = commit(db, m, &u->w);
+    return rc;
+}
+
+/* Every stored slot of one archive, as (timestamp, value) doubles. */
+int tsm_series_read_archive(struct tsm_db *db, const tsm_metric *m, unsigned archive,
+                            double **points, size_t *npoints)
+{
+    *points = NULL;
+    *npoints = 0;
+    if (archive >= m->narch)
+        return tsm_fail(TSM_EINVAL, 0, "", -1, "metric '%s' has no archive %u (it has %u)",
+                        m->name, archive, m->narch);
+    const tsm_archive *ar = &m->arch[archive];
+    double *out = malloc((size_t)ar->points * 2 * sizeof *out);
+    if (!out)
+        return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+    size_t n = 0;
+    tsm_page_copy copy;
+    for (uint32_t r = 0; m->pages[archive] && r < tsm_ring_pages(ar); r++) {
+        uint32_t pno = m->pages[archive][r];
+        if (!pno)
+            continue;
+        int rc = tsm_db_read_page(db, pno, &copy);
+        if (rc) {
+            free(out);
+            return rc;
+        }
+        tsm_page_id id;
+        uint8_t type;
+        tsm_page_get_id(copy.bytes, &id, &type);
+        if (type != TSM_PAGE_DATA || id.metric_id != m->id || id.archive != archive ||
+            id.ring_page != r)
+            continue;
+        const uint32_t *tags = tsm_page_tags(&copy);
+        const double *vals = tsm_page_values(&copy);
+        for (uint32_t j = 0; j < TSM_SLOTS && r * TSM_SLOTS + j < ar->points; j++) {
+            if (!tags[j])
+                continue;
+            uint64_t k = (uint64_t)(tags[j] - 1) * ar->points + r * TSM_SLOTS + j;
+            out[2 * n] = (double)(k * ar->seconds_per_point);
+            out[2 * n + 1] = vals[j];
+            n++;
+        }
+    }
+    *points = out;
+    *npoints = n;
+    return TSM_OK;
+}
+
 /* ------------------------------------------------------------ fetch */
 
 typedef struct plan {

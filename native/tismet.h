@@ -184,6 +184,24 @@ int tsm_update_many(tsm_db *db, const char *name, size_t name_len,
                     const void *points, size_t npoints,
                     int use_now, int64_t now);
 
+/* Store points as they are into archive `archive` (index in precision
+ * order) with no roll-up and no age rule: each (timestamp, value) pair is
+ * aligned to the archive's step and replaces whatever its ring slot held,
+ * later pairs winning.  This copies a whisper archive exactly (import) or
+ * restores resampled data (resize).  All or nothing, like tsm_update_many.
+ * Returns TSM_OK, TSM_ENOTFOUND, TSM_EINVAL (no such archive),
+ * TSM_EBADPOINT, TSM_ETOOBIG, TSM_EREADONLY, TSM_EFATAL, TSM_EIO,
+ * TSM_ENOSPC, TSM_ENOMEM. */
+int tsm_write_archive(tsm_db *db, const char *name, size_t name_len, unsigned archive,
+                      const void *points, size_t npoints);
+
+/* Every stored slot of archive `archive` as (timestamp, value) pairs of
+ * doubles in *points (npoints pairs, in ring order; free with tsm_free()):
+ * what a whisper archive would hold (export, resize, check).
+ * Returns TSM_OK, TSM_ENOTFOUND, TSM_EINVAL, TSM_ECORRUPT, TSM_ENOMEM. */
+int tsm_read_archive(tsm_db *db, const char *name, size_t name_len, unsigned archive,
+                     double **points, size_t *npoints);
+
 /* Fetch n series in one call with whisper.fetch's semantics.  Names are
  * concatenated in `names`, name i being name_lens[i] bytes.  For each series,
  * out[i] is filled; values of all series are stored in one array allocated

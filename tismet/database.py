@@ -227,6 +227,33 @@ class Database:
         if rc:
             raise _error(rc)
 
+    def write_archive(self, name, archive, points):
+        """Store (timestamp, value) points as they are into archive number ``archive``
+        (0 = the finest), with no roll-up and no age rule; later points win a slot.
+
+        For copying a whisper archive exactly (import) or writing resampled data.
+        """
+        packed = _pack_points(points)
+        if not packed:
+            return
+        nb = _name_bytes(name)
+        if not isinstance(archive, int) or archive < 0:
+            raise errors.InvalidArgument("archive must be an archive index, not %r" % (archive,))
+        self._call(lib.tsm_write_archive, nb, len(nb), archive, packed, len(packed) >> 4)
+
+    def read_archive(self, name, archive):
+        """Every stored (timestamp, value) of archive number ``archive``, in ring order:
+        what the whisper archive would hold.  For export and resampling."""
+        nb = _name_bytes(name)
+        out = ffi.new("double **")
+        n = ffi.new("size_t *")
+        self._call(lib.tsm_read_archive, nb, len(nb), archive, out, n)
+        try:
+            flat = ffi.unpack(out[0], 2 * n[0]) if n[0] else []
+        finally:
+            lib.tsm_free(out[0])
+        return list(zip(map(int, flat[0::2]), flat[1::2]))
+
     def fetch(self, name, from_time, until_time=None, now=None):
         """whisper.fetch: ``((start, end, step), values)`` with None for gaps, or None."""
         result = self._fetch([name], from_time, until_time, now, missing_ok=False)
