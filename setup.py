@@ -34,6 +34,7 @@ setup(
     setup_requires=["cffi>=1.15"],
     install_requires=["cffi>=1.15"],
     cffi_modules=["native/build_ffi.py:ffibuilder"],
+    entry_points={"console_scripts": ["tismet = tismet.cli:main"]},
     ext_modules=[
         Extension(
             "tismet._convert",

@@ -1229,7 +1229,18 @@ int tsm_stats(tsm_db *db, tsm_db_stats *out)
     out->metrics = db->cat.count;
     out->pages_total = atomic_load(&db->mapped_pages);
     out->pages_free = db->nfree;
-    out->pages_data = db->opts.readonly ? 0 : db->next_page - 1 - db->nfree;
+    if (db->opts.readonly) {
+        /* a reader has no free list: count the pages metrics own */
+        out->pages_data = 0;
+        for (size_t i = 0; i < db->cat.by_id_cap; i++) {
+            const tsm_metric *m = db->cat.by_id[i];
+            for (unsigned a = 0; m && a < m->narch; a++)
+                for (uint32_t r = 0; m->pages[a] && r < tsm_ring_pages(&m->arch[a]); r++)
+                    out->pages_data += m->pages[a][r] != 0;
+        }
+    } else {
+        out->pages_data = db->next_page - 1 - db->nfree;
+    }
     out->last_lsn = atomic_load(&db->sb->last_lsn);
     out->wal_syncs = db->has_wal ? db->wal.syncs : 0;
     out->disk_bytes = allocated(db, db->pages_path) + allocated(db, db->catalog_path) +

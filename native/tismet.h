@@ -133,8 +133,8 @@ typedef struct tsm_db_stats {
     uint64_t metrics;
     uint64_t pages_total;      /* pages in the page file, superblock included */
     uint64_t pages_data;       /* pages holding series data */
-    uint64_t pages_free;
-    uint64_t wal_bytes_written;  /* log bytes appended since open */
+    uint64_t pages_free;         /* writer only (readers report 0) */
+    uint64_t wal_bytes_written;  /* log bytes appended since open (counters: this handle) */
     uint64_t wal_syncs;
     uint64_t checkpoints;
     uint64_t points_written;     /* points accepted by update_many since open */
