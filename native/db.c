@@ -232,6 +232,21 @@ int tsm_db_read_page(tsm_db *db, uint32_t pno, tsm_page_copy *copy)
     return rc ? rc : tsm_page_verify(copy, db->pages_path, pno);
 }
 
+int tsm_db_read_owned_page(tsm_db *db, const tsm_metric *m, unsigned archive, uint32_t ring,
+                           tsm_page_copy *copy, int *owned)
+{
+    *owned = 0;
+    int rc = tsm_db_read_page(db, m->pages[archive][ring], copy);
+    if (rc)
+        return rc;
+    tsm_page_id id;
+    uint8_t type;
+    tsm_page_get_id(copy->bytes, &id, &type);
+    *owned = type == TSM_PAGE_DATA && id.metric_id == m->id && id.archive == archive &&
+             id.ring_page == ring;
+    return TSM_OK;
+}
+
 /* ------------------------------------------------------------ logging */
 
 static int publish_catalog(tsm_db *db, const uint8_t *rec, size_t len)
@@ -1268,17 +1283,12 @@ static void check_metric_pages(tsm_db *db, const tsm_metric *m, checker *c)
     for (unsigned a = 0; a < m->narch; a++)
         for (uint32_t r = 0; m->pages[a] && r < tsm_ring_pages(&m->arch[a]); r++) {
             uint32_t pno = m->pages[a][r];
+            int owned;
             if (!pno)
                 continue;
-            if (tsm_db_read_page(db, pno, &copy) != TSM_OK) {
+            if (tsm_db_read_owned_page(db, m, a, r, &copy, &owned) != TSM_OK) {
                 problem(c);
-                continue;
-            }
-            tsm_page_id id;
-            uint8_t type;
-            tsm_page_get_id(copy.bytes, &id, &type);
-            if (type != TSM_PAGE_DATA || id.metric_id != m->id || id.archive != a ||
-                id.ring_page != r) {
+            } else if (!owned) {
                 tsm_fail(TSM_ECORRUPT, 0, db->pages_path, (int64_t)pno * TSM_PAGE_SIZE,
                          "page %u of %s does not belong to metric '%s' archive %u as the "
                          "catalog says", pno, db->pages_path, m->name, a);

@@ -261,7 +261,6 @@ int tsm_index_find(tsm_index *ix, const tsm_catalog *c, const char *pattern,
 
 /* ------------------------------------------------------------------ names */
 
-int tsm_check_name(const char *name, size_t len);
 uint64_t tsm_hash_bytes(const void *p, size_t len);
 
 /* ------------------------------------------------------------------ series */
@@ -287,6 +286,10 @@ void tsm_update_scratch_free(tsm_update_scratch *u);
 /* Read a consistent copy of page pno (maps more of the file if needed). */
 int tsm_db_read_page(struct tsm_db *db, uint32_t pno, tsm_page_copy *copy);
 uint8_t *tsm_db_page_ptr(struct tsm_db *db, uint32_t pno);
+/* Read ring page `ring` of the metric's archive; *owned is 0 when the page
+ * no longer carries that identity (freed and reused: I7). */
+int tsm_db_read_owned_page(struct tsm_db *db, const tsm_metric *m, unsigned archive,
+                           uint32_t ring, tsm_page_copy *copy, int *owned);
 /* Writer: allocate a page for (metric, archive, ring page), log it. */
 int tsm_db_alloc_page(struct tsm_db *db, tsm_metric *m, uint16_t archive,
                       uint32_t ring_page, uint32_t *pno);

@@ -574,19 +574,14 @@ int tsm_series_read_archive(struct tsm_db *db, const tsm_metric *m, unsigned arc
     size_t n = 0;
     tsm_page_copy copy;
     for (uint32_t r = 0; m->pages[archive] && r < tsm_ring_pages(ar); r++) {
-        uint32_t pno = m->pages[archive][r];
-        if (!pno)
+        if (!m->pages[archive][r])
             continue;
-        int rc = tsm_db_read_page(db, pno, &copy);
+        int owned, rc = tsm_db_read_owned_page(db, m, archive, r, &copy, &owned);
         if (rc) {
             free(out);
             return rc;
         }
-        tsm_page_id id;
-        uint8_t type;
-        tsm_page_get_id(copy.bytes, &id, &type);
-        if (type != TSM_PAGE_DATA || id.metric_id != m->id || id.archive != archive ||
-            id.ring_page != r)
+        if (!owned)
             continue;
         const uint32_t *tags = tsm_page_tags(&copy);
         const double *vals = tsm_page_values(&copy);
@@ -651,15 +646,9 @@ static int fill_segment(struct tsm_db *db, const tsm_metric *m, uint32_t archive
     if (!tbl || !tbl[ring])
         return TSM_OK;
     tsm_page_copy copy;
-    int rc = tsm_db_read_page(db, tbl[ring], &copy);
-    if (rc)
-        return rc;
-    tsm_page_id id;
-    uint8_t type;
-    tsm_page_get_id(copy.bytes, &id, &type);
-    if (type != TSM_PAGE_DATA || id.metric_id != m->id || id.archive != archive ||
-        id.ring_page != ring)
-        return TSM_OK;   /* freed and reused since our catalog view (I7) */
+    int owned, rc = tsm_db_read_owned_page(db, m, archive, ring, &copy, &owned);
+    if (rc || !owned)
+        return rc;   /* not owned: freed and reused since our catalog view (I7) */
     const uint32_t *tags = tsm_page_tags(&copy);
     const double *vals = tsm_page_values(&copy);
     for (uint64_t s = 0; s < len; s++)

@@ -170,6 +170,10 @@ int tsm_create(tsm_db *db, const char *name, size_t name_len,
                const tsm_archive *archives, size_t narchives,
                double xff, int aggregation);
 
+/* TSM_OK if `name` is acceptable as a metric name, else TSM_EBADNAME with
+ * the reason in tsm_last_error(). */
+int tsm_check_name(const char *name, size_t name_len);
+
 /* 1 if the metric exists, 0 if not, or a negative code (TSM_EBADNAME,
  * TSM_ECORRUPT, TSM_EIO). */
 int tsm_exists(tsm_db *db, const char *name, size_t name_len);

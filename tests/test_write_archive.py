@@ -78,3 +78,32 @@ def test_read_archive_round_trip(tmp_path):
         assert coarse[NOW - NOW % 60] == sum(v for t, v in pts if t - t % 60 == NOW - NOW % 60)
         with pytest.raises(tismet.InvalidArgument):
             db.read_archive("m", 2)
+
+
+def test_packed_points_and_whisper_decoding(tmp_path):
+    from tismet import _convert
+    wsp = str(tmp_path / "m.wsp")
+    whisper.create(wsp, [(10, 30)], 0.5, "average")
+    whisper.update_many(wsp, [(NOW - 10 * k, k + 0.5) for k in range(20)], now=NOW)
+    info = whisper.info(wsp)["archives"][0]
+    packed, dropped = _convert.whisper_points(open(wsp, "rb").read(), info["offset"], info["points"])
+    assert dropped == 0 and len(packed) == 20 * 16
+    with tismet.Database(str(tmp_path / "db")) as db:
+        db.create("m", [(10, 30)])
+        db.write_archive("m", 0, packed)
+        assert db.fetch("m", NOW - 250, NOW, now=NOW) == whisper.fetch(wsp, NOW - 250, NOW, now=NOW)
+        with pytest.raises(tismet.InvalidArgument):
+            db.write_archive("m", 0, b"\0" * 15)
+    # the image whisper_ring builds reads back in whisper as the same points
+    points = [(NOW - 10 * k, float(k)) for k in range(5)]
+    ring = _convert.whisper_ring(points, 10, 30)
+    assert len(ring) == 30 * 12
+    back, _ = _convert.whisper_points(ring, 0, 30)
+    assert len(back) == len(points) * 16
+
+
+def test_check_name():
+    tismet.check_name("a.b;tag=v")
+    for bad in ("", "a..b", ".a", "a\nb", "x" * 5000):
+        with pytest.raises(tismet.InvalidName):
+            tismet.check_name(bad)

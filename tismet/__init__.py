@@ -4,7 +4,7 @@
 directory: see API.md beside this file for the contract.
 """
 from tismet._version import __version__
-from tismet.database import AGGREGATION_METHODS, DURABILITY_MODES, Database
+from tismet.database import AGGREGATION_METHODS, DURABILITY_MODES, Database, check_name
 from tismet.errors import (
     CorruptDatabase, DatabaseClosed, DatabaseLocked, DatabaseNotFound,
     InvalidAggregationMethod, InvalidArgument, InvalidConfiguration, InvalidName,
@@ -14,7 +14,7 @@ from tismet.errors import (
 )
 
 __all__ = [
-    "AGGREGATION_METHODS", "DURABILITY_MODES", "Database", "__version__",
+    "AGGREGATION_METHODS", "DURABILITY_MODES", "Database", "__version__", "check_name",
     "CorruptDatabase", "DatabaseClosed", "DatabaseLocked", "DatabaseNotFound",
     "InvalidAggregationMethod", "InvalidArgument", "InvalidConfiguration",
     "InvalidName", "InvalidPoint", "InvalidTimeInterval", "InvalidXFilesFactor",

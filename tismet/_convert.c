@@ -7,6 +7,14 @@
  *       as interleaved native doubles, converted with float() like whisper.
  *   values_list(buffer, start, count) -> list
  *       `count` doubles from index `start` of a buffer, NaN becoming None.
+ *   whisper_points(data, offset, count) -> (bytes, dropped)
+ *       the stored points of a whisper archive (count big-endian (u32, f64)
+ *       records at offset) as pack_points() would pack them; empty slots
+ *       (timestamp 0) are skipped, values tismet refuses (NaN, inf,
+ *       timestamp 2^32-1) are dropped and counted.
+ *   whisper_ring(points, step, count) -> bytes
+ *       a whisper archive image (count records) holding (timestamp, value)
+ *       points, the oldest in the first slot as whisper's base interval.
  *   fetch_results(series, n, values) -> list
  *       the n tsm_series filled by tsm_fetch_many, as whisper.fetch results:
  *       ((start, end, step), values) for TSM_SERIES_OK, None for
@@ -214,10 +222,127 @@ static PyObject *values_list(PyObject *self, PyObject *args)
     return list;
 }
 
+static uint32_t be32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static void put_be32(unsigned char *p, uint32_t v)
+{
+    for (int i = 3; i >= 0; i--, v >>= 8)
+        p[i] = (unsigned char)v;
+}
+
+static PyObject *whisper_points(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_buffer view;
+    Py_ssize_t off, count;
+    if (!PyArg_ParseTuple(args, "y*nn", &view, &off, &count))
+        return NULL;
+    if (off < 0 || count < 0 || off + 12 * count > view.len) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "whisper_points: archive outside the buffer");
+        return NULL;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, count * 16);
+    if (!out) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    double *d = (double *)PyBytes_AS_STRING(out);
+    Py_ssize_t n = 0, dropped = 0;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        const unsigned char *p = (const unsigned char *)view.buf + off + 12 * k;
+        uint32_t t = be32(p);
+        uint64_t bits = (uint64_t)be32(p + 4) << 32 | be32(p + 8);
+        double v;
+        memcpy(&v, &bits, sizeof v);
+        if (t == 0)
+            continue;
+        if (t == 0xFFFFFFFFu || !isfinite(v)) {
+            dropped++;
+            continue;
+        }
+        d[2 * n] = (double)t;
+        d[2 * n + 1] = v;
+        n++;
+    }
+    PyBuffer_Release(&view);
+    if (_PyBytes_Resize(&out, n * 16) != 0)
+        return NULL;
+    return Py_BuildValue("(Nn)", out, dropped);
+}
+
+static PyObject *whisper_ring(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *points;
+    long long step, count;
+    if (!PyArg_ParseTuple(args, "OLL", &points, &step, &count))
+        return NULL;
+    if (step <= 0 || count <= 0) {
+        PyErr_SetString(PyExc_ValueError, "whisper_ring: step and count must be positive");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(points, "points must be a sequence of (timestamp, value)");
+    if (!seq)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(count * 12));
+    long long *ts = PyMem_Malloc((size_t)(n ? n : 1) * sizeof *ts);
+    double *vs = PyMem_Malloc((size_t)(n ? n : 1) * sizeof *vs);
+    if (!out || !ts || !vs)
+        goto fail;
+    long long base = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PySequence_Fast(PySequence_Fast_GET_ITEM(seq, i), "each point must be a pair");
+        if (!pair)
+            goto fail;
+        int bad = PySequence_Fast_GET_SIZE(pair) != 2;
+        if (!bad) {
+            ts[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(pair, 0));
+            vs[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(pair, 1));
+        }
+        Py_DECREF(pair);
+        if (bad || PyErr_Occurred()) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "each point must be a (timestamp, value) pair");
+            goto fail;
+        }
+        if (i == 0 || ts[i] < base)
+            base = ts[i];
+    }
+    unsigned char *buf = (unsigned char *)PyBytes_AS_STRING(out);
+    memset(buf, 0, (size_t)(count * 12));
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long long slot = ((ts[i] - base) / step) % count;   /* ts[i] >= base */
+        uint64_t bits;
+        memcpy(&bits, &vs[i], sizeof bits);
+        put_be32(buf + 12 * slot, (uint32_t)ts[i]);
+        put_be32(buf + 12 * slot + 4, (uint32_t)(bits >> 32));
+        put_be32(buf + 12 * slot + 8, (uint32_t)bits);
+    }
+    PyMem_Free(ts);
+    PyMem_Free(vs);
+    Py_DECREF(seq);
+    return out;
+fail:
+    PyMem_Free(ts);
+    PyMem_Free(vs);
+    Py_XDECREF(out);
+    Py_DECREF(seq);
+    if (!PyErr_Occurred())
+        PyErr_NoMemory();
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"pack_points", pack_points, METH_O, "Pack (timestamp, value) pairs as doubles."},
     {"values_list", values_list, METH_VARARGS, "Doubles to a list, NaN as None."},
     {"fetch_results", fetch_results, METH_VARARGS, "tsm_series array to whisper fetch results."},
+    {"whisper_points", whisper_points, METH_VARARGS, "A whisper archive's stored points, packed."},
+    {"whisper_ring", whisper_ring, METH_VARARGS, "Points as a whisper archive image."},
     {NULL, NULL, 0, NULL},
 };
 

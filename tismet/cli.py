@@ -17,10 +17,10 @@ import sys
 import time
 
 import tismet
+from tismet import _convert
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_FATAL = 0, 1, 2
 
-_POINT = struct.Struct("!Ld")
 _WHISPER_HINT = "the whisper module is needed for this command: pip install tismet[whisper]"
 _MAX_BATCH = 500_000   # points per write_archive call (the engine takes at most 1,000,000)
 _TAGGED_DIR = "_tagged"
@@ -344,10 +344,9 @@ def _whisper_name(relpath):
 def read_whisper_file(item):
     """Parse one whisper file (runs in a pool worker).
 
-    Returns (relpath, size, header, [[(t, v), ...] per archive], nonfinite) or
+    Returns (relpath, size, header, [packed points per archive], nonfinite) or
     (relpath, size, None, reason, 0)."""
     relpath, path = item
-    import math
     import whisper
     try:
         size = os.path.getsize(path)
@@ -373,15 +372,10 @@ def read_whisper_file(item):
             return relpath, size, None, "corrupt header: %s" % e, 0
         out, nonfinite = [], 0
         for a in archives:
-            pts = []
-            for t, v in _POINT.iter_unpack(data[a["offset"]:a["offset"] + a["size"]]):
-                if t == 0:
-                    continue
-                if t >= 0xFFFFFFFF or math.isnan(v) or math.isinf(v):
-                    nonfinite += 1
-                    continue
-                pts.append((t, v))
-            out.append(pts)
+            # decoded in C: bytes of (timestamp, value) doubles, cheap to send back
+            packed, dropped = _convert.whisper_points(data, a["offset"], a["points"])
+            out.append(packed)
+            nonfinite += dropped
         header = {"archives": [(a["secondsPerPoint"], a["points"]) for a in archives],
                   "xFilesFactor": info["xFilesFactor"],
                   "aggregationMethod": info["aggregationMethod"]}
@@ -444,7 +438,7 @@ def cmd_import_whisper(args):
                 summary["skipped"].append({"file": relpath, "reason": why})
                 continue
             summary["whisper_bytes"] += size
-            summary["points"] += sum(len(p) for p in payload)
+            summary["points"] += sum(len(p) for p in payload) // 16
             summary["nonfinite_points_dropped"] += nonfinite
             summary[kind] += 1
     finally:
@@ -476,23 +470,14 @@ def _import_one(db, name, header, payload, dry_run):
     kind = "merged" if exists else "created"
     if dry_run:
         if not exists:
-            tismet_check_name(name)
+            tismet.check_name(name)
         return kind, None
     if not exists:
         db.create(name, archives, header["xFilesFactor"], header["aggregationMethod"])
-    for index, points in enumerate(payload):
-        for i in range(0, len(points), _MAX_BATCH):
-            db.write_archive(name, index, points[i:i + _MAX_BATCH])
+    for index, packed in enumerate(payload):
+        for i in range(0, len(packed), 16 * _MAX_BATCH):
+            db.write_archive(name, index, packed[i:i + 16 * _MAX_BATCH])
     return kind, None
-
-
-def tismet_check_name(name):
-    """The name rules of API.md, for dry runs (which open no writer)."""
-    raw = name.encode("utf-8", "surrogateescape")
-    if not 1 <= len(raw) <= 4096 or any(b < 0x20 or b == 0x7f for b in raw):
-        raise tismet.InvalidName("invalid metric name %r" % name)
-    if any(p == "" for p in name.split(";", 1)[0].split(".")):
-        raise tismet.InvalidName("invalid metric name %r: empty component" % name)
 
 
 def _retentions(archives):
@@ -592,15 +577,11 @@ def _write_whisper(whisper, path, info, data):
         for arc, points in zip(winfo["archives"], data):
             if not points:
                 continue
-            step, count = arc["secondsPerPoint"], arc["points"]
             # whisper finds interval I at slot ((I - base) / step) mod points, where
-            # base is the interval in the archive's first slot: put the oldest there
-            base = min(t for t, _v in points)
-            buf = bytearray(arc["size"])
-            for t, v in points:
-                _POINT.pack_into(buf, 12 * (((t - base) // step) % count), t, v)
+            # base is the interval in the archive's first slot: whisper_ring puts the
+            # oldest point there (built in C, no Python loop over points)
             f.seek(arc["offset"])
-            f.write(buf)
+            f.write(_convert.whisper_ring(points, arc["secondsPerPoint"], arc["points"]))
 
 
 # -- parser ----------------------------------------------------------------------

@@ -231,9 +231,16 @@ class Database:
         """Store (timestamp, value) points as they are into archive number ``archive``
         (0 = the finest), with no roll-up and no age rule; later points win a slot.
 
-        For copying a whisper archive exactly (import) or writing resampled data.
+        ``points`` may also be bytes of native (timestamp, value) double pairs, as
+        ``tismet._convert.whisper_points`` makes them.  For copying a whisper
+        archive exactly (import) or writing resampled data.
         """
-        packed = _pack_points(points)
+        if isinstance(points, (bytes, bytearray, memoryview)):
+            packed = bytes(points)
+            if len(packed) % 16:
+                raise errors.InvalidArgument("packed points must be 16-byte (timestamp, value) pairs")
+        else:
+            packed = _pack_points(points)
         if not packed:
             return
         nb = _name_bytes(name)
@@ -404,6 +411,14 @@ class Database:
         rc = fn(self._db, *args)
         if rc:
             raise _error(rc)
+
+
+def check_name(name):
+    """Raise InvalidName unless the engine would accept ``name`` as a metric name."""
+    nb = _name_bytes(name)
+    rc = lib.tsm_check_name(nb, len(nb))
+    if rc:
+        raise _error(rc)
 
 
 def _find_pairs(entries):
