@@ -11,15 +11,18 @@ VENV ?= .venv
 VPY = $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test dev bench sanitize clean venv demo
+.PHONY: test dev bench sanitize clean venv demo sysdeps
 
 $(VPY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 
-venv: $(VPY)
+venv: $(VPY) sysdeps
 	$(VPY) -m pip install -q ".[test]"
+
+sysdeps:
+	@tools/sysdeps.sh
 
 test: venv
 	cd tests && ../$(VPY) -m pytest -p no:cacheprovider $(PYTEST_ARGS) .

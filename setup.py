@@ -19,6 +19,11 @@ def _version():
     raise RuntimeError("no version")
 
 
+# The Graphite parts Tismet plugs into, pinned to the versions it is tested with.
+_WHISPER = ["whisper==1.1.10"]
+_CARBON = ["carbon==1.1.10"] + _WHISPER
+_GRAPHITE = ["graphite-web==1.1.10"]
+
 _san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"] if os.environ.get("TISMET_SANITIZE") else []
 
 setup(
@@ -28,7 +33,10 @@ setup(
     long_description=open(os.path.join(HERE, "README.md")).read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    packages=["tismet"],
+    packages=["tismet", "tismet_carbon", "tismet_finder"],
+    # the carbon dropin lives in Twisted's shared plugin namespace package,
+    # which must not get an __init__.py of ours
+    py_modules=["twisted.plugins.tismet_carbon_plugin"],
     package_data={"tismet": ["API.md"]},
     python_requires=">=3.8",
     setup_requires=["cffi>=1.15"],
@@ -46,13 +54,11 @@ setup(
         )
     ],
     extras_require={
-        "whisper": ["whisper==1.1.10"],
-        "test": [
-            "pytest>=7",
-            "hypothesis>=6",
-            "pytest-timeout",
-            "whisper==1.1.10",
-        ],
+        "whisper": _WHISPER,
+        "carbon": _CARBON,
+        "graphite": _GRAPHITE,
+        "test": ["pytest>=7", "hypothesis>=6", "pytest-timeout", "gunicorn"]
+        + _WHISPER + _CARBON + _GRAPHITE,
     },
     zip_safe=False,
 )

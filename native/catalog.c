@@ -20,7 +20,10 @@ int tsm_catalog_init(tsm_catalog *c)
     c->nbuckets = 1024;
     c->buckets = calloc(c->nbuckets, sizeof *c->buckets);
     c->next_id = 1;
-    if (!c->buckets || tsm_index_new(&c->index) != TSM_OK) {
+    if (!c->buckets || tsm_index_new(&c->index) != TSM_OK ||
+        tsm_tags_new(&c->tags) != TSM_OK) {
+        if (c->index)
+            tsm_index_free(c->index);
         free(c->buckets);
         return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
     }
@@ -54,6 +57,7 @@ void tsm_catalog_free(tsm_catalog *c)
     free(c->by_id);
     if (c->index)
         tsm_index_free(c->index);
+    tsm_tags_free(c->tags);
     memset(c, 0, sizeof *c);
 }
 
@@ -145,8 +149,11 @@ static int apply_create(tsm_catalog *c, const tsm_rec *r)
         return TSM_ENOMEM;
     }
     int rc = set_by_id(c, m->id, m);
-    if (rc == TSM_OK && !memchr(m->name, ';', m->name_len))
+    int tagged = memchr(m->name, ';', m->name_len) != NULL;
+    if (rc == TSM_OK && !tagged)
         rc = tsm_index_add(c->index, m);
+    if (rc == TSM_OK && tagged && (rc = tsm_tags_add(c->tags, m)) == TSM_OK)
+        m->tagged = 1;
     if (rc != TSM_OK) {
         set_by_id(c, m->id, NULL);
         metric_free(m);
@@ -174,6 +181,8 @@ static int apply_delete(tsm_catalog *c, uint32_t id, tsm_page_sink freed, void *
         }
     if (m->node)
         tsm_index_remove(c->index, m);
+    if (m->tagged)
+        tsm_tags_remove(c->tags, m);
     for (unsigned a = 0; a < m->narch; a++)
         for (uint32_t r = 0; m->pages[a] && r < tsm_ring_pages(&m->arch[a]); r++)
             if (m->pages[a][r] && freed)

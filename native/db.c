@@ -1198,6 +1198,55 @@ int tsm_find(tsm_db *db, const char *pattern, size_t len, char **out, size_t *ou
     return TSM_OK;
 }
 
+/* The tag functions share one shape: run `fn` over the tag index under the
+ * read lock and hand the buffer to the caller. */
+static int tag_call(tsm_db *db, int (*fn)(const tsm_tagindex *, const char *, size_t,
+                                          tsm_buf *, size_t *),
+                    const char *arg, size_t arg_len, char **out, size_t *out_len,
+                    size_t *count)
+{
+    *out = NULL;
+    *out_len = *count = 0;
+    int rc = read_begin(db);
+    if (rc)
+        return rc;
+    tsm_buf b = {0};
+    rc = fn(db->cat.tags, arg, arg_len, &b, count);
+    pthread_rwlock_unlock(&db->rw);
+    if (rc) {
+        tsm_buf_free(&b);
+        return rc == TSM_ENOMEM ? tsm_fail(rc, 0, "", -1, "out of memory") : rc;
+    }
+    *out = (char *)b.data;
+    *out_len = b.len;
+    return TSM_OK;
+}
+
+static int list_fn(const tsm_tagindex *ti, const char *arg, size_t len, tsm_buf *b,
+                   size_t *count)
+{
+    (void)arg;
+    (void)len;
+    return tsm_tags_list(ti, b, count);
+}
+
+int tsm_tag_names(tsm_db *db, char **out, size_t *out_len, size_t *count)
+{
+    return tag_call(db, list_fn, NULL, 0, out, out_len, count);
+}
+
+int tsm_tag_values(tsm_db *db, const char *tag, size_t tag_len, char **out,
+                   size_t *out_len, size_t *count)
+{
+    return tag_call(db, tsm_tags_values, tag, tag_len, out, out_len, count);
+}
+
+int tsm_tag_query(tsm_db *db, const char *query, size_t query_len, char **out,
+                  size_t *out_len, size_t *count)
+{
+    return tag_call(db, tsm_tags_query, query, query_len, out, out_len, count);
+}
+
 int tsm_sync(tsm_db *db)
 {
     int rc = read_begin(db);

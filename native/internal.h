@@ -217,6 +217,7 @@ typedef struct tsm_metric {
     tsm_archive *arch;          /* narch, sorted by precision */
     uint32_t **pages;           /* per archive: ring page -> page number, NULL until used */
     struct tsm_node *node;      /* leaf in the name tree (untagged names) */
+    uint8_t tagged;             /* indexed in the tag index (tagged names) */
     struct tsm_metric *hnext;   /* name hash chain */
 } tsm_metric;
 
@@ -233,6 +234,7 @@ typedef struct tsm_catalog {
     uint32_t next_id;
     uint64_t max_lsn;            /* highest LSN applied from catalog records */
     struct tsm_index *index;
+    struct tsm_tagindex *tags;
 } tsm_catalog;
 
 int tsm_catalog_init(tsm_catalog *c);
@@ -259,6 +261,19 @@ void tsm_index_remove(tsm_index *ix, tsm_metric *m);
 int tsm_index_find(tsm_index *ix, const tsm_catalog *c, const char *pattern,
                    size_t len, tsm_buf *out, size_t *count);
 
+/* ------------------------------------------------------------------ tags */
+
+typedef struct tsm_tagindex tsm_tagindex;
+int tsm_tags_new(tsm_tagindex **out);
+void tsm_tags_free(tsm_tagindex *ti);
+int tsm_tags_add(tsm_tagindex *ti, tsm_metric *m);
+void tsm_tags_remove(tsm_tagindex *ti, tsm_metric *m);
+int tsm_tags_list(const tsm_tagindex *ti, tsm_buf *out, size_t *count);
+int tsm_tags_values(const tsm_tagindex *ti, const char *k, size_t klen, tsm_buf *out,
+                    size_t *count);
+int tsm_tags_query(const tsm_tagindex *ti, const char *q, size_t qlen, tsm_buf *out,
+                   size_t *count);
+
 /* ------------------------------------------------------------------ names */
 
 uint64_t tsm_hash_bytes(const void *p, size_t len);
@@ -277,7 +292,6 @@ int tsm_series_read_archive(struct tsm_db *db, const tsm_metric *m, unsigned arc
 int tsm_series_fetch(struct tsm_db *db, const tsm_metric *m, int64_t from,
                      int64_t until, int64_t now, tsm_series *out,
                      double *values, size_t cap, size_t *needed);
-int tsm_validate_archives(tsm_archive *a, size_t n);
 typedef struct tsm_update_scratch tsm_update_scratch;
 void tsm_update_scratch_free(tsm_update_scratch *u);
 

@@ -195,6 +195,44 @@ int tsm_rec_encode_alloc(tsm_buf *b, uint64_t lsn, const tsm_alloc_body *a)
     return rc;
 }
 
+/* The tags of a tagged name, `metric;tag=value;...`, as graphite-web's
+ * TaggedSeries.parse accepts them: every segment `tag=value` with a
+ * non-empty tag free of ";!^=", a non-empty value not starting with '~', and
+ * a metric part that is not only '~'. */
+static int check_tags(const char *name, size_t path_end, size_t len)
+{
+    size_t tilde = 0;
+    while (tilde < path_end && name[tilde] == '~')
+        tilde++;
+    if (tilde == path_end)
+        return tsm_fail(TSM_EBADNAME, 0, "", -1,
+                        "tagged metric name has no metric part besides '~'");
+    for (size_t pos = path_end; pos < len;) {
+        size_t start = pos + 1, end = start;
+        while (end < len && name[end] != ';')
+            end++;
+        const char *eq = memchr(name + start, '=', end - start);
+        size_t klen = eq ? (size_t)(eq - (name + start)) : 0;
+        if (!eq || klen == 0)
+            return tsm_fail(TSM_EBADNAME, 0, "", -1,
+                            "tag segment '%.*s' is not tag=value", (int)(end - start),
+                            name + start);
+        for (size_t i = start; i < start + klen; i++)
+            if (name[i] == '!' || name[i] == '^')
+                return tsm_fail(TSM_EBADNAME, 0, "", -1,
+                                "character '%c' is not allowed in tag '%.*s'", name[i],
+                                (int)klen, name + start);
+        if (eq + 1 == name + end)
+            return tsm_fail(TSM_EBADNAME, 0, "", -1, "tag '%.*s' has an empty value",
+                            (int)klen, name + start);
+        if (eq[1] == '~')
+            return tsm_fail(TSM_EBADNAME, 0, "", -1,
+                            "value of tag '%.*s' starts with '~'", (int)klen, name + start);
+        pos = end;
+    }
+    return TSM_OK;
+}
+
 int tsm_check_name(const char *name, size_t len)
 {
     if (len == 0)
@@ -219,7 +257,7 @@ int tsm_check_name(const char *name, size_t len)
         if (name[i] == '.' && name[i - 1] == '.')
             return tsm_fail(TSM_EBADNAME, 0, "", -1,
                             "metric name has an empty path component ('..')");
-    return TSM_OK;
+    return path_end < len ? check_tags(name, path_end, len) : TSM_OK;
 }
 
 uint64_t tsm_hash_bytes(const void *p, size_t len)

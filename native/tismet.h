@@ -170,6 +170,11 @@ int tsm_create(tsm_db *db, const char *name, size_t name_len,
                const tsm_archive *archives, size_t narchives,
                double xff, int aggregation);
 
+/* Sort `archives` by precision and validate them exactly as
+ * whisper.validateArchiveList does.  Returns TSM_OK or TSM_EBADARCHIVES with
+ * whisper's reason in tsm_last_error(). */
+int tsm_validate_archives(tsm_archive *archives, size_t narchives);
+
 /* TSM_OK if `name` is acceptable as a metric name, else TSM_EBADNAME with
  * the reason in tsm_last_error(). */
 int tsm_check_name(const char *name, size_t name_len);
@@ -241,6 +246,26 @@ int tsm_delete(tsm_db *db, const char *name, size_t name_len);
  * with tsm_free().  Returns TSM_OK, TSM_ETOOBIG, TSM_ENOMEM. */
 int tsm_find(tsm_db *db, const char *pattern, size_t pattern_len,
              char **out, size_t *out_len, size_t *count);
+
+/* The tag index (tagged names `metric;tag=value;...`, with the implicit tag
+ * `name`, as graphite-web's tag databases see them).  Each function returns
+ * a buffer of *count '\n'-terminated lines in *out (free with tsm_free()).
+ *
+ * tsm_tag_names: every tag, sorted bytewise.
+ * tsm_tag_values: every value of `tag` with its number of series, one
+ *   "value\tcount" line each, sorted by value.
+ * tsm_tag_query: the tagged series matching every term of `query`, sorted
+ *   bytewise.  The query is a sequence of terms, each an op byte, the tag,
+ *   '\0', then for ops I and N the values each followed by '\0', and a final
+ *   '\0'.  Ops: 'I' the series has the tag with one of the values; 'N' it
+ *   lacks the tag or has another value; 'H' it has the tag; 'A' it lacks it.
+ *   At least one term must be I or H.
+ * Returns TSM_OK, TSM_EINVAL (malformed query), TSM_ENOMEM. */
+int tsm_tag_names(tsm_db *db, char **out, size_t *out_len, size_t *count);
+int tsm_tag_values(tsm_db *db, const char *tag, size_t tag_len, char **out,
+                   size_t *out_len, size_t *count);
+int tsm_tag_query(tsm_db *db, const char *query, size_t query_len, char **out,
+                  size_t *out_len, size_t *count);
 
 /* Make every logged change durable now.  Returns TSM_OK, TSM_EIO, TSM_EFATAL. */
 int tsm_sync(tsm_db *db);

@@ -4,7 +4,9 @@
 directory: see API.md beside this file for the contract.
 """
 from tismet._version import __version__
-from tismet.database import AGGREGATION_METHODS, DURABILITY_MODES, Database, check_name
+from tismet.database import (
+    AGGREGATION_METHODS, DURABILITY_MODES, Database, check_name, validate_archives,
+)
 from tismet.errors import (
     CorruptDatabase, DatabaseClosed, DatabaseLocked, DatabaseNotFound,
     InvalidAggregationMethod, InvalidArgument, InvalidConfiguration, InvalidName,
@@ -15,6 +17,7 @@ from tismet.errors import (
 
 __all__ = [
     "AGGREGATION_METHODS", "DURABILITY_MODES", "Database", "__version__", "check_name",
+    "validate_archives",
     "CorruptDatabase", "DatabaseClosed", "DatabaseLocked", "DatabaseNotFound",
     "InvalidAggregationMethod", "InvalidArgument", "InvalidConfiguration",
     "InvalidName", "InvalidPoint", "InvalidTimeInterval", "InvalidXFilesFactor",

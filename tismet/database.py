@@ -15,6 +15,7 @@ Design rules (see API.md for the contract):
 import os
 
 from tismet import _convert, errors
+from tismet import tags as _tags
 from tismet._native import ffi, lib
 from tismet._version import __version__
 
@@ -109,6 +110,31 @@ def _int_time(value, what):
         raise errors.InvalidArgument("%s must be a number, not %r" % (what, value)) from None
 
 
+def _archive_array(archives):
+    """archives [(secondsPerPoint, points), ...] as a tsm_archive array and its length."""
+    try:
+        pairs = [(int(a[0]), int(a[1])) for a in archives]
+    except (TypeError, ValueError, IndexError):
+        raise errors.InvalidConfiguration(
+            "archives must be a list of (secondsPerPoint, points) pairs") from None
+    if any(not (0 < s < 2 ** 32 and 0 < p < 2 ** 32) for s, p in pairs):
+        raise errors.InvalidConfiguration(
+            "archive seconds per point and points must be positive 32-bit integers")
+    if len(pairs) > lib.TSM_MAX_ARCHIVES:
+        raise errors.InvalidConfiguration("at most %d archives" % lib.TSM_MAX_ARCHIVES)
+    return ffi.new("tsm_archive[]", pairs or 1), len(pairs)
+
+
+def validate_archives(archives):
+    """Raise InvalidConfiguration (a ValueError) for an archive list whisper would
+    refuse, with whisper's reason; return the archives sorted by precision."""
+    arr, n = _archive_array(archives)
+    rc = lib.tsm_validate_archives(arr, n)
+    if rc:
+        raise _error(rc)
+    return [(arr[i].seconds_per_point, arr[i].points) for i in range(n)]
+
+
 class Database:
     """A Tismet database directory, opened for writing (one process) or reading (any number).
 
@@ -188,19 +214,8 @@ class Database:
             raise errors.InvalidAggregationMethod(
                 "Unrecognized aggregation method %s" % (aggregation_method,))
         xff = _xff(x_files_factor)
-        try:
-            pairs = [(int(a[0]), int(a[1])) for a in archives]
-        except (TypeError, ValueError, IndexError):
-            raise errors.InvalidConfiguration(
-                "archives must be a list of (secondsPerPoint, points) pairs") from None
-        if any(not (0 < s < 2 ** 32 and 0 < p < 2 ** 32) for s, p in pairs):
-            raise errors.InvalidConfiguration(
-                "archive seconds per point and points must be positive 32-bit integers")
-        if len(pairs) > lib.TSM_MAX_ARCHIVES:
-            raise errors.InvalidConfiguration("at most %d archives" % lib.TSM_MAX_ARCHIVES)
-        arr = ffi.new("tsm_archive[]", pairs or 1)
-        rc = lib.tsm_create(self._db, nb, len(nb), arr, len(pairs), xff,
-                            _AGG_CODE[aggregation_method])
+        arr, n = _archive_array(archives)
+        rc = lib.tsm_create(self._db, nb, len(nb), arr, n, xff, _AGG_CODE[aggregation_method])
         if rc:
             raise _error(rc)
 
@@ -266,11 +281,19 @@ class Database:
         result = self._fetch([name], from_time, until_time, now, missing_ok=False)
         return result[0]
 
-    def fetch_many(self, names, from_time, until_time=None, now=None):
-        """fetch() for many series in one engine call; None for missing metrics."""
-        return self._fetch(list(names), from_time, until_time, now, missing_ok=True)
+    def fetch_many(self, names, from_time, until_time=None, now=None, on_error="raise"):
+        """fetch() for many series in one engine call; None for missing metrics.
 
-    def _fetch(self, names, from_time, until_time, now, missing_ok):
+        A series that cannot be read (a corrupt page) raises its error, or with
+        ``on_error="return"`` gives the exception object in its place, so the
+        other series are still answered.
+        """
+        if on_error not in ("raise", "return"):
+            raise errors.InvalidArgument("on_error must be 'raise' or 'return'")
+        return self._fetch(list(names), from_time, until_time, now, missing_ok=True,
+                           keep_errors=on_error == "return")
+
+    def _fetch(self, names, from_time, until_time, now, missing_ok, keep_errors=False):
         encoded = [_name_bytes(n) for n in names]
         count = len(encoded)
         if not count:
@@ -287,11 +310,11 @@ class Database:
         if rc:
             raise _error(rc)
         try:
-            return self._results(names, out, values[0], missing_ok)
+            return self._results(names, out, values[0], missing_ok, keep_errors)
         finally:
             lib.tsm_free(values[0])
 
-    def _results(self, names, out, vals, missing_ok):
+    def _results(self, names, out, vals, missing_ok, keep_errors=False):
         count = len(names)
         series = ffi.buffer(out, ffi.sizeof("tsm_series") * count)
         nvalues = lib.tsm_values_count(out, count)
@@ -301,6 +324,8 @@ class Database:
             if type(item) is int:   # an engine error code for this series
                 if missing_ok and item in (lib.TSM_ENOTFOUND, lib.TSM_EBADNAME):
                     results[i] = None
+                elif keep_errors:
+                    results[i] = _series_error(item, names[i])
                 else:
                     raise _series_error(item, names[i])
         return results
@@ -378,6 +403,43 @@ class Database:
             lib.tsm_free(out[0])
         entries = sorted(data.split(b"\n")[:-1], key=lambda e: e[1:])
         return iter(_find_pairs(entries))
+
+    # -- tags --------------------------------------------------------------------
+
+    def _lines(self, fn, *args):
+        """Call a tsm_tag_* function and return its '\n'-terminated lines as str."""
+        out = ffi.new("char **")
+        out_len = ffi.new("size_t *")
+        count = ffi.new("size_t *")
+        rc = fn(self._db, *args, out, out_len, count)
+        if rc:
+            raise _error(rc)
+        try:
+            data = ffi.buffer(out[0], out_len[0])[:] if out_len[0] else b""
+        finally:
+            lib.tsm_free(out[0])
+        return data.decode("utf-8", "surrogateescape").split("\n")[:-1]
+
+    def tag_names(self):
+        """Every tag of the tagged series (``name`` included), sorted."""
+        return self._lines(lib.tsm_tag_names)
+
+    def tag_values(self, tag):
+        """``[(value, series_count), ...]`` for ``tag``, sorted by value."""
+        tb = tag.encode("utf-8", "surrogateescape")
+        pairs = (line.rpartition("\t") for line in self._lines(lib.tsm_tag_values, tb, len(tb)))
+        return [(value, int(count)) for value, _, count in pairs]
+
+    def find_tagged(self, exprs):
+        """Names of the tagged series matching every graphite tag expression in
+        ``exprs`` (``tag=v``, ``tag!=v``, ``tag=~re``, ``tag!=~re``), sorted,
+        with the meaning graphite-web's seriesByTag gives them (see tismet/tags.py)."""
+        if isinstance(exprs, str):
+            exprs = [exprs]
+        terms = _tags.reduce_expressions(
+            exprs, lambda tag: [value for value, _ in self.tag_values(tag)])
+        query = _tags.encode_terms(terms)
+        return self._lines(lib.tsm_tag_query, query, len(query))
 
     # -- housekeeping ------------------------------------------------------------
 

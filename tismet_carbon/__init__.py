@@ -1,0 +1,204 @@
+"""carbon's ``DATABASE = tismet``: carbon-cache writes into a Tismet database.
+
+carbon chooses its storage backend by name from the subclasses of
+``carbon.database.TimeSeriesDatabase`` that exist when it reads its
+settings; defining :class:`TismetDatabase` below registers ``tismet``.  The
+Twisted dropin ``twisted/plugins/tismet_carbon_plugin.py`` imports this
+module so that the stock ``carbon-cache.py`` sees it.
+
+Settings, in carbon.conf's ``[cache]`` (or ``[cache:<instance>]``,
+``[aggregator-cache]``) section:
+
+``TISMET_DIR``
+    the database directory; default ``<STORAGE_DIR>/tismet`` for instance
+    ``a`` and ``<STORAGE_DIR>/tismet-<instance>`` for other instances (one
+    writer per directory, so each carbon-cache instance needs its own).
+``TISMET_DURABILITY``
+    ``group`` (default: durable within TISMET_COMMIT_INTERVAL), ``sync``
+    (durable before each write returns) or ``none`` (durable at checkpoints
+    and at exit).
+``TISMET_COMMIT_INTERVAL``
+    seconds between group commits, default 0.2, at most 1.
+
+How carbon calls us (DESIGN.md section 6): the writer thread calls
+``exists``/``create``/``write``, the tag thread ``tag``, the reactor thread
+``getMetadata``/``setMetadata``/``validateArchiveList``, all concurrently.
+The engine handle is thread-safe and cffi releases the GIL during its calls,
+so the methods simply call it.
+
+Process model: carbon builds this object before it daemonizes (fork), and a
+writer handle must not cross a fork (native/DESIGN.md).  The database is
+therefore opened at the first call after the fork (or when the reactor
+starts, so a locked or broken database stops carbon at startup with a clear
+message instead of failing every write).  It is closed, making everything
+durable, by a reactor shutdown trigger that runs after carbon's writer
+thread has drained the cache, and by atexit as a fallback.
+"""
+import atexit
+import os
+import threading
+
+from carbon import log
+from carbon.database import TimeSeriesDatabase
+
+import tismet
+
+__all__ = ["TismetDatabase"]
+
+# engine figures reported as carbon.agents.<host>-<instance>.tismet.<figure>
+_GAUGES = ("metrics", "pages_total", "pages_data", "disk_bytes")
+_COUNTERS = ("points_written", "wal_bytes_written", "wal_syncs", "checkpoints")
+
+
+def default_dir(settings):
+    """``TISMET_DIR`` when the settings do not name one."""
+    instance = settings.get("instance") or "a"
+    name = "tismet" if instance == "a" else "tismet-%s" % instance
+    return os.path.join(settings["STORAGE_DIR"], name)
+
+
+class TismetDatabase(TimeSeriesDatabase):
+    plugin_name = "tismet"
+    aggregationMethods = list(tismet.AGGREGATION_METHODS)
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.path = settings.get("TISMET_DIR") or default_dir(settings)
+        self.durability = str(settings.get("TISMET_DURABILITY", "group")).lower()
+        if self.durability not in tismet.DURABILITY_MODES:
+            raise SystemExit("carbon: TISMET_DURABILITY = %s is not one of %s"
+                             % (self.durability, ", ".join(sorted(tismet.DURABILITY_MODES))))
+        try:
+            self.commit_interval = float(settings.get("TISMET_COMMIT_INTERVAL", 0.2))
+        except (TypeError, ValueError):
+            raise SystemExit("carbon: TISMET_COMMIT_INTERVAL must be a number of seconds")
+        if not 0 < self.commit_interval <= 1:
+            raise SystemExit("carbon: TISMET_COMMIT_INTERVAL must be in (0, 1] seconds")
+        self.metric_interval = settings.get("CARBON_METRIC_INTERVAL", 60)
+        self._settings = settings
+        self._db = None
+        self._pid = None
+        self._lock = threading.Lock()
+        self._closed = False
+        self._last = {}
+        self._hook_reactor()
+
+    # -- the handle ----------------------------------------------------------------
+
+    def _hook_reactor(self):
+        try:
+            from twisted.internet import reactor
+        except ImportError:  # used outside carbon's daemon
+            return
+        reactor.callWhenRunning(self._start)
+        reactor.addSystemEventTrigger("after", "shutdown", self.close)
+        atexit.register(self.close)
+
+    def _start(self):
+        """At reactor start (after the fork): open now, start the figures."""
+        from twisted.internet import reactor
+        try:
+            self.database()
+        except Exception as e:
+            log.err("tismet: cannot open %s: %s" % (self.path, e))
+            reactor.stop()
+            return
+        if self.metric_interval and "cache" in str(self._settings.get("program", "cache")):
+            from twisted.internet.task import LoopingCall
+            self._figures = LoopingCall(self.record_figures)
+            self._figures.start(self.metric_interval, now=False)
+
+    def database(self):
+        """The writer handle, opened on first use in this process."""
+        db = self._db
+        if db is not None and self._pid == os.getpid():
+            return db
+        with self._lock:
+            if self._closed:
+                raise tismet.DatabaseClosed("carbon is shutting down; %s is closed" % self.path)
+            if self._db is None or self._pid != os.getpid():
+                os.makedirs(self.path, exist_ok=True)
+                self._db = tismet.Database(self.path, durability=self.durability,
+                                           commit_interval=self.commit_interval)
+                self._pid = os.getpid()
+                log.msg("tismet: opened %s (durability %s, commit interval %gs)"
+                        % (self.path, self.durability, self.commit_interval))
+            return self._db
+
+    def close(self):
+        """Make everything written durable and release the database."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            db, self._db = self._db, None
+        if db is not None and self._pid == os.getpid():
+            db.close()
+            try:
+                log.msg("tismet: closed %s, everything written is durable" % self.path)
+            except Exception:  # logging may be gone at interpreter exit
+                pass
+
+    # -- carbon's interface ---------------------------------------------------------
+
+    def write(self, metric, datapoints):
+        self.database().update_many(metric, datapoints)
+
+    def exists(self, metric):
+        try:
+            return self.database().exists(metric)
+        except tismet.InvalidName:
+            return False  # carbon then calls create, which reports why
+
+    def create(self, metric, retentions, xfilesfactor, aggregation_method):
+        try:
+            self.database().create(metric, retentions, xfilesfactor, aggregation_method)
+        except tismet.MetricExists:
+            pass
+
+    def getMetadata(self, metric, key):
+        info = self.database().info(metric)
+        if key not in ("aggregationMethod", "xFilesFactor"):
+            raise ValueError('Unsupported metadata key "%s"' % key)
+        return info[key]
+
+    def setMetadata(self, metric, key, value):
+        db = self.database()
+        if key == "aggregationMethod":
+            return db.set_aggregation_method(metric, value)
+        if key == "xFilesFactor":
+            old = db.info(metric)["xFilesFactor"]
+            db.set_aggregation_method(metric, db.info(metric)["aggregationMethod"], value)
+            return old
+        raise ValueError('Unsupported metadata key "%s"' % key)
+
+    def validateArchiveList(self, archiveList):
+        tismet.validate_archives(archiveList)
+
+    def getFilesystemPath(self, metric):
+        return self.path
+
+    def tag(self, *metrics):
+        """Tagged series are indexed by the engine when they are created, so
+        there is nothing to send to graphite-web (carbon's default POSTs to
+        /tags/tagMultiSeries)."""
+
+    # -- instrumentation ------------------------------------------------------------
+
+    def figures(self):
+        """The engine figures for carbon's instrumentation: gauges as they are,
+        counters as the change since the previous call."""
+        stats = self.database().stats()
+        out = {name: stats[name] for name in _GAUGES}
+        for name in _COUNTERS:
+            out[name] = stats[name] - self._last.get(name, 0)
+            self._last[name] = stats[name]
+        return out
+
+    def record_figures(self):
+        try:
+            from carbon import instrumentation
+            for name, value in self.figures().items():
+                instrumentation.cache_record("tismet." + name, value)
+        except Exception as e:
+            log.msg("tismet: cannot record engine figures: %s" % e)

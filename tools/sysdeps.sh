@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The system packages Tismet's tests and demo need beyond Python 3.11 and a
+# compiler, installed with apt when missing (as root), else listed.
+#   libcairo2   graphite-web imports cairocffi for its renderer
+set -euo pipefail
+PACKAGES=(libcairo2)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing system packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+else
+    echo "warning: missing system packages: ${missing[*]} (install them with apt-get as root)" >&2
+fi
