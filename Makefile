@@ -1,7 +1,9 @@
 # The two commands of the README:
 #   make test   set up a virtualenv, install tismet with its test extras, run the tests
-#   make demo   (arrives with the carbon and graphite-web plugins)
+#   make demo   set up a virtualenv, configure and run carbon-cache + graphite-web on Tismet
+#               with a collector of this machine's figures, until Ctrl-C
 # Other targets:
+#   make demo-cluster  the same as a cluster: carbon-relay, two caches, two graphite-webs
 #   make dev        build the extensions in place (PYTHONPATH=. python -c 'import tismet')
 #   make bench      run the engine benchmark side by side with whisper
 #   make sanitize   run the engine tests under AddressSanitizer and UBSan
@@ -11,7 +13,7 @@ VENV ?= .venv
 VPY = $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test dev bench sanitize clean venv demo sysdeps
+.PHONY: test dev bench sanitize clean venv demo demo-cluster demo-venv sysdeps
 
 $(VPY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -37,8 +39,14 @@ sanitize:
 	$(PYTHON) -m pip install -q tox
 	$(PYTHON) -m tox -e sanitize
 
-demo:
-	@echo "make demo arrives with the carbon and graphite-web plugins (issues 3, 4 and 7)"; exit 1
+demo-venv: $(VPY) sysdeps
+	$(VPY) -m pip install -q ".[demo]"
+
+demo: demo-venv
+	$(VPY) demo/run.py --root demo-run $(DEMO_ARGS)
+
+demo-cluster: demo-venv
+	$(VPY) demo/run.py --root demo-cluster --cluster $(DEMO_ARGS)
 
 clean:
-	rm -rf build dist *.egg-info $(VENV) .tox tismet/*.so
+	rm -rf build dist *.egg-info $(VENV) .tox tismet/*.so demo-run demo-cluster

@@ -57,7 +57,8 @@ setup(
         "whisper": _WHISPER,
         "carbon": _CARBON,
         "graphite": _GRAPHITE,
-        "test": ["pytest>=7", "hypothesis>=6", "pytest-timeout", "gunicorn"]
+        "demo": _CARBON + _GRAPHITE + ["gunicorn"],
+        "test": ["pytest>=7", "hypothesis>=6", "pytest-timeout", "gunicorn", "pillow"]
         + _WHISPER + _CARBON + _GRAPHITE,
     },
     zip_safe=False,
