@@ -84,3 +84,18 @@ def _drop_tmp_path_of_passed_tests(request):
     rep = getattr(request.node, "rep_call", None)
     if tmp is not None and rep is not None and rep.passed:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def pytest_configure(config):
+    # graphite-web 1.1.10 and django-tagging use Django 3.0 APIs that Django 4 removes;
+    # their deprecation warnings are not ours to fix and would drown the summary
+    for module in ("django", "graphite", "tagging", "twisted", "carbon"):
+        config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:%s" % module)
+        config.addinivalue_line("filterwarnings",
+                                "ignore::PendingDeprecationWarning:%s" % module)
+    try:
+        import django.utils.deprecation  # noqa: F401
+    except ImportError:
+        return
+    config.addinivalue_line("filterwarnings",
+                            "ignore::django.utils.deprecation.RemovedInDjango40Warning")

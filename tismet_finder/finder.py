@@ -83,53 +83,68 @@ class TismetFinder(BaseFinder):
     # -- names -----------------------------------------------------------------
 
     def _matches(self, pattern):
-        """(store, name, is_leaf) for every match of one pattern in every database."""
+        """(store, path, name, is_leaf) for every match of one pattern in every
+        database: `name` is the stored series, `path` what graphite-web shows
+        (they differ only where StandardFinder shows the pattern's own text)."""
         if pattern.startswith(SERIES_BY_TAG):
             exprs = tag_expressions(pattern)
             for store in self.stores:
                 db = store.db()
                 if db is not None:
                     for name in db.find_tagged(exprs):
-                        yield store, name, True
+                        yield store, name, name, True
             return
+        parts = pattern.split(".")
+        trailing_dot = len(parts) > 1 and not parts[-1]
+        if "" in parts:
+            # StandardFinder joins an empty component as the directory itself
+            # (os.path.join): it is left out of the match and the path, but a
+            # trailing one shows the directory as a branch, 'servers.'
+            parts = [part for part in parts if part]
+            if not parts:
+                return
+            pattern = ".".join(parts)
         escaped = list(find_escaped_pattern_fields(pattern))
-        parts = pattern.split(".") if escaped else None
         for store in self.stores:
             db = store.db()
             if db is None:
                 continue
             for name, is_leaf in db.find(pattern):
-                if escaped and ";" not in pattern:
-                    # StandardFinder shows escaped components as the pattern wrote them
+                path = name
+                if escaped and ";" not in name:
                     fields = name.split(".")
                     for i in escaped:
-                        if i < len(fields):
-                            fields[i] = parts[i].replace("\\", "")
-                    name = ".".join(fields)
-                yield store, name, is_leaf
+                        # shown as the pattern wrote it, backslashes removed
+                        fields[i] = parts[i].replace("\\", "")
+                    path = ".".join(fields)
+                if trailing_dot:
+                    if is_leaf:
+                        continue
+                    path += "."
+                yield store, path, name, is_leaf
 
     def find_nodes(self, query):
-        for store, name, is_leaf in self._matches(query.pattern):
+        for store, path, name, is_leaf in self._matches(query.pattern):
             if is_leaf:
-                yield LeafNode(name, TismetReader(store, name))
+                yield LeafNode(path, TismetReader(store, name))
             elif not query.leaves_only:
-                yield BranchNode(name)
+                yield BranchNode(path)
 
     def get_index(self, requestContext):
         names = set()
-        for store, name, is_leaf in self._matches("**"):
+        for store, path, name, is_leaf in self._matches("**"):
             if is_leaf:
-                names.add(name)
+                names.add(path)
         return sorted(names)
 
     # -- data ------------------------------------------------------------------
 
     def fetch(self, patterns, start_time, end_time, now=None, requestContext=None):
-        wanted = {}   # store -> {name: [patterns]}
+        wanted = {}   # store -> {name: [(pattern, path)]}
         for pattern in patterns:
-            for store, name, is_leaf in self._matches(pattern):
+            for store, path, name, is_leaf in self._matches(pattern):
                 if is_leaf:
-                    wanted.setdefault(store, {}).setdefault(name, []).append(pattern)
+                    wanted.setdefault(store, {}).setdefault(name, []).append((pattern, path))
         results = []
         for store, by_name in wanted.items():
             db = store.db()
@@ -148,11 +163,11 @@ class TismetFinder(BaseFinder):
                     log.warning("tismet: leaving out %s from %s: %s" % (name, store.path, answer))
                     continue
                 time_info, values = answer
-                for pattern in by_name[name]:
+                for pattern, path in by_name[name]:
                     results.append({
                         "pathExpression": pattern,
-                        "path": name,
-                        "name": name,
+                        "path": path,
+                        "name": path,
                         "time_info": time_info,
                         "values": values,
                     })
