@@ -20,7 +20,8 @@ $(VPY):
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 
-venv: $(VPY) sysdeps
+venv: $(VPY)
+	@tools/sysdeps.sh --with-browser
 	$(VPY) -m pip install -q ".[test]"
 
 sysdeps:

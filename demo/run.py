@@ -103,6 +103,8 @@ from graphite.urls import urlpatterns as graphite_urlpatterns
 
 urlpatterns = [
     re_path(r'^static/(?P<path>.*)$', serve, {'document_root': settings.STATIC_ROOT}),
+    re_path(r'^favicon\.ico$', serve, {'document_root': settings.STATIC_ROOT,
+                                        'path': 'img/favicon.ico'}),
 ] + list(graphite_urlpatterns)
 """
 

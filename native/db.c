@@ -629,10 +629,41 @@ static int take_lock(tsm_db *db)
     return tsm_io_write_full(db->io, db->lock_fd, buf, (size_t)len, 0, db->lock_path);
 }
 
+/* A new database's page file: written under a temporary name and renamed
+ * into place, so a reader never finds a page file without its superblock
+ * (nor before the catalog, which the writer creates first). */
+static int create_pages(tsm_db *db)
+{
+    char tmp[sizeof db->pages_path + 8];
+    snprintf(tmp, sizeof tmp, "%s.new", db->pages_path);
+    int fd = db->io->open(tmp, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+        return tsm_io_error(errno, tmp, "create");
+    uint8_t page[TSM_PAGE_SIZE] = {0};
+    tsm_sb_init((tsm_superblock *)page);
+    int rc = tsm_io_write_full(db->io, fd, page, sizeof page, 0, tmp);
+    if (!rc && db->io->allocate(fd, TSM_PAGE_SIZE, (GROW_MIN_PAGES - 1) * TSM_PAGE_SIZE) != 0)
+        rc = tsm_io_error(errno, tmp, "extend");
+    if (!rc && db->io->datasync(fd) != 0)
+        rc = tsm_io_error(errno, tmp, "sync");
+    db->io->close(fd);
+    if (!rc && db->io->rename(tmp, db->pages_path) != 0)
+        rc = tsm_io_error(errno, db->pages_path, "rename");
+    if (!rc && db->io->syncdir(db->dir) != 0)
+        rc = tsm_io_error(errno, db->dir, "sync directory");
+    return rc;
+}
+
 static int open_pages(tsm_db *db)
 {
-    int flags = db->opts.readonly ? O_RDONLY : O_RDWR | O_CREAT;
+    int flags = db->opts.readonly ? O_RDONLY : O_RDWR;
     db->pages_fd = db->io->open(db->pages_path, flags, 0644);
+    if (db->pages_fd < 0 && errno == ENOENT && !db->opts.readonly) {
+        int rc = create_pages(db);
+        if (rc)
+            return rc;
+        db->pages_fd = db->io->open(db->pages_path, flags, 0644);
+    }
     if (db->pages_fd < 0)
         return errno == ENOENT && db->opts.readonly
                    ? tsm_fail(TSM_ENODB, ENOENT, db->dir, -1, "no tismet database in %s", db->dir)
@@ -713,14 +744,22 @@ static int open_all(tsm_db *db, const char *path)
         int rc = take_lock(db);
         if (rc)
             return rc;
+        /* the catalog exists before the page file does (see create_pages) */
+        db->catalog_fd = db->io->open(db->catalog_path, O_RDWR | O_CREAT, 0644);
+        if (db->catalog_fd < 0)
+            return tsm_io_error(errno, db->catalog_path, "open");
     }
     int rc = open_pages(db);
     if (rc)
         return rc;
-    int flags = db->opts.readonly ? O_RDONLY : O_RDWR | O_CREAT;
-    db->catalog_fd = db->io->open(db->catalog_path, flags, 0644);
-    if (db->catalog_fd < 0)
-        return tsm_io_error(errno, db->catalog_path, "open");
+    if (db->opts.readonly) {
+        db->catalog_fd = db->io->open(db->catalog_path, O_RDONLY, 0644);
+        if (db->catalog_fd < 0)
+            return errno == ENOENT
+                       ? tsm_fail(TSM_ENODB, ENOENT, db->dir, -1,
+                                  "no tismet database in %s (no catalog)", db->dir)
+                       : tsm_io_error(errno, db->catalog_path, "open");
+    }
     if (db->opts.readonly) {
         db->catalog_gen = atomic_load(&db->sb->catalog_gen);
         return load_catalog(db, atomic_load_explicit(&db->sb->catalog_len, memory_order_acquire));

@@ -56,6 +56,8 @@ typedef struct tsm_io {
     int (*msync)(void *addr, size_t len);
     int (*unmap)(void *addr, size_t len);
     int (*mkdir)(const char *path);
+    int (*rename)(const char *from, const char *to);
+    int (*syncdir)(const char *path);  /* make a directory's entries durable */
 } tsm_io;
 
 extern const tsm_io tsm_posix_io;

@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -81,10 +82,24 @@ static int px_unmap(void *addr, size_t len) { return munmap(addr, len); }
 
 static int px_mkdir(const char *path) { return mkdir(path, 0755); }
 
+static int px_rename(const char *from, const char *to) { return rename(from, to); }
+
+static int px_syncdir(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    int rc = fsync(fd);
+    int e = errno;
+    close(fd);
+    errno = e;
+    return rc;
+}
+
 const tsm_io tsm_posix_io = {
     px_open, px_close, px_pread, px_pwrite, px_datasync, px_truncate,
     px_allocate, px_size, px_lock, px_reserve, px_map, px_msync, px_unmap,
-    px_mkdir,
+    px_mkdir, px_rename, px_syncdir,
 };
 
 int tsm_io_error(int sys_errno, const char *file, const char *what)

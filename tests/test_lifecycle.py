@@ -59,3 +59,26 @@ def test_reader_stops_seeing_deleted_metric(tmp_path):
             fill(db, "came.later", 9.0)
             got = ro.fetch("came.later", NOW - 600, NOW, now=NOW)[1]
             assert {v for v in got if v is not None} == {9.0}
+
+
+def test_reader_racing_the_creating_writer_sees_no_database_or_a_whole_one(tmp_path):
+    """A reader opening a directory while a writer creates the database there gets
+    DatabaseNotFound or a valid (empty) database, never a half-made one."""
+    import subprocess
+    import sys
+    for i in range(15):
+        d = str(tmp_path / ("db%d" % i))
+        writer = subprocess.Popen([sys.executable, "-c",
+                                   "import tismet, time; db = tismet.Database(%r); "
+                                   "time.sleep(0.05); db.close()" % d])
+        opened = False
+        try:
+            while writer.poll() is None and not opened:
+                try:
+                    with tismet.Database(d, readonly=True) as r:
+                        assert list(r.find("*")) == []
+                        opened = True
+                except tismet.DatabaseNotFound:
+                    pass
+        finally:
+            assert writer.wait(timeout=30) == 0

@@ -30,9 +30,10 @@ Process model: carbon builds this object before it daemonizes (fork), and a
 writer handle must not cross a fork (native/DESIGN.md).  The database is
 therefore opened at the first call after the fork (or when the reactor
 starts, so a locked or broken database stops carbon at startup with a clear
-message instead of failing every write).  It is closed, making everything
-durable, by a reactor shutdown trigger that runs after carbon's writer
-thread has drained the cache, and by atexit as a fallback.
+message instead of failing every write).  At shutdown, after carbon's
+receivers and writer thread have stopped, a reactor trigger writes what is
+left in carbon's cache (carbon itself would drop it) and closes the
+database, making everything durable; atexit closes it as a fallback.
 """
 import atexit
 import os
@@ -91,7 +92,7 @@ class TismetDatabase(TimeSeriesDatabase):
         except ImportError:  # used outside carbon's daemon
             return
         reactor.callWhenRunning(self._start)
-        reactor.addSystemEventTrigger("after", "shutdown", self.close)
+        reactor.addSystemEventTrigger("after", "shutdown", self._shutdown)
         atexit.register(self.close)
 
     def _start(self):
@@ -107,6 +108,25 @@ class TismetDatabase(TimeSeriesDatabase):
             from twisted.internet.task import LoopingCall
             self._figures = LoopingCall(self.record_figures)
             self._figures.start(self.metric_interval, now=False)
+
+    def _shutdown(self):
+        """After carbon's shutdown: write what is still in its cache, then close.
+
+        carbon 1.1.10's writer thread sleeps a second between drains and
+        leaves at shutdown without a last drain, so whatever arrived in that
+        second would be lost (with whisper too).  Here the receivers are
+        closed and the writer thread has ended, so nothing new arrives."""
+        if self._db is not None and self._pid == os.getpid():
+            try:
+                from carbon.cache import MetricCache
+                from carbon.writer import writeCachedDataPoints
+                left = MetricCache().size
+                if left:
+                    log.msg("tismet: writing the %d points left in carbon's cache" % left)
+                    writeCachedDataPoints()
+            except Exception as e:
+                log.err("tismet: could not write carbon's cache at shutdown: %s" % e)
+        self.close()
 
     def database(self):
         """The writer handle, opened on first use in this process."""

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # The system packages Tismet's tests and demo need beyond Python 3.11 and a
 # compiler, installed with apt when missing (as root), else listed.
-#   libcairo2   graphite-web imports cairocffi for its renderer
+#   libcairo2          graphite-web imports cairocffi for its renderer
+#   fonts-dejavu-core  a font for the renderer's and the browser's text
+#   chromium           headless browser of tests/test_browser.py (graphite-web's UI);
+#                      only with --with-browser (make test), not for make demo
 set -euo pipefail
-PACKAGES=(libcairo2)
+PACKAGES=(libcairo2 fonts-dejavu-core)
+if [ "${1:-}" = "--with-browser" ]; then
+    PACKAGES+=(chromium)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
