@@ -31,8 +31,10 @@ def _version():
 
 
 def _flags():
-    cflags = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden"]
-    ldflags = ["-pthread"]
+    # -flto lets the compiler inline the small accessors of one layer (page.c,
+    # db.c) into the hot loops of another (series.c) without moving code
+    cflags = ["-std=c11", "-O2", "-Wall", "-Wextra", "-Werror", "-fvisibility=hidden", "-flto=auto"]
+    ldflags = ["-pthread", "-flto=auto", "-O2"]
     if os.environ.get("TISMET_SANITIZE"):
         san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
                "-fno-sanitize-recover=undefined"]

@@ -942,14 +942,15 @@ static int read_begin(tsm_db *db)
 
 static int lookup(tsm_db *db, const char *name, size_t len, tsm_metric **m)
 {
+    /* a stored name was checked when it was created: check only on a miss */
+    *m = len <= TSM_MAX_NAME ? tsm_catalog_get(&db->cat, name, len) : NULL;
+    if (*m)
+        return TSM_OK;
     int rc = tsm_check_name(name, len);
     if (rc)
         return rc;
-    *m = tsm_catalog_get(&db->cat, name, len);
-    if (!*m)
-        return tsm_fail(TSM_ENOTFOUND, 0, "", -1, "no metric named '%.*s'",
-                        (int)(len > 200 ? 200 : len), name);
-    return TSM_OK;
+    return tsm_fail(TSM_ENOTFOUND, 0, "", -1, "no metric named '%.*s'",
+                    (int)(len > 200 ? 200 : len), name);
 }
 
 int tsm_create(tsm_db *db, const char *name, size_t len, const tsm_archive *archives,

@@ -262,15 +262,28 @@ int tsm_check_name(const char *name, size_t len)
 
 uint64_t tsm_hash_bytes(const void *p, size_t len)
 {
-    /* FNV-1a, 64 bit, with a final mix */
+    /* 8 bytes per step, multiply-rotate mixing, splitmix64's finalizer:
+     * in-memory tables only (nothing on disk depends on it) */
     const uint8_t *s = p;
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < len; i++) {
-        h ^= s[i];
-        h *= 0x100000001b3ull;
+    uint64_t h = 0x9E3779B97F4A7C15ull ^ (len * 0xC2B2AE3D27D4EB4Full);
+    while (len >= 8) {
+        uint64_t k;
+        memcpy(&k, s, 8);
+        h ^= k * 0xBF58476D1CE4E5B9ull;
+        h = ((h << 31) | (h >> 33)) * 0x94D049BB133111EBull;
+        s += 8;
+        len -= 8;
     }
-    h ^= h >> 33;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 33;
+    if (len) {
+        uint64_t k = 0;
+        memcpy(&k, s, len);
+        h ^= k * 0xBF58476D1CE4E5B9ull;
+        h = ((h << 31) | (h >> 33)) * 0x94D049BB133111EBull;
+    }
+    h ^= h >> 30;
+    h *= 0xBF58476D1CE4E5B9ull;
+    h ^= h >> 27;
+    h *= 0x94D049BB133111EBull;
+    h ^= h >> 31;
     return h;
 }

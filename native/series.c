@@ -40,12 +40,18 @@ typedef struct ws_slot {
     uint32_t idx;        /* index into e */
 } ws_slot;
 
+/* Writes mostly come as consecutive slots of one archive, so each archive
+ * keeps one run: entries run_entry[a] .. + run_len[a] hold the slots
+ * run_idx[a] .. + run_len[a] in order and are found by subtraction.  Every
+ * other entry is in the hash table.  An entry is in exactly one of the two. */
 typedef struct wset {
     ws_entry *e;
     size_t n, cap;
     ws_slot *table;      /* open addressing */
     size_t tcap;
     uint32_t gen;
+    uint32_t run_idx[TSM_MAX_ARCHIVES], run_entry[TSM_MAX_ARCHIVES],
+        run_len[TSM_MAX_ARCHIVES];
 } wset;
 
 /* ---------------------------------------------------------------- helpers */
@@ -114,11 +120,15 @@ static int ws_init(wset *w, size_t expect)
         memset(w->table, 0, w->tcap * sizeof *w->table);
         w->gen = 1;
     }
+    memset(w->run_len, 0, sizeof w->run_len);
     return TSM_OK;
 }
 
-static ws_entry *ws_find(const wset *w, uint32_t archive, uint32_t idx)
+static inline ws_entry *ws_find(const wset *w, uint32_t archive, uint32_t idx)
 {
+    uint32_t off = idx - w->run_idx[archive];   /* wraps to huge when idx < run_idx */
+    if (off < w->run_len[archive])
+        return &w->e[w->run_entry[archive] + off];
     size_t mask = w->tcap - 1;
     for (size_t h = ws_hash(archive, idx, mask);; h = (h + 1) & mask) {
         if (w->table[h].gen != w->gen)
@@ -129,7 +139,7 @@ static ws_entry *ws_find(const wset *w, uint32_t archive, uint32_t idx)
     }
 }
 
-static int ws_set(wset *w, uint32_t archive, uint32_t idx, uint32_t tag, double v)
+static inline int ws_set(wset *w, uint32_t archive, uint32_t idx, uint32_t tag, double v)
 {
     ws_entry *e = ws_find(w, archive, idx);
     if (e) {
@@ -146,17 +156,27 @@ static int ws_set(wset *w, uint32_t archive, uint32_t idx, uint32_t tag, double 
         w->e = p;
         w->cap *= 2;
     }
-    size_t mask = w->tcap - 1, h = ws_hash(archive, idx, mask);
-    while (w->table[h].gen == w->gen)
-        h = (h + 1) & mask;
-    w->table[h] = (ws_slot){w->gen, (uint32_t)w->n};
+    uint32_t len = w->run_len[archive];
+    if (len == 0 || (w->run_entry[archive] + len == w->n && w->run_idx[archive] + len == idx)) {
+        /* starts the archive's run, or extends it (the last entry is its end) */
+        if (len == 0) {
+            w->run_idx[archive] = idx;
+            w->run_entry[archive] = (uint32_t)w->n;
+        }
+        w->run_len[archive] = len + 1;
+    } else {
+        size_t mask = w->tcap - 1, h = ws_hash(archive, idx, mask);
+        while (w->table[h].gen == w->gen)
+            h = (h + 1) & mask;
+        w->table[h] = (ws_slot){w->gen, (uint32_t)w->n};
+    }
     w->e[w->n++] = (ws_entry){archive, idx, tag, v};
     return TSM_OK;
 }
 
 /* Does archive a hold the interval whose slot is (idx, tag)?  The write
  * set answers first, then the page. */
-static int slot_get(struct tsm_db *db, const tsm_metric *m, const wset *w,
+static inline int slot_get(struct tsm_db *db, const tsm_metric *m, const wset *w,
                     uint32_t a, uint32_t idx, uint32_t tag, double *v)
 {
     const ws_entry *e = ws_find(w, a, idx);

@@ -2,6 +2,8 @@
  * _convert.c - the one place that moves many values between Python objects
  * and C arrays, so that no hot path loops over points in Python.
  *
+ *   update_many(fn, db, name, points, now) -> int or None
+ *       Database.update_many's whole write path (see the function).
  *   pack_points(points) -> bytes
  *       (timestamp, value) pairs from any iterable (list, dict_items, ...)
  *       as interleaved native doubles, converted with float() like whisper.
@@ -34,11 +36,57 @@ static int as_double(PyObject *o, double *out)
         *out = PyFloat_AS_DOUBLE(o);
         return 0;
     }
+    if (PyLong_CheckExact(o)) {   /* timestamps: no float object on the way */
+        int overflow;
+        long long i = PyLong_AsLongLongAndOverflow(o, &overflow);
+        if (!overflow) {
+            if (i == -1 && PyErr_Occurred())
+                return -1;
+            *out = (double)i;   /* rounds to nearest even, as PyLong_AsDouble does */
+            return 0;
+        }
+        double d = PyLong_AsDouble(o);
+        if (d == -1.0 && PyErr_Occurred())
+            return -1;
+        *out = d;
+        return 0;
+    }
     PyObject *f = PyNumber_Float(o);
     if (!f)
         return -1;
     *out = PyFloat_AS_DOUBLE(f);
     Py_DECREF(f);
+    return 0;
+}
+
+/* Fill d (2n doubles) from the n items of the fast sequence seq. */
+static int fill_points(PyObject *seq, Py_ssize_t n, double *d)
+{
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        if (PyTuple_CheckExact(item) && PyTuple_GET_SIZE(item) == 2) {
+            /* the common case, without a second sequence object */
+            if (as_double(PyTuple_GET_ITEM(item, 0), &d[2 * i]) ||
+                as_double(PyTuple_GET_ITEM(item, 1), &d[2 * i + 1]))
+                return -1;
+            continue;
+        }
+        PyObject *pair = PySequence_Fast(item, "each point must be a (timestamp, value) pair");
+        if (!pair)
+            return -1;
+        if (PySequence_Fast_GET_SIZE(pair) != 2) {
+            PyErr_Format(PyExc_ValueError,
+                         "point %zd has %zd elements, expected (timestamp, value)", i,
+                         PySequence_Fast_GET_SIZE(pair));
+            Py_DECREF(pair);
+            return -1;
+        }
+        int bad = as_double(PySequence_Fast_GET_ITEM(pair, 0), &d[2 * i]) ||
+                  as_double(PySequence_Fast_GET_ITEM(pair, 1), &d[2 * i + 1]);
+        Py_DECREF(pair);
+        if (bad)
+            return -1;
+    }
     return 0;
 }
 
@@ -50,35 +98,100 @@ static PyObject *pack_points(PyObject *self, PyObject *arg)
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     PyObject *out = PyBytes_FromStringAndSize(NULL, n * 2 * (Py_ssize_t)sizeof(double));
-    if (!out) {
+    if (!out || fill_points(seq, n, (double *)PyBytes_AS_STRING(out))) {
         Py_DECREF(seq);
+        Py_XDECREF(out);
         return NULL;
-    }
-    double *d = (double *)PyBytes_AS_STRING(out);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
-        PyObject *pair = PySequence_Fast(item, "each point must be a (timestamp, value) pair");
-        if (!pair)
-            goto fail;
-        if (PySequence_Fast_GET_SIZE(pair) != 2) {
-            PyErr_Format(PyExc_ValueError,
-                         "point %zd has %zd elements, expected (timestamp, value)", i,
-                         PySequence_Fast_GET_SIZE(pair));
-            Py_DECREF(pair);
-            goto fail;
-        }
-        int bad = as_double(PySequence_Fast_GET_ITEM(pair, 0), &d[2 * i]) ||
-                  as_double(PySequence_Fast_GET_ITEM(pair, 1), &d[2 * i + 1]);
-        Py_DECREF(pair);
-        if (bad)
-            goto fail;
     }
     Py_DECREF(seq);
     return out;
-fail:
+}
+
+/* update_many(fn, db, name, points, now) -> int or None
+ *
+ * The write path of Database.update_many in one C call: fn is the address
+ * of tsm_update_many and db the engine handle (both from cffi), the points
+ * are converted onto the stack (or one heap block for large batches) and
+ * the engine is called without the GIL.  Returns the engine's code, or None
+ * when the name or `now` need the careful path in Python (not str/bytes,
+ * not UTF-8, `now` not an int), which then raises the documented error. */
+typedef int (*update_fn)(void *db, const char *name, size_t name_len, const void *points,
+                         size_t npoints, int use_now, int64_t now);
+
+#define STACK_POINTS 64
+
+static PyObject *update_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)self;
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "update_many(fn, db, name, points, now)");
+        return NULL;
+    }
+    update_fn fn = (update_fn)PyLong_AsVoidPtr(args[0]);
+    void *db = PyLong_AsVoidPtr(args[1]);
+    if (PyErr_Occurred())
+        return NULL;
+    const char *name;
+    Py_ssize_t name_len;
+    if (PyUnicode_CheckExact(args[2])) {
+        name = PyUnicode_AsUTF8AndSize(args[2], &name_len);
+        if (!name) {
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+    } else if (PyBytes_CheckExact(args[2])) {
+        name = PyBytes_AS_STRING(args[2]);
+        name_len = PyBytes_GET_SIZE(args[2]);
+    } else {
+        Py_RETURN_NONE;
+    }
+    int use_now = 0;
+    long long now = 0;
+    if (PyFloat_CheckExact(args[4])) {
+        double v = PyFloat_AS_DOUBLE(args[4]);
+        if (!(v > -9.0e18 && v < 9.0e18))
+            Py_RETURN_NONE;
+        now = (long long)v; /* int(now): truncation */
+        use_now = 1;
+    } else if (args[4] != Py_None) {
+        if (!PyLong_CheckExact(args[4]))
+            Py_RETURN_NONE;
+        int overflow;
+        now = PyLong_AsLongLongAndOverflow(args[4], &overflow);
+        if (overflow || (now == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            Py_RETURN_NONE;
+        }
+        use_now = 1;
+    }
+    PyObject *seq = PySequence_Fast(args[3], "points must be an iterable of (timestamp, value)");
+    if (!seq)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n == 0) {
+        Py_DECREF(seq);
+        return PyLong_FromLong(0);
+    }
+    double stack[2 * STACK_POINTS];
+    double *d = n <= STACK_POINTS ? stack : PyMem_Malloc((size_t)n * 2 * sizeof(double));
+    if (!d) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    int rc = 0;
+    if (fill_points(seq, n, d)) {
+        rc = -1;
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        rc = fn(db, name, (size_t)name_len, d, (size_t)n, use_now, (int64_t)now);
+        Py_END_ALLOW_THREADS
+    }
     Py_DECREF(seq);
-    Py_DECREF(out);
-    return NULL;
+    if (d != stack)
+        PyMem_Free(d);
+    if (rc == -1 && PyErr_Occurred())
+        return NULL;
+    return PyLong_FromLong(rc);
 }
 
 /* Python floats are immutable, so equal values can share one object: metric
@@ -339,6 +452,8 @@ fail:
 
 static PyMethodDef methods[] = {
     {"pack_points", pack_points, METH_O, "Pack (timestamp, value) pairs as doubles."},
+    {"update_many", (PyCFunction)(void (*)(void))update_many, METH_FASTCALL,
+     "tsm_update_many with the points converted in C."},
     {"values_list", values_list, METH_VARARGS, "Doubles to a list, NaN as None."},
     {"fetch_results", fetch_results, METH_VARARGS, "tsm_series array to whisper fetch results."},
     {"whisper_points", whisper_points, METH_VARARGS, "A whisper archive's stored points, packed."},
