@@ -4,6 +4,8 @@
  *
  *   update_many(fn, db, name, points, now) -> int or None
  *       Database.update_many's whole write path (see the function).
+ *   find_pairs(data) -> list
+ *       tsm_find's buffer as Database.find's sorted (name, is_leaf) pairs.
  *   pack_points(points) -> bytes
  *       (timestamp, value) pairs from any iterable (list, dict_items, ...)
  *       as interleaved native doubles, converted with float() like whisper.
@@ -450,8 +452,86 @@ fail:
     return NULL;
 }
 
+/* find_pairs(data) -> [(name, is_leaf), ...]
+ *
+ * tsm_find's buffer (entries of one flag byte, the name, '\n') as the
+ * (name, is_leaf) pairs Database.find yields, sorted by name bytewise, a node
+ * that is both a branch and a leaf giving (name, False) then (name, True). */
+typedef struct find_entry {
+    const char *name;
+    Py_ssize_t len;
+    unsigned char flags;
+} find_entry;
+
+static int find_entry_cmp(const void *x, const void *y)
+{
+    const find_entry *a = x, *b = y;
+    Py_ssize_t n = a->len < b->len ? a->len : b->len;
+    int c = memcmp(a->name, b->name, (size_t)n);
+    return c ? c : (a->len > b->len) - (a->len < b->len);
+}
+
+static PyObject *find_pairs(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    const char *p = view.buf, *end = p + view.len;
+    Py_ssize_t count = 0;
+    for (const char *q = p; q < end; q++)
+        count += *q == '\n';
+    find_entry *e = PyMem_Malloc((size_t)(count ? count : 1) * sizeof *e);
+    PyObject *out = NULL;
+    if (!e) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t n = 0, pairs = 0;
+    while (p < end && n < count) {
+        const char *nl = memchr(p + 1, '\n', (size_t)(end - p - 1));
+        if (!nl)
+            break;
+        e[n] = (find_entry){p + 1, nl - p - 1, (unsigned char)p[0]};
+        pairs += ((e[n].flags & TSM_FIND_BRANCH) != 0) + ((e[n].flags & TSM_FIND_LEAF) != 0);
+        n++;
+        p = nl + 1;
+    }
+    qsort(e, (size_t)n, sizeof *e, find_entry_cmp);
+    out = PyList_New(pairs);
+    if (!out)
+        goto done;
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *name = PyUnicode_DecodeUTF8(e[i].name, e[i].len, "surrogateescape");
+        if (!name) {
+            Py_CLEAR(out);
+            break;
+        }
+        int kinds[2] = {e[i].flags & TSM_FIND_BRANCH ? 0 : -1, e[i].flags & TSM_FIND_LEAF ? 1 : -1};
+        for (int j = 0; j < 2; j++) {
+            if (kinds[j] < 0)
+                continue;
+            PyObject *t = PyTuple_Pack(2, name, kinds[j] ? Py_True : Py_False);
+            if (!t) {
+                Py_CLEAR(out);
+                break;
+            }
+            PyList_SET_ITEM(out, k++, t);
+        }
+        Py_DECREF(name);
+        if (!out)
+            break;
+    }
+done:
+    PyMem_Free(e);
+    PyBuffer_Release(&view);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"pack_points", pack_points, METH_O, "Pack (timestamp, value) pairs as doubles."},
+    {"find_pairs", find_pairs, METH_O, "tsm_find's buffer as sorted (name, is_leaf) pairs."},
     {"update_many", (PyCFunction)(void (*)(void))update_many, METH_FASTCALL,
      "tsm_update_many with the points converted in C."},
     {"values_list", values_list, METH_VARARGS, "Doubles to a list, NaN as None."},

@@ -359,6 +359,15 @@ class Database:
                 "xFilesFactor": out.x_files_factor,
                 "archives": archives}
 
+    def max_retention(self, name):
+        """info(name)["maxRetention"] without building the whole dict (finders ask it per node)."""
+        nb = _name_bytes(name)
+        out = ffi.new("tsm_metric_info *")
+        rc = lib.tsm_info(self._db, nb, len(nb), out)
+        if rc:
+            raise _error(rc)
+        return out.max_retention
+
     def set_aggregation_method(self, name, aggregation_method, x_files_factor=None):
         """Change the aggregation (and xFilesFactor); returns the old method, like whisper."""
         if aggregation_method not in _AGG_CODE:
@@ -408,11 +417,10 @@ class Database:
         if rc:
             raise _error(rc)
         try:
-            data = ffi.buffer(out[0], out_len[0])[:] if out_len[0] else b""
+            pairs = _convert.find_pairs(ffi.buffer(out[0], out_len[0])) if out_len[0] else []
         finally:
             lib.tsm_free(out[0])
-        entries = sorted(data.split(b"\n")[:-1], key=lambda e: e[1:])
-        return iter(_find_pairs(entries))
+        return iter(pairs)
 
     # -- tags --------------------------------------------------------------------
 
@@ -491,18 +499,6 @@ def check_name(name):
     rc = lib.tsm_check_name(nb, len(nb))
     if rc:
         raise _error(rc)
-
-
-def _find_pairs(entries):
-    pairs = []
-    for entry in entries:
-        flags = entry[0]
-        name = entry[1:].decode("utf-8", "surrogateescape")
-        if flags & lib.TSM_FIND_BRANCH:
-            pairs.append((name, False))
-        if flags & lib.TSM_FIND_LEAF:
-            pairs.append((name, True))
-    return pairs
 
 
 def _series_error(code, name):

@@ -56,7 +56,7 @@ class TismetReader(BaseReader):
         if db is None:
             return IntervalSet([])
         try:
-            retention = db.info(self.name)["maxRetention"]
+            retention = db.max_retention(self.name)
         except tismet.MetricNotFound:
             return IntervalSet([])
         return IntervalSet([Interval(now - retention, now)])
