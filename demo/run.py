@@ -237,15 +237,17 @@ class Stack:
 
     def _spawn(self, args, env, log_name):
         log = open(os.path.join(self.storage, "log", log_name), "ab")
+        # cwd: the stack's own directory, so a source checkout's tismet/ (run from
+        # the repository) never shadows the installed package
         proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True, cwd=self.root)
         log.close()
         self.procs.append(proc)
         return proc
 
     def _django(self, inst, *args):
         subprocess.run([sys.executable, "-m", "django"] + list(args), env=self._web_env(inst),
-                       check=True, stdout=subprocess.DEVNULL)
+                       check=True, stdout=subprocess.DEVNULL, cwd=self.root)
 
     def start(self):
         self.write_config()
