@@ -106,8 +106,11 @@ class DemoStack:
         env["PYTHONUNBUFFERED"] = "1"
         with open(self.out_path, "ab") as out:
             # its own session: a signal meant for pytest's group does not reach it; stop() does
+            # from the repository root, as `make demo` runs it (a source tismet/ there
+            # must not shadow the installed one in the demo's processes)
             self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=self.root,
+                                         stdin=subprocess.DEVNULL,
+                                         cwd=os.path.dirname(os.path.dirname(RUN)),
                                          env=env, start_new_session=True)
         try:
             self._wait_ready()
