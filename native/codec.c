@@ -1,0 +1,480 @@
+/*
+ * codec.c - sealed page encoding: tag runs, then one value codec chosen per
+ * page (see codec.h for the list and FORMAT.md for the bytes).
+ *
+ * Integers are LEB128 varints; signed ones are zigzag-mapped first.  The
+ * decimal codecs (DELTA, DOD) write a stream of tokens: an even token 2z
+ * is the literal zigzag value z, an odd token 2r+1 is a run of r zero
+ * values, which is what flat stretches of gauges and steady counters turn
+ * into.  Doubles are stored little-endian whatever the host.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "codec.h"
+
+#define MAX_DECIMALS 9
+#define MAX_EXACT 9007199254740992.0 /* 2^53: integers a double holds exactly */
+
+static const double POW10[MAX_DECIMALS + 1] = {1e0, 1e1, 1e2, 1e3, 1e4,
+                                               1e5, 1e6, 1e7, 1e8, 1e9};
+
+/* ---------------------------------------------------------------- bytes */
+
+typedef struct wbuf {
+    uint8_t *p;
+    size_t len, cap;
+    int overflow;
+} wbuf;
+
+static void put_byte(wbuf *w, uint8_t b)
+{
+    if (w->len < w->cap)
+        w->p[w->len++] = b;
+    else
+        w->overflow = 1;
+}
+
+static void put_varint(wbuf *w, uint64_t v)
+{
+    while (v >= 0x80) {
+        put_byte(w, (uint8_t)(v | 0x80));
+        v >>= 7;
+    }
+    put_byte(w, (uint8_t)v);
+}
+
+static void put_u64(wbuf *w, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        put_byte(w, (uint8_t)(v >> (8 * i)));
+}
+
+typedef struct rbuf {
+    const uint8_t *p;
+    size_t len, pos;
+} rbuf;
+
+static int get_byte(rbuf *r, uint8_t *b)
+{
+    if (r->pos >= r->len)
+        return -1;
+    *b = r->p[r->pos++];
+    return 0;
+}
+
+static int get_varint(rbuf *r, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        uint8_t b;
+        if (get_byte(r, &b))
+            return -1;
+        if (shift == 63 && b > 1)
+            return -1; /* more than 64 bits */
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *out = v;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int get_u64(rbuf *r, uint64_t *out)
+{
+    if (r->len - r->pos < 8)
+        return -1;
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v |= (uint64_t)r->p[r->pos + i] << (8 * i);
+    r->pos += 8;
+    *out = v;
+    return 0;
+}
+
+static uint64_t bits_of(double d)
+{
+    uint64_t b;
+    memcpy(&b, &d, 8);
+    return b;
+}
+
+static double double_of(uint64_t b)
+{
+    double d;
+    memcpy(&d, &b, 8);
+    return d;
+}
+
+static uint64_t zigzag(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
+static int64_t unzigzag(uint64_t z) { return (int64_t)(z >> 1) ^ -(int64_t)(z & 1); }
+
+/* ---------------------------------------------------------------- tags */
+
+static void put_tags(wbuf *w, const uint32_t *tags, size_t n)
+{
+    size_t runs = 0;
+    for (size_t i = 0; i < n; i++)
+        runs += i == 0 || tags[i] != tags[i - 1];
+    put_varint(w, runs);
+    for (size_t i = 0; i < n;) {
+        size_t j = i + 1;
+        while (j < n && tags[j] == tags[i])
+            j++;
+        put_varint(w, tags[i]);
+        put_varint(w, j - i);
+        i = j;
+    }
+}
+
+static int get_tags(rbuf *r, uint32_t *tags, size_t n, size_t *nonempty)
+{
+    uint64_t runs;
+    if (get_varint(r, &runs) || runs > n)
+        return -1;
+    size_t at = 0;
+    *nonempty = 0;
+    for (uint64_t k = 0; k < runs; k++) {
+        uint64_t tag, len;
+        if (get_varint(r, &tag) || get_varint(r, &len) || tag > UINT32_MAX || len == 0 ||
+            len > n - at)
+            return -1;
+        for (uint64_t i = 0; i < len; i++)
+            tags[at + i] = (uint32_t)tag;
+        at += (size_t)len;
+        if (tag)
+            *nonempty += (size_t)len;
+    }
+    return at == n ? 0 : -1;
+}
+
+/* ---------------------------------------------------------------- decimals */
+
+/* The fewest decimals d such that every value is exactly m / 10^d, or -1. */
+static int decimals_of(const double *v, size_t k, int64_t *m)
+{
+    for (int d = 0; d <= MAX_DECIMALS; d++) {
+        size_t i = 0;
+        for (; i < k; i++) {
+            if (!isfinite(v[i]))
+                return -1;
+            double x = nearbyint(v[i] * POW10[d]);
+            if (!(fabs(x) <= MAX_EXACT))
+                break;
+            /* check what the decoder will compute, from the integer (so -0.0 fails) */
+            m[i] = (int64_t)x;
+            if (bits_of((double)m[i] / POW10[d]) != bits_of(v[i]))
+                break;
+        }
+        if (i == k)
+            return d;
+    }
+    return -1;
+}
+
+/* Zigzag tokens for ys, zero runs collapsed. */
+static void put_tokens(wbuf *w, const int64_t *ys, size_t k)
+{
+    for (size_t i = 0; i < k;) {
+        if (ys[i] == 0) {
+            size_t j = i;
+            while (j < k && ys[j] == 0)
+                j++;
+            put_varint(w, ((uint64_t)(j - i) << 1) | 1);
+            i = j;
+        } else {
+            put_varint(w, zigzag(ys[i]) << 1);
+            i++;
+        }
+    }
+}
+
+static int get_tokens(rbuf *r, int64_t *ys, size_t k)
+{
+    for (size_t i = 0; i < k;) {
+        uint64_t t;
+        if (get_varint(r, &t))
+            return -1;
+        if (t & 1) {
+            uint64_t run = t >> 1;
+            if (run == 0 || run > k - i)
+                return -1;
+            for (uint64_t j = 0; j < run; j++)
+                ys[i++] = 0;
+        } else {
+            ys[i++] = unzigzag(t >> 1);
+        }
+    }
+    return 0;
+}
+
+static void put_decimal(wbuf *w, const int64_t *m, size_t k, int d, int dod, int64_t *ys)
+{
+    put_byte(w, (uint8_t)d);
+    for (size_t i = 0; i < k; i++) {
+        /* m fits in 54 bits, so deltas and deltas of deltas cannot overflow */
+        int64_t delta = i ? m[i] - m[i - 1] : m[i];
+        ys[i] = dod && i >= 2 ? delta - (m[i - 1] - m[i - 2]) : delta;
+    }
+    put_tokens(w, ys, k);
+}
+
+static int get_decimal(rbuf *r, double *out, size_t k, int dod, int64_t *ys)
+{
+    uint8_t d;
+    if (get_byte(r, &d) || d > MAX_DECIMALS || get_tokens(r, ys, k))
+        return -1;
+    /* unsigned arithmetic: malformed input wraps instead of overflowing */
+    uint64_t m = 0, delta = 0;
+    for (size_t i = 0; i < k; i++) {
+        if (dod && i >= 2)
+            delta += (uint64_t)ys[i];
+        else
+            delta = (uint64_t)ys[i];
+        m = i ? m + delta : delta;
+        out[i] = (double)(int64_t)m / POW10[d];
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- XOR */
+
+typedef struct bitw {
+    wbuf *w;
+    uint64_t acc;
+    int nbits;
+} bitw;
+
+static void put_bits(bitw *b, uint64_t v, int n)
+{
+    for (int i = n - 1; i >= 0; i--) {
+        b->acc = (b->acc << 1) | ((v >> i) & 1);
+        if (++b->nbits == 8) {
+            put_byte(b->w, (uint8_t)b->acc);
+            b->acc = 0;
+            b->nbits = 0;
+        }
+    }
+}
+
+static void flush_bits(bitw *b)
+{
+    if (b->nbits)
+        put_byte(b->w, (uint8_t)(b->acc << (8 - b->nbits)));
+    b->acc = 0;
+    b->nbits = 0;
+}
+
+typedef struct bitr {
+    rbuf *r;
+    uint8_t cur;
+    int left;
+} bitr;
+
+static int get_bits(bitr *b, int n, uint64_t *out)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++) {
+        if (b->left == 0) {
+            if (get_byte(b->r, &b->cur))
+                return -1;
+            b->left = 8;
+        }
+        v = (v << 1) | ((b->cur >> --b->left) & 1);
+    }
+    *out = v;
+    return 0;
+}
+
+static int clz64(uint64_t x) { return x ? __builtin_clzll(x) : 64; }
+static int ctz64(uint64_t x) { return x ? __builtin_ctzll(x) : 64; }
+
+static void put_xor(wbuf *w, const double *v, size_t k)
+{
+    if (k == 0)
+        return;
+    bitw b = {w, 0, 0};
+    uint64_t prev = bits_of(v[0]);
+    put_bits(&b, prev, 64);
+    int lead = -1, trail = 0;
+    for (size_t i = 1; i < k; i++) {
+        uint64_t cur = bits_of(v[i]), x = cur ^ prev;
+        prev = cur;
+        if (x == 0) {
+            put_bits(&b, 0, 1);
+            continue;
+        }
+        put_bits(&b, 1, 1);
+        int l = clz64(x), t = ctz64(x);
+        if (l > 31)
+            l = 31;
+        if (lead >= 0 && l >= lead && t >= trail) {
+            put_bits(&b, 0, 1);
+            put_bits(&b, x >> trail, 64 - lead - trail);
+        } else {
+            int len = 64 - l - t;
+            put_bits(&b, 1, 1);
+            put_bits(&b, (uint64_t)l, 5);
+            put_bits(&b, (uint64_t)(len - 1), 6);
+            put_bits(&b, x >> t, len);
+            lead = l;
+            trail = t;
+        }
+    }
+    flush_bits(&b);
+}
+
+static int get_xor(rbuf *r, double *out, size_t k)
+{
+    if (k == 0)
+        return 0;
+    bitr b = {r, 0, 0};
+    uint64_t prev, bit, x;
+    if (get_bits(&b, 64, &prev))
+        return -1;
+    out[0] = double_of(prev);
+    int lead = -1, trail = 0;
+    for (size_t i = 1; i < k; i++) {
+        if (get_bits(&b, 1, &bit))
+            return -1;
+        if (bit) {
+            if (get_bits(&b, 1, &bit))
+                return -1;
+            if (bit) {
+                uint64_t l, len;
+                if (get_bits(&b, 5, &l) || get_bits(&b, 6, &len))
+                    return -1;
+                len += 1;
+                if (l + len > 64)
+                    return -1;
+                lead = (int)l;
+                trail = (int)(64 - l - len);
+            } else if (lead < 0) {
+                return -1; /* reuses a window never set */
+            }
+            int n = 64 - lead - trail;
+            if (get_bits(&b, n, &x))
+                return -1;
+            prev ^= x << trail;
+        }
+        out[i] = double_of(prev);
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------- API */
+
+size_t tsm_codec_bound(size_t n)
+{
+    /* kind + run count + runs (two 10-byte varints each) + RAW values */
+    return 1 + 10 + n * 20 + n * 8;
+}
+
+static size_t encode_kind(int kind, const uint32_t *tags, size_t n, const double *v, size_t k,
+                          const int64_t *m, int d, int64_t *ys, uint8_t *out, size_t cap)
+{
+    wbuf w = {out, 0, cap, 0};
+    put_byte(&w, (uint8_t)kind);
+    put_tags(&w, tags, n);
+    switch (kind) {
+    case TSM_CODEC_RAW:
+        for (size_t i = 0; i < k; i++)
+            put_u64(&w, bits_of(v[i]));
+        break;
+    case TSM_CODEC_CONST:
+        if (k)
+            put_u64(&w, bits_of(v[0]));
+        break;
+    case TSM_CODEC_DELTA:
+    case TSM_CODEC_DOD:
+        put_decimal(&w, m, k, d, kind == TSM_CODEC_DOD, ys);
+        break;
+    case TSM_CODEC_XOR:
+        put_xor(&w, v, k);
+        break;
+    }
+    return w.overflow ? 0 : w.len;
+}
+
+size_t tsm_codec_encode(const uint32_t *tags, const double *values, size_t n, uint8_t *out,
+                        size_t cap)
+{
+    if (n > TSM_CODEC_MAX_SLOTS || cap < tsm_codec_bound(n))
+        return 0;
+    /* the values of the non-empty slots, in slot order */
+    double v[n ? n : 1];
+    int64_t m[n ? n : 1], ys[n ? n : 1];
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (tags[i])
+            v[k++] = values[i];
+    int constant = 1;
+    for (size_t i = 1; i < k && constant; i++)
+        constant = bits_of(v[i]) == bits_of(v[0]);
+    int d = decimals_of(v, k, m);
+
+    uint8_t trial[tsm_codec_bound(n)];
+    size_t best = encode_kind(TSM_CODEC_RAW, tags, n, v, k, m, d, ys, out, cap);
+    int kinds[] = {TSM_CODEC_CONST, TSM_CODEC_DELTA, TSM_CODEC_DOD, TSM_CODEC_XOR};
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+        int kind = kinds[i];
+        if ((kind == TSM_CODEC_CONST && !constant) ||
+            ((kind == TSM_CODEC_DELTA || kind == TSM_CODEC_DOD) && d < 0))
+            continue;
+        size_t len = encode_kind(kind, tags, n, v, k, m, d, ys, trial, sizeof trial);
+        if (len && len < best) {
+            memcpy(out, trial, len);
+            best = len;
+        }
+    }
+    return best;
+}
+
+int tsm_codec_kind(const uint8_t *in, size_t len)
+{
+    return len && in[0] <= TSM_CODEC_XOR ? in[0] : -1;
+}
+
+int tsm_codec_decode(const uint8_t *in, size_t len, size_t n, uint32_t *tags, double *values)
+{
+    if (n > TSM_CODEC_MAX_SLOTS)
+        return -1;
+    rbuf r = {in, len, 0};
+    uint8_t kind;
+    size_t k;
+    if (get_byte(&r, &kind) || kind > TSM_CODEC_XOR || get_tags(&r, tags, n, &k))
+        return -1;
+    double v[k ? k : 1];
+    int64_t ys[k ? k : 1];
+    int rc = 0;
+    switch (kind) {
+    case TSM_CODEC_RAW:
+        for (size_t i = 0; i < k && !rc; i++) {
+            uint64_t b = 0;
+            rc = get_u64(&r, &b);
+            v[i] = double_of(b);
+        }
+        break;
+    case TSM_CODEC_CONST:
+        if (k) {
+            uint64_t b = 0;
+            rc = get_u64(&r, &b);
+            for (size_t i = 0; i < k; i++)
+                v[i] = double_of(b);
+        }
+        break;
+    case TSM_CODEC_DELTA:
+    case TSM_CODEC_DOD:
+        rc = get_decimal(&r, v, k, kind == TSM_CODEC_DOD, ys);
+        break;
+    case TSM_CODEC_XOR:
+        rc = get_xor(&r, v, k);
+        break;
+    }
+    if (rc || r.pos != r.len)
+        return -1; /* trailing bytes are damage too */
+    for (size_t i = 0, j = 0; i < n; i++)
+        values[i] = tags[i] ? v[j++] : 0.0;
+    return 0;
+}
