@@ -126,10 +126,12 @@ def test_import_reports_and_exit_code(imported, tree):
     assert code == 1, err
     assert summary["created"] == len(NAMES)
     assert summary["merged"] == 0
-    assert summary["skipped_tagged"] == 1
+    assert summary["tagged"] == 0
     failed = {f["file"]: f["reason"] for f in summary["failed"]}
+    bogus_tagged = os.path.join("_tagged", "abc", "def", "abcdef0123.wsp")
     assert set(failed) == {os.path.join("broken", n) for n in ("garbage.wsp", "empty.wsp",
-                                                               "truncated.wsp")}
+                                                               "truncated.wsp")} | {bogus_tagged}
+    assert "does not match" in failed[bogus_tagged]
     assert "corrupt" in failed[os.path.join("broken", "truncated.wsp")]
     assert "empty" in failed[os.path.join("broken", "empty.wsp")]
     assert "corrupt" in failed[os.path.join("broken", "garbage.wsp")]
@@ -158,10 +160,10 @@ def test_import_text_summary_and_progress(tree, tmp_path, capsys):
     root, _meta = tree
     code, out, err = main(capsys, "import-whisper", root, tmp_path / "db", "-j", "1", "--progress")
     assert code == 1
-    assert "imported %d of %d" % (len(NAMES), len(NAMES) + 3) in out
+    assert "imported %d of %d" % (len(NAMES), len(NAMES) + 4) in out
     assert "broken/garbage.wsp" in out and "broken/empty.wsp" in out
-    assert "skipped 1 tagged" in out and "tag database" in out
-    assert "files %d/%d" % (len(NAMES) + 3, len(NAMES) + 3) in err
+    assert "_tagged/abc/def/abcdef0123.wsp" in out
+    assert "files %d/%d" % (len(NAMES) + 4, len(NAMES) + 4) in err
 
 
 def test_import_dry_run_writes_nothing(tree, tmp_path, capsys):

@@ -103,11 +103,15 @@ def _check_pattern(pattern):
 
 
 def _leaves(db, pattern):
+    """The series a pattern selects: its leaves, as graphite-web's finder sees them (tagged
+    series only by their exact name), and for "**" every tagged series too."""
     seen, out = set(), []
     for name, leaf in db.find(pattern):
         if leaf and name not in seen:
             seen.add(name)
             out.append(name)
+    if pattern == "**":
+        out.extend(db.find_tagged(["name!="]))   # every series with tags has a name tag
     return out
 
 
@@ -320,25 +324,78 @@ def cmd_delete(args):
 # -- import-whisper ------------------------------------------------------------
 
 def _scan_whisper_tree(root):
-    """(files [(relpath, abspath)], tagged count) under root, sorted."""
+    """(files [(relpath, abspath)], tagged count) under root, sorted; carbon's
+    _tagged/ subtree included."""
     files, tagged = [], 0
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
-        rel_dir = os.path.relpath(dirpath, root)
-        if rel_dir == ".":
-            if _TAGGED_DIR in dirnames:
-                dirnames.remove(_TAGGED_DIR)
-                for _d, _s, fs in os.walk(os.path.join(root, _TAGGED_DIR)):
-                    tagged += sum(1 for f in fs if f.endswith(".wsp"))
+        in_tagged = os.path.relpath(dirpath, root).split(os.sep)[0] == _TAGGED_DIR
         for f in sorted(filenames):
             if f.endswith(".wsp"):
                 full = os.path.join(dirpath, f)
                 files.append((os.path.relpath(full, root), full))
+                tagged += in_tagged
     return files, tagged
 
 
 def _whisper_name(relpath):
     return relpath[:-len(".wsp")].replace(os.sep, ".")
+
+
+def _is_tagged_path(relpath):
+    return relpath.split(os.sep)[0] == _TAGGED_DIR
+
+
+_HEX64 = frozenset("0123456789abcdef")
+
+
+def _tagged_name(relpath, hashes):
+    """The series name of carbon's tagged whisper file at relpath
+    (_tagged/<3 hex>/<3 hex>/<file>.wsp), or raise ValueError with the reason.
+
+    carbon 1.1.10 names the file after the series with '.' written as
+    '_DOT_', or, with TAG_HASH_FILENAMES (its default), after the sha256 of
+    the series name; then only graphite-web's tag database knows the name
+    (``hashes``: sha256 hex -> name, from --tagdb)."""
+    import hashlib
+    parts = relpath.split(os.sep)
+    if len(parts) < 4 or len(parts[1]) != 3 or len(parts[2]) != 3:
+        raise ValueError("not in carbon's _tagged/<xxx>/<yyy>/ layout")
+    # a '/' in a tag value makes carbon nest the file deeper
+    stem = "/".join(parts[3:])[:-len(".wsp")]
+    if len(stem) == 64 and set(stem) <= _HEX64:
+        if hashes is None:
+            raise ValueError("carbon hashed this tagged series' file name: pass --tagdb "
+                             "(graphite-web's tag database) to restore its name")
+        name = hashes.get(stem)
+        if name is None:
+            raise ValueError("hashed tagged file name not found in the tag database")
+    else:
+        name = stem.replace("_DOT_", ".")
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()
+    hashed = len(stem) == 64 and set(stem) <= _HEX64
+    if digest[0:3] != parts[1] or digest[3:6] != parts[2] or (hashed and digest != stem):
+        raise ValueError("tagged name %r does not match the file's place %s/%s"
+                         % (name, parts[1], parts[2] if not hashed else parts[2] + "/" + stem))
+    return name
+
+
+def _load_tagdb(path):
+    """sha256 hex -> series name, from graphite-web's tag database (its sqlite file,
+    table tags_series, as LocalDatabaseTagDB keeps it)."""
+    import sqlite3
+    if not os.path.isfile(path):
+        raise Fatal("no such tag database file: %s" % path)
+    try:
+        con = sqlite3.connect("file:%s?mode=ro" % path, uri=True)
+        try:
+            rows = con.execute("SELECT hash, path FROM tags_series").fetchall()
+        finally:
+            con.close()
+    except sqlite3.Error as e:
+        raise Fatal("cannot read graphite-web's tag database %s: %s (expected its sqlite "
+                    "file with the tags_series table)" % (path, e))
+    return {h: p for h, p in rows}
 
 
 def read_whisper_file(item):
@@ -406,11 +463,12 @@ def cmd_import_whisper(args):
         raise Fatal("--jobs must be at least 1")
     t0 = time.monotonic()
     files, tagged = _scan_whisper_tree(src)
+    hashes = _load_tagdb(args.tagdb) if args.tagdb else None
     progress = _Progress(len(files), args.progress or sys.stderr.isatty())
     summary = {"whisper_dir": os.path.abspath(src), "db_dir": os.path.abspath(dst),
                "dry_run": bool(args.dry_run), "files": len(files), "created": 0, "merged": 0,
-               "points": 0, "whisper_bytes": 0, "nonfinite_points_dropped": 0,
-               "skipped_tagged": tagged, "failed": [], "skipped": []}
+               "tagged": 0, "points": 0, "whisper_bytes": 0, "nonfinite_points_dropped": 0,
+               "failed": [], "skipped": []}
     # fork the readers before the database (and its threads) exist in this process
     results, pool = _start_readers(files, jobs)
     db = None
@@ -425,7 +483,15 @@ def cmd_import_whisper(args):
             if header is None:
                 summary["failed"].append({"file": relpath, "reason": payload})
                 continue
-            name = _whisper_name(relpath)
+            is_tagged = _is_tagged_path(relpath)
+            if is_tagged:
+                try:
+                    name = _tagged_name(relpath, hashes)
+                except ValueError as e:
+                    summary["failed"].append({"file": relpath, "reason": str(e)})
+                    continue
+            else:
+                name = _whisper_name(relpath)
             try:
                 kind, why = _import_one(db, name, header, payload, args.dry_run)
             except tismet.StorageError as e:
@@ -438,6 +504,7 @@ def cmd_import_whisper(args):
                 summary["skipped"].append({"file": relpath, "reason": why})
                 continue
             summary["whisper_bytes"] += size
+            summary["tagged"] += is_tagged
             summary["points"] += sum(len(p) for p in payload) // 16
             summary["nonfinite_points_dropped"] += nonfinite
             summary[kind] += 1
@@ -496,10 +563,8 @@ def _print_import_summary(s):
     if s["nonfinite_points_dropped"]:
         print("dropped %d NaN/infinite points (tismet stores finite values only)"
               % s["nonfinite_points_dropped"])
-    if s["skipped_tagged"]:
-        print("skipped %d tagged series under %s/: carbon stores them under hashed file names, "
-              "restoring their names needs graphite-web's tag database (not supported yet)"
-              % (s["skipped_tagged"], _TAGGED_DIR))
+    if s["tagged"]:
+        print("tagged series (from %s/): %d" % (_TAGGED_DIR, s["tagged"]))
     if s["skipped"]:
         print("skipped %d files:" % len(s["skipped"]))
         for f in s["skipped"]:
@@ -511,6 +576,30 @@ def _print_import_summary(s):
 
 
 # -- export-whisper ------------------------------------------------------------
+
+def _export_path(root, name):
+    """Where carbon 1.1.10 with whisper keeps series `name` under root: dots as
+    directories, or for a tagged series _tagged/<sha256[0:3]>/<sha256[3:6]>/ with
+    '.' written as '_DOT_' (TAG_HASH_FILENAMES = False: the file name keeps the
+    series name, so an import needs no tag database).  None if unsafe."""
+    import hashlib
+    if "\0" in name:
+        return None
+    if ";" in name:
+        digest = hashlib.sha256(name.encode("utf-8")).hexdigest()
+        # as carbon does it: a '/' (in a tag value) nests the file deeper
+        parts = name.replace(".", "_DOT_").split("/")
+        if any(p in ("", ".", "..") or len(p.encode("utf-8")) > 250 for p in parts):
+            return None
+        parts[-1] += ".wsp"
+        return os.path.join(root, _TAGGED_DIR, digest[0:3], digest[3:6], *parts)
+    if "/" in name:
+        return None
+    parts = name.split(".")
+    if any(p in ("", ".", "..") for p in parts):
+        return None
+    return os.path.join(root, *parts) + ".wsp"
+
 
 def cmd_export_whisper(args):
     whisper = _import_whisper()
@@ -525,11 +614,11 @@ def cmd_export_whisper(args):
         try:
             for name in names:
                 progress.step()
-                if ";" in name or "/" in name or "\0" in name:
-                    summary["skipped"].append({"metric": name, "reason": "tagged or unsafe name "
-                                               "(no whisper path for it yet)"})
+                path = _export_path(args.whisper_dir, name)
+                if path is None:
+                    summary["skipped"].append({"metric": name, "reason": "name has no safe "
+                                               "whisper path ('/', NUL or a '..'-like part)"})
                     continue
-                path = os.path.join(args.whisper_dir, *name.split(".")) + ".wsp"
                 if os.path.lexists(path):
                     if not args.force:
                         summary["skipped"].append({"metric": name, "reason": "%s exists (use "
@@ -637,12 +726,17 @@ def build_parser():
                        "without .wsp, '/' -> '.'. A metric that already exists with the same "
                        "archives is merged (the file's points overwrite its slots); with "
                        "different archives it is skipped. Unreadable, corrupt or empty files are "
-                       "skipped and listed. The _tagged subtree (carbon's hashed tagged series) "
-                       "is skipped for now. Exit 1 if any file was skipped or failed.")
+                       "skipped and listed. Tagged series in carbon's _tagged/ subtree get their "
+                       "names back from the file name, or, where carbon hashed it "
+                       "(TAG_HASH_FILENAMES), from graphite-web's tag database (--tagdb). Exit 1 "
+                       "if any file was skipped or failed.")
     s.add_argument("whisper_dir", metavar="WHISPER_DIR")
     s.add_argument("db_dir", metavar="DB_DIR")
     s.add_argument("--dry-run", "-n", action="store_true",
                    help="read and check every file, write nothing")
+    s.add_argument("--tagdb", metavar="FILE",
+                   help="graphite-web's tag database (its sqlite file, e.g. "
+                   "/opt/graphite/storage/graphite.db): names of hashed tagged files")
     s.add_argument("--jobs", "-j", type=int, default=None,
                    help="processes reading files (default: CPU count)")
     s.add_argument("--progress", action="store_true",
@@ -655,8 +749,10 @@ def build_parser():
                        "a whisper file under WHISPER_DIR (name '.' -> '/', plus .wsp), with the "
                        "same archives, xFilesFactor, aggregation and stored points, so "
                        "whisper.fetch returns what tismet's fetch returns. Existing files are "
-                       "left alone (and reported, exit 1) unless --force. Tagged series are "
-                       "skipped for now. Opens the database read-only.")
+                       "left alone (and reported, exit 1) unless --force. Tagged series go where "
+                       "carbon puts them with TAG_HASH_FILENAMES = False (_tagged/xxx/yyy/, '.' as "
+                       "_DOT_); graphite-web's tag database is not written. Opens the database "
+                       "read-only.")
     s.add_argument("db_dir", metavar="DB_DIR")
     s.add_argument("whisper_dir", metavar="WHISPER_DIR")
     s.add_argument("pattern", metavar="PATTERN", nargs="?", default="**")
