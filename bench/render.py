@@ -16,6 +16,8 @@ same names and the same points:
 Rows:
   find-all   /metrics/find?query=servers.*.*.*.* matching every leaf (10k and 100k leaves)
   find-one   /metrics/find?query=servers.*.host00042.*.* (one host's 20 leaves among them)
+  finder-*   the same two queries straight to the finders' find_nodes (every node consumed),
+             without graphite-web's view: the storage's own part of a find
   render     /render?format=json, 24 h of 1-minute points (1,440 per series) of 100 and 1,000
              series selected by one glob, absolute from/until and now= (the archive choice is
              fixed)
@@ -237,6 +239,33 @@ def timed(cfg, path, params, repeat):
     return statistics.median(times), first.body
 
 
+def timed_finders(cfg, query, repeat):
+    """Median seconds of the configuration's finders answering `query` (every node
+    consumed), and the sorted (path, is_leaf) answer."""
+    import graphite_harness as gh
+    from graphite.finders.utils import FindQuery
+    cfg.activate()
+    finders = gh.store().finders
+
+    def run():
+        return [(n.path, n.is_leaf) for f in finders
+                for n in f.find_nodes(FindQuery(query, None, None))]
+    answer = sorted(run())
+    # small answers take microseconds: time enough calls per sample to be above noise
+    t0 = time.perf_counter()
+    run()
+    once = time.perf_counter() - t0
+    calls = max(1, int(0.02 / max(once, 1e-6)))
+    times = []
+    for _ in range(repeat):
+        gc.collect()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            run()
+        times.append((time.perf_counter() - t0) / calls)
+    return statistics.median(times), answer
+
+
 def find_canon(body):
     """format=json nodes, sorted, without "intervals" (StandardFinder's come from the clock)."""
     return sorted(json.dumps({k: v for k, v in n.items() if k != "intervals"}, sort_keys=True)
@@ -296,6 +325,18 @@ def main():
                 identical.append(cell["identical"])
                 rows.append(cell)
                 print_cell(cell)
+                # the storage part alone: the finders' find_nodes, without graphite-web's view
+                cell = {"row": label.replace("find", "finder"), "size": leaves, "query": query}
+                answers = []
+                for cfg in configs:
+                    secs, answer = timed_finders(cfg, query, args.repeat)
+                    cell[cfg.name] = secs
+                    answers.append(answer)
+                cell["nodes"] = len(answers[0])
+                cell["identical"] = all(a == answers[0] for a in answers)
+                identical.append(cell["identical"])
+                rows.append(cell)
+                print_cell(cell)
             if not args.keep:
                 shutil.rmtree(root, ignore_errors=True)
 
@@ -352,6 +393,11 @@ def print_cell(cell):
              cell["memory"] * 1e3))
 
 
+def _ms(seconds):
+    ms = seconds * 1e3
+    return "%.3f" % ms if ms < 1 else "%.1f" % ms
+
+
 def print_table(rows):
     head = ("request", "size", "answer", "whisper ms", "tismet ms", "memory ms",
             "whisper/tismet", "tismet/memory", "target", "same")
@@ -364,8 +410,7 @@ def print_table(rows):
         if r["row"] == "render" and r["size"] >= 1000:
             target = "<= %.1fx memory" % TARGET_RENDER_FLOOR
         table.append((r["row"], "%d %s" % (r["size"], unit), answer,
-                      "%.1f" % (r["stock"] * 1e3), "%.1f" % (r["tismet"] * 1e3),
-                      "%.1f" % (r["memory"] * 1e3),
+                      _ms(r["stock"]), _ms(r["tismet"]), _ms(r["memory"]),
                       "%.2fx" % (r["stock"] / r["tismet"]),
                       "%.2fx" % (r["tismet"] / r["memory"]), target,
                       "yes" if r["identical"] else "NO"))
