@@ -422,3 +422,220 @@ def test_help_and_usage_errors_subprocess():
     assert code == 2
     code, out, err = run("import-whisper", "x", "y", "--jobs", "zero")
     assert code == 2
+
+
+# -- expire / resize / schema-debug (tismet.admin; the live-writer cases are in test_admin.py)
+
+@pytest.mark.parametrize("sub", ["expire", "resize", "schema-debug"])
+def test_help_of_lifecycle_commands(sub, capsys):
+    code, out, err = main(capsys, sub, "--help")
+    assert code == 0 and "usage: tismet " + sub in out
+    if sub != "schema-debug":
+        assert "admin.sock" in out.replace("\n", "")
+
+
+def test_lifecycle_commands_listed_and_usage_errors(tmp_path, capsys):
+    code, out, err = run("--help")
+    assert code == 0 and all(s in out for s in ("expire", "resize", "schema-debug"))
+    dbdir = tmp_path / "db"
+    _small_db(dbdir)
+    for args, what in [(("expire", dbdir), "--not-written-for"),
+                       (("expire", dbdir, "--not-written-for", "30x"), "invalid duration"),
+                       (("expire", dbdir, "--not-written-for", "30d", "--pattern", "a.{x"),
+                        "invalid pattern"),
+                       (("resize", dbdir, "a.*"), "--retentions"),
+                       (("resize", dbdir, "a.*", "--retentions", "10s:6h,15s:1d"),
+                        "evenly divide"),
+                       (("resize", dbdir, "a.*", "--retentions", "1m:1h,1m:2h"), "retentions"),
+                       (("resize", dbdir, "a.*", "--retentions", "1q:1h"), "precision"),
+                       (("resize", dbdir, "a.*", "--retentions", "1m:1h",
+                         "--aggregation-method", "median"), "invalid choice"),
+                       (("resize", dbdir, "a.*", "--retentions", "1m:1h",
+                         "--x-files-factor", "2"), "between 0 and 1"),
+                       (("resize", dbdir, "a..*", "--retentions", "1m:1h"), "invalid pattern"),
+                       (("resize", tmp_path / "nope", "a.*", "--retentions", "1m:1h"),
+                        "no such database directory")]:
+        code, out, err = main(capsys, *args)
+        assert code == 2 and what in err, (args, err)
+    assert _names(dbdir) == ["a.x.one", "a.x.two", "a.y", "b.z"]
+    assert not (tmp_path / "nope").exists()
+
+
+def test_expire_and_resize_as_the_writer(tmp_path, capsys):
+    dbdir = tmp_path / "db"
+    with tismet.Database(str(dbdir)) as db:
+        for name in ("s.old", "s.new", "s.none"):
+            db.create(name, [(60, 100), (3600, 24 * 60)])
+        db.update_many("s.old", [(NOW - 40 * 86400, 1.0)], now=NOW)
+        db.update_many("s.new", [(NOW - 40 * 86400, 1.0), (NOW - 60, 2.0)], now=NOW)
+    code, out, err = main(capsys, "expire", dbdir, "--not-written-for", "30d", "--now", NOW,
+                          "--dry-run")
+    assert code == 0 and out.split() == ["s.none", "s.old"] and "would expire 2" in err
+    code, out, err = main(capsys, "expire", dbdir, "--not-written-for", "30d", "--now", NOW,
+                          "--json", "--progress")
+    assert code == 0, err
+    report = json.loads(out)
+    assert sorted(report["names"]) == ["s.none", "s.old"] and report["checked"] == 3
+    assert report["cutoff"] == NOW - 30 * 86400 and "metrics 3/3" in err
+    assert _names(dbdir) == ["s.new"]
+    code, out, err = main(capsys, "resize", dbdir, "s.*", "--retentions", "1m:2h,1h:60d",
+                          "--dry-run")
+    assert code == 0 and "s.new: 60:100,3600:1440 -> 60:120,3600:1440" in out
+    assert "would resize 1 metric" in err
+    code, out, err = main(capsys, "resize", dbdir, "s.*", "--retentions", "1m:2h,1h:60d",
+                          "--aggregation-method", "max", "--now", NOW)
+    assert code == 0 and "resized 1 metric to 60:120,3600:1440" in out, err
+    with tismet.Database(str(dbdir), readonly=True) as db:
+        info = db.info("s.new")
+        assert [(a["secondsPerPoint"], a["points"]) for a in info["archives"]] == \
+            [(60, 120), (3600, 1440)]
+        assert info["aggregationMethod"] == "max"
+        assert db.fetch("s.new", NOW - 120, NOW, now=NOW)[1] == [2.0, None]
+    code, out, err = main(capsys, "resize", dbdir, "s.*", "--retentions", "1m:2h,1h:60d")
+    assert code == 0 and "1 already so" in out
+    code, out, err = main(capsys, "resize", dbdir, "nothing.*", "--retentions", "1m:2h")
+    assert code == 1 and "no metric matches" in err
+    code, out, err = main(capsys, "delete", dbdir, "s.*", "--yes", "--json")
+    assert code == 0 and json.loads(out)["names"] == ["s.new"]
+
+
+def test_lifecycle_commands_refused_when_the_holder_has_no_admin_channel(tmp_path, capsys):
+    dbdir = tmp_path / "db"
+    _small_db(dbdir)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, tismet\n"
+         "db = tismet.Database(sys.argv[1])\nprint('ready', flush=True)\nsys.stdin.read()",
+         str(dbdir)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=subprocess_env())
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        for args in (("expire", dbdir, "--not-written-for", "1d"),
+                     ("resize", dbdir, "a.*", "--retentions", "1m:1h"),
+                     ("delete", dbdir, "a.*", "--yes")):
+            code, out, err = main(capsys, *args)
+            assert code == 2 and str(holder.pid) in err and "no admin channel" in err, args
+        # dry runs only read: they work whoever holds the database
+        code, out, err = main(capsys, "expire", dbdir, "--not-written-for", "1d", "--dry-run")
+        assert code == 0 and len(out.split()) == 4
+        code, out, err = main(capsys, "resize", dbdir, "a.**", "--retentions", "1m:1h",
+                              "--dry-run")
+        assert code == 0 and "would resize 3 metrics" in err
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert _names(dbdir) == ["a.x.one", "a.x.two", "a.y", "b.z"]
+
+
+SCHEMA_CONF = """\
+[carbon]
+pattern = ^carbon\\.
+retentions = 60:90d
+
+[no_pattern]
+retentions = 1m:1d
+
+[no_retentions]
+pattern = ^nothing\\.
+
+[invalid_archives]
+pattern = ^stats\\.bad\\.
+retentions = 10s:6h,15s:1d
+
+[stats]
+pattern = ^stats\\.
+retentions = 10s:6h,1m:30d,1h:1y
+
+[tagged]
+pattern = ;dc=eu
+retentions = 1s:1h
+
+[catchall]
+pattern = ^other\\.
+retentions = 1m:7d
+"""
+
+AGG_CONF = """\
+[bad_xff]
+pattern = \\.count$
+xFilesFactor = lots
+
+[count]
+pattern = \\.count$
+xFilesFactor = 0
+aggregationMethod = sum
+
+[only_method]
+pattern = \\.max$
+aggregationMethod = max
+
+[only_xff]
+pattern = ^stats\\.
+xFilesFactor = 0.3
+
+[no_pattern]
+aggregationMethod = min
+"""
+
+
+def test_schema_debug_agrees_with_carbon(tmp_path, capsys):
+    from tismet import schemas
+    pytest.importorskip("carbon")
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "storage-schemas.conf").write_text(SCHEMA_CONF)
+    (conf / "storage-aggregation.conf").write_text(AGG_CONF)
+    mine = schemas.load_rules(str(conf))
+    carbons = schemas.load_rules_with_carbon(str(conf))
+    assert mine[:2] == carbons
+    assert [r["section"] for r in carbons[0]] == ["carbon", "stats", "tagged", "catchall",
+                                                  "default"]
+    notes = " ".join(mine[2])
+    for skipped in ("no_pattern", "no_retentions", "invalid_archives", "bad_xff"):
+        assert skipped in notes
+    expect = {
+        "stats.web.hits.count": ("stats", "10:2160,60:43200,3600:8760", "count", 0.0, "sum"),
+        "stats.web.latency.max": ("stats", "10:2160,60:43200,3600:8760", "only_method", 0.5,
+                                  "max"),
+        "stats.web.latency": ("stats", "10:2160,60:43200,3600:8760", "only_xff", 0.3,
+                              "average"),
+        "stats.bad.x": ("stats", "10:2160,60:43200,3600:8760", "only_xff", 0.3, "average"),
+        "carbon.agents.x.cpu": ("carbon", "60:129600", "default", 0.5, "average"),
+        "cpu;host=a;dc=eu": ("tagged", "1:3600", "default", 0.5, "average"),
+        "other.thing": ("catchall", "60:10080", "default", 0.5, "average"),
+        "unmatched": ("default", "60:10080", "default", 0.5, "average"),
+    }
+    for name, (section, retentions, agg_section, xff, method) in expect.items():
+        for use_carbon in (True, False):
+            r = schemas.debug(str(conf), name, use_carbon=use_carbon)
+            assert (r["schema"]["section"], r["retentions"], r["aggregation"]["section"],
+                    r["xFilesFactor"], r["aggregationMethod"]) == \
+                (section, retentions, agg_section, xff, method), (name, use_carbon)
+    # carbon's own matching loop (carbon.writer) on carbon's own rules
+    from carbon import state, storage
+    saved = (storage.STORAGE_SCHEMAS_CONFIG, storage.STORAGE_AGGREGATION_CONFIG, state.database)
+    storage.STORAGE_SCHEMAS_CONFIG = str(conf / "storage-schemas.conf")
+    storage.STORAGE_AGGREGATION_CONFIG = str(conf / "storage-aggregation.conf")
+    state.database = schemas._Validator()
+    try:
+        rules, aggs = storage.loadStorageSchemas(), storage.loadAggregationSchemas()
+    finally:
+        storage.STORAGE_SCHEMAS_CONFIG, storage.STORAGE_AGGREGATION_CONFIG, state.database = saved
+    for name in expect:
+        metric = schemas.normalize(name)
+        chosen = next(s for s in rules if s.matches(metric))
+        agg = next(s for s in aggs if s.matches(metric))
+        assert (chosen.name, agg.name) == (expect[name][0], expect[name][2]), name
+    code, out, err = main(capsys, "schema-debug", conf, "cpu;host=a;dc=eu")
+    assert code == 0, err
+    assert "metric: cpu;dc=eu;host=a" in out and "[tagged]" in out and "1:3600" in out
+    assert "note: storage-schemas.conf: [no_pattern]" in out
+    code, out, err = main(capsys, "schema-debug", conf, "stats.x.count", "--json")
+    assert code == 0 and json.loads(out)["aggregationMethod"] == "sum"
+    # what would stop carbon at start is an error
+    (conf / "storage-schemas.conf").write_text("[x]\npattern = .*\nretentions = 1m:1fortnight\n")
+    code, out, err = main(capsys, "schema-debug", conf, "a.b")
+    assert code == 2 and "carbon would refuse to start" in err and "1fortnight" in err
+    with pytest.raises(schemas.ConfigError):
+        schemas.load_rules(str(conf))
+    code, out, err = main(capsys, "schema-debug", tmp_path / "nope", "a.b")
+    assert code == 2 and "no such configuration directory" in err

@@ -1,6 +1,12 @@
 """The ``tismet`` command line.
 
-Subcommands: ``info``, ``check``, ``delete``, ``import-whisper``, ``export-whisper``.
+Subcommands: ``info``, ``check``, ``delete``, ``expire``, ``resize``,
+``schema-debug``, ``import-whisper``, ``export-whisper``.
+
+``delete``, ``expire`` and ``resize`` change a database: they open it as its
+writer when nobody holds it, and otherwise send the operation to the admin
+channel (``<DB_DIR>/admin.sock``) of the process that does (carbon-cache with
+``TISMET_ADMIN = True``); both paths run ``tismet.admin.Operations``.
 
 Exit codes (scripts may rely on them):
   0  success
@@ -17,7 +23,7 @@ import sys
 import time
 
 import tismet
-from tismet import _convert
+from tismet import _convert, admin, schemas
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_FATAL = 0, 1, 2
 
@@ -77,29 +83,10 @@ def _require_existing_db(path):
 
 def _check_pattern(pattern):
     """Reject patterns the glob engine would silently match nothing with."""
-    if not pattern:
-        raise Fatal("invalid pattern: empty")
-    if any(ord(c) < 0x20 or ord(c) == 0x7f for c in pattern):
-        raise Fatal("invalid pattern %r: control character" % pattern)
-    head = pattern.split(";", 1)[0]
-    if any(part == "" for part in head.split(".")):
-        raise Fatal("invalid pattern %r: empty path component" % pattern)
-    depth_sq = depth_br = 0
-    for c in head:
-        if c == "[":
-            if depth_sq:
-                raise Fatal("invalid pattern %r: nested '['" % pattern)
-            depth_sq = 1
-        elif c == "]":
-            depth_sq = 0
-        elif c == "{" and not depth_sq:
-            depth_br += 1
-        elif c == "}" and not depth_sq:
-            depth_br -= 1
-            if depth_br < 0:
-                raise Fatal("invalid pattern %r: unbalanced '}'" % pattern)
-    if depth_sq or depth_br:
-        raise Fatal("invalid pattern %r: unbalanced brackets" % pattern)
+    try:
+        admin.check_pattern(pattern)
+    except ValueError as e:
+        raise Fatal(str(e))
 
 
 def _leaves(db, pattern):
@@ -164,6 +151,11 @@ class _Progress:
         sys.stderr.write("\r%s %d/%d  %.0f/s  ETA %ds   " % (self.what, self.done, self.total,
                                                            rate, int(eta + 0.5)))
         sys.stderr.flush()
+
+    def update(self, done, total):
+        """Absolute progress (operations report done/total themselves)."""
+        self.total = total
+        self.step(done - self.done)
 
     def finish(self):
         if self.enabled:
@@ -238,7 +230,40 @@ def cmd_info(args):
 
 # -- check ---------------------------------------------------------------------
 
+def _finish_resize(path):
+    """Finish or roll back a resize a crash interrupted: (message, problem or None)."""
+    try:
+        journal = admin.read_journal(path)
+    except tismet.CorruptDatabase as e:
+        return None, str(e)
+    if journal is None:
+        return None, None
+    name = journal.get("name")
+    try:
+        db = tismet.Database(path)
+    except tismet.DatabaseLocked as e:
+        try:
+            done = admin.call(path, "recover", timeout=60)
+        except admin.AdminError as err:
+            return None, ("interrupted resize of %r pending (%s); process %s holds the database "
+                          "without answering on its admin channel: it is finished when a writer "
+                          "with an admin channel opens the database" % (name, err, e.pid))
+    except tismet.TismetError as e:
+        return None, "interrupted resize of %r pending: cannot open as writer: %s" % (name, e)
+    else:
+        with db:
+            done = admin.recover(db)
+    if done is None:
+        return None, None
+    return "%s the interrupted resize of %s" % (done["action"], done["name"]), None
+
+
 def cmd_check(args):
+    recovered, pending = None, None
+    if os.path.isdir(args.db_dir):
+        recovered, pending = _finish_resize(args.db_dir)
+        if recovered and not args.json:
+            _err(recovered)
     try:
         db = _open(args.db_dir, readonly=True)
     except Fatal as e:
@@ -251,9 +276,14 @@ def cmd_check(args):
                 problems = db.check()
             except tismet.CorruptDatabase as e:
                 problems = ["%s%s" % (e, _where(e))]
+    if pending:
+        problems.append(pending)
     if args.json:
-        print(json.dumps({"path": os.path.abspath(args.db_dir), "clean": not problems,
-                          "problems": problems}, indent=2))
+        report = {"path": os.path.abspath(args.db_dir), "clean": not problems,
+                  "problems": problems}
+        if recovered:
+            report["recovered"] = recovered
+        print(json.dumps(report, indent=2))
     elif problems:
         for p in problems:
             print(p)
@@ -262,63 +292,268 @@ def cmd_check(args):
     return EXIT_PROBLEMS if problems else EXIT_OK
 
 
+# -- the writer or its admin channel -----------------------------------------------
+
+class _Local:
+    """Operations run here, on our own writer handle (nobody else holds the database)."""
+    remote = False
+
+    def __init__(self, db):
+        self.db = db
+        self.holder = None
+
+    def run(self, op, progress=None, **args):
+        return getattr(admin.Operations(self.db, progress=progress), op)(**args)
+
+    def close(self):
+        self.db.close()
+
+
+class _Remote:
+    """Operations sent to the admin channel of the process holding the database."""
+    remote = True
+
+    def __init__(self, path, pid):
+        self.path, self.holder = path, pid
+
+    def run(self, op, progress=None, **args):
+        try:
+            return admin.call(self.path, op, progress=progress, **args)
+        except admin.AdminError as e:
+            if e.type in ("BadRequest", "InvalidConfiguration", "InvalidAggregationMethod",
+                          "InvalidXFilesFactor", "InvalidArgument"):
+                raise Fatal(str(e))
+            raise Fatal("%s failed in process %s (admin channel %s): %s: %s"
+                        % (op, self.holder or "?", admin.socket_path(self.path), e.type, e))
+
+    def close(self):
+        pass
+
+
+def _writer_target(path):
+    """Our writer handle when the database is free; the holder's admin channel when it
+    has one; else Fatal (exit 2) naming the holder's pid."""
+    _require_existing_db(path)
+    try:
+        db = tismet.Database(path)
+    except tismet.DatabaseLocked as e:
+        pid = getattr(e, "pid", None)
+        if admin.served(path):
+            return _Remote(path, pid)
+        raise Fatal("database %s is locked by process %s, which has no admin channel "
+                    "(nobody answers on %s): set TISMET_ADMIN = True for that carbon-cache, "
+                    "or stop it and retry" % (path, pid or "?", admin.socket_path(path)))
+    except Exception:
+        db = _open(path, readonly=False)     # the usual messages for the other failures
+    return _Local(db)
+
+
+def _run_op(target, op, args, show_progress, what="metrics"):
+    progress = _Progress(0, show_progress, what)
+    try:
+        return target.run(op, progress=progress.update, **args)
+    except tismet.StorageError as e:
+        raise Fatal("I/O error during %s: %s%s" % (op, e, _where(e)))
+    except (ValueError, tismet.TismetError) as e:
+        raise Fatal(str(e))
+    finally:
+        progress.finish()
+        target.close()
+
+
+def _plural(n, word="metric"):
+    return "%d %s%s" % (n, word, "" if n == 1 else "s")
+
+
+def _where_run(target):
+    return (" (through the admin channel of process %s)" % target.holder) if target.remote else ""
+
+
 # -- delete --------------------------------------------------------------------
 
 def cmd_delete(args):
     _check_pattern(args.pattern)
     _require_existing_db(args.db_dir)
-    db = _open(args.db_dir, readonly=args.dry_run)
-    with db:
-        doomed = _leaves(db, args.pattern)
-        if args.recursive:
-            seen = set(doomed)
-            for name, leaf in list(db.find(args.pattern)):
-                if leaf or ";" in name:
-                    continue
-                for below in _leaves(db, name + ".**"):
-                    if below not in seen:
-                        seen.add(below)
-                        doomed.append(below)
-        if not doomed:
-            _err("no metric matches %r" % args.pattern)
-            return EXIT_PROBLEMS
-        if args.dry_run:
+    # list with a read-only handle: works whoever writes the database
+    with _open(args.db_dir, readonly=True) as ro:
+        doomed = admin.Operations(ro).delete(args.pattern, dry_run=True,
+                                             recursive=args.recursive)["names"]
+    if not doomed:
+        _err("no metric matches %r" % args.pattern)
+        return EXIT_PROBLEMS
+    if args.dry_run:
+        if args.json:
+            print(json.dumps({"op": "delete", "dry_run": True, "pattern": args.pattern,
+                              "names": doomed, "count": len(doomed)}, indent=2))
+        else:
             for name in doomed:
                 print(name)
-            print("would delete %d metric%s (dry run: nothing deleted)"
-                  % (len(doomed), "" if len(doomed) == 1 else "s"), file=sys.stderr)
-            return EXIT_OK
-        if not args.yes:
-            if not (sys.stdin.isatty() and sys.stderr.isatty()):
-                raise Fatal("refusing to delete %d metric%s without --yes (use --dry-run to list "
-                            "them)" % (len(doomed), "" if len(doomed) == 1 else "s"))
-            for name in doomed[:20]:
-                print("  " + name, file=sys.stderr)
-            if len(doomed) > 20:
-                print("  ... and %d more" % (len(doomed) - 20), file=sys.stderr)
-            sys.stderr.write("Delete these %d metrics? [y/N] " % len(doomed))
-            sys.stderr.flush()
-            if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-                _err("nothing deleted")
-                return EXIT_FATAL
-        deleted, failed = 0, []
-        for name in doomed:
-            try:
-                db.delete(name)
-                deleted += 1
-                if args.verbose:
-                    print(name)
-            except tismet.MetricNotFound:
-                failed.append((name, "already gone"))
-            except tismet.StorageError as e:
-                raise Fatal("I/O error while deleting %s: %s (%d deleted before)"
-                            % (name, e, deleted))
-            except tismet.TismetError as e:
-                failed.append((name, str(e)))
-    print("deleted %d metric%s" % (deleted, "" if deleted == 1 else "s"))
-    for name, why in failed:
-        _err("not deleted: %s: %s" % (name, why))
-    return EXIT_PROBLEMS if failed else EXIT_OK
+        print("would delete %s (dry run: nothing deleted)" % _plural(len(doomed)),
+              file=sys.stderr)
+        return EXIT_OK
+    if not args.yes:
+        if not (sys.stdin.isatty() and sys.stderr.isatty()):
+            raise Fatal("refusing to delete %s without --yes (use --dry-run to list "
+                        "them)" % _plural(len(doomed)))
+        for name in doomed[:20]:
+            print("  " + name, file=sys.stderr)
+        if len(doomed) > 20:
+            print("  ... and %d more" % (len(doomed) - 20), file=sys.stderr)
+        sys.stderr.write("Delete these %d metrics? [y/N] " % len(doomed))
+        sys.stderr.flush()
+        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
+            _err("nothing deleted")
+            return EXIT_FATAL
+    target = _writer_target(args.db_dir)
+    result = _run_op(target, "delete", {"pattern": args.pattern, "recursive": args.recursive},
+                     args.progress or sys.stderr.isatty())
+    failed = result["failed"]
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        if args.verbose:
+            for name in result["names"]:
+                print(name)
+        print("deleted %s%s" % (_plural(result["count"]), _where_run(target)))
+        for f in failed:
+            _err("not deleted: %s: %s" % (f["name"], f["error"]))
+    if result.get("cancelled"):
+        _err("cancelled before the end")
+    return EXIT_PROBLEMS if (failed or result.get("cancelled")) else EXIT_OK
+
+
+# -- expire --------------------------------------------------------------------
+
+def _duration(text):
+    try:
+        return admin.parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
+def _utc(ts):
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+def cmd_expire(args):
+    if args.pattern is not None:
+        _check_pattern(args.pattern)
+    _require_existing_db(args.db_dir)
+    op_args = {"older_than": args.not_written_for, "pattern": args.pattern, "now": args.now}
+    show = args.progress or sys.stderr.isatty()
+    if args.dry_run:
+        target = _Local(_open(args.db_dir, readonly=True))
+        op_args["dry_run"] = True
+    else:
+        target = _writer_target(args.db_dir)
+    result = _run_op(target, "expire", {k: v for k, v in op_args.items() if v is not None},
+                     show)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        if args.dry_run or args.verbose:
+            for name in result["names"]:
+                print(name)
+        verb = "would expire" if args.dry_run else "expired"
+        msg = ("%s %s of %d with no point since %s%s%s"
+               % (verb, _plural(result["count"]), result["checked"], _utc(result["cutoff"]),
+                  _where_run(target), " (dry run: nothing deleted)" if args.dry_run else ""))
+        print(msg, file=sys.stderr if args.dry_run else sys.stdout)
+        for f in result["failed"]:
+            _err("not expired: %s: %s" % (f["name"], f["error"]))
+    if result.get("cancelled"):
+        _err("cancelled before the end")
+    return EXIT_PROBLEMS if (result["failed"] or result.get("cancelled")) else EXIT_OK
+
+
+# -- resize --------------------------------------------------------------------
+
+def cmd_resize(args):
+    _check_pattern(args.pattern)
+    try:
+        archives = admin.parse_retentions(args.retentions)
+    except ValueError as e:
+        raise Fatal("invalid retentions %r: %s" % (args.retentions, e))
+    if args.x_files_factor is not None and not 0 <= args.x_files_factor <= 1:
+        raise Fatal("invalid --x-files-factor %s: not between 0 and 1" % args.x_files_factor)
+    _require_existing_db(args.db_dir)
+    op_args = {"pattern": args.pattern, "retentions": admin.format_retentions(archives),
+               "aggregation_method": args.aggregation_method,
+               "x_files_factor": args.x_files_factor, "now": args.now}
+    if args.dry_run:
+        target = _Local(_open(args.db_dir, readonly=True))
+        op_args["dry_run"] = True
+    else:
+        target = _writer_target(args.db_dir)
+    result = _run_op(target, "resize", {k: v for k, v in op_args.items() if v is not None},
+                     args.progress or sys.stderr.isatty())
+    if not result["matched"]:
+        if args.json:
+            print(json.dumps(result, indent=2))
+        _err("no metric matches %r" % args.pattern)
+        return EXIT_PROBLEMS
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        new = result["retentions"]
+        if args.dry_run or args.verbose:
+            for c in result["changes"]:
+                if c["action"] == "resize":
+                    print("%s: %s -> %s" % (c["name"], c["old_retentions"], new))
+                elif c["action"] == "metadata":
+                    print("%s: %s, aggregation %s xFilesFactor %s -> %s %s"
+                          % (c["name"], c["old_retentions"], c["old_aggregation_method"],
+                             c["old_x_files_factor"],
+                             args.aggregation_method or c["old_aggregation_method"],
+                             c["old_x_files_factor"] if args.x_files_factor is None
+                             else args.x_files_factor))
+                else:
+                    print("%s: unchanged" % c["name"])
+        verb = "would resize" if args.dry_run else "resized"
+        msg = "%s %s to %s%s" % (verb, _plural(len(result["resized"])), new, _where_run(target))
+        if result["metadata_only"]:
+            msg += ", changed the aggregation of %d" % len(result["metadata_only"])
+        if result["unchanged"]:
+            msg += ", %d already so" % len(result["unchanged"])
+        if args.dry_run:
+            msg += " (dry run: nothing changed)"
+        print(msg, file=sys.stderr if args.dry_run else sys.stdout)
+        for f in result["failed"]:
+            _err("not resized: %s: %s" % (f["name"], f["error"]))
+    if result.get("cancelled"):
+        _err("cancelled before the end")
+    return EXIT_PROBLEMS if (result["failed"] or result.get("cancelled")) else EXIT_OK
+
+
+# -- schema-debug ----------------------------------------------------------------
+
+def cmd_schema_debug(args):
+    try:
+        report = schemas.debug(args.conf_dir, args.name)
+    except schemas.ConfigError as e:
+        raise Fatal(str(e))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_OK
+    s, a = report["schema"], report["aggregation"]
+    print("metric: %s" % report["metric"])
+    if s["pattern"] is None:
+        print("storage-schemas.conf: no section matches: carbon's built-in default")
+    else:
+        print("storage-schemas.conf: [%s] pattern = %s" % (s["section"], s["pattern"]))
+    print("  retentions: %s" % report["retentions"])
+    if a["pattern"] is None:
+        print("storage-aggregation.conf: no section matches: whisper's defaults")
+    else:
+        print("storage-aggregation.conf: [%s] pattern = %s" % (a["section"], a["pattern"]))
+    print("  xFilesFactor: %s%s" % (report["xFilesFactor"],
+                                    " (default)" if a["xFilesFactor"] is None else ""))
+    print("  aggregationMethod: %s%s" % (report["aggregationMethod"],
+                                         " (default)" if a["aggregationMethod"] is None else ""))
+    print("rules read by: %s" % report["rules_from"])
+    for note in report["notes"]:
+        print("note: %s" % note)
+    return EXIT_OK
 
 
 # -- import-whisper ------------------------------------------------------------
@@ -675,6 +910,12 @@ def _write_whisper(whisper, path, info, data):
 
 # -- parser ----------------------------------------------------------------------
 
+_WRITER_NOTE = ("Runs as the database's writer when nobody holds it; while carbon-cache (or "
+                "another writer) holds it, runs inside that process through its admin channel "
+                "DB_DIR/admin.sock (TISMET_ADMIN = True); exit 2 naming the pid when the "
+                "holder has none.")
+
+
 def build_parser():
     p = argparse.ArgumentParser(
         prog="tismet", description="Tismet, a storage engine for Graphite: database tools.",
@@ -697,16 +938,17 @@ def build_parser():
     s = sub.add_parser("check", help="verify checksums and references",
                        description="Opens the database read-only and verifies every page and "
                        "record checksum and reference (the engine's check). Prints 'clean' or "
-                       "each problem. Exit 0 clean, 1 problems found. Deeper checks (whisper "
-                       "semantics, index consistency) come later.")
+                       "each problem. Exit 0 clean, 1 problems found. A resize interrupted by "
+                       "a crash is first finished or rolled back (as the writer when nobody "
+                       "holds the database, else through the holder's admin channel). Deeper "
+                       "checks (whisper semantics, index consistency) come later.")
     s.add_argument("db_dir", metavar="DB_DIR")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_check)
 
     s = sub.add_parser("delete", help="delete the metrics a Graphite glob matches",
                        description="Delete every metric (leaf) that the Graphite glob PATTERN "
-                       "matches (*, ?, [a-z], {a,b}, **). Opens the database as its writer: "
-                       "fails (exit 2, naming the pid) while carbon holds it. Exit 1 when "
+                       "matches (*, ?, [a-z], {a,b}, **). " + _WRITER_NOTE + " Exit 1 when "
                        "nothing matches.")
     s.add_argument("db_dir", metavar="DB_DIR")
     s.add_argument("pattern", metavar="PATTERN")
@@ -717,7 +959,68 @@ def build_parser():
     s.add_argument("--yes", "-y", action="store_true",
                    help="do not ask (required when not on a terminal)")
     s.add_argument("--verbose", "-v", action="store_true", help="print each deleted name")
+    s.add_argument("--progress", action="store_true",
+                   help="show progress even when stderr is not a terminal")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.set_defaults(func=cmd_delete)
+
+    s = sub.add_parser("expire", help="delete the metrics not written for a while",
+                       description="Delete every metric holding no point at or after now - "
+                       "DURATION, judged from the stored points of all its archives (the "
+                       "engine does not record write times, so 'not written for' means 'no "
+                       "point newer than'; a metric without any point is expired too). "
+                       "Durations: 30d, 12h, 90m, 3600s, 2w, 1y. Every metric, tagged series "
+                       "included, unless --pattern. " + _WRITER_NOTE)
+    s.add_argument("db_dir", metavar="DB_DIR")
+    s.add_argument("--not-written-for", required=True, type=_duration, metavar="DURATION",
+                   help="e.g. 30d")
+    s.add_argument("--pattern", default=None, help="only metrics this Graphite glob matches")
+    s.add_argument("--dry-run", "-n", action="store_true",
+                   help="list what would be expired, delete nothing (read-only)")
+    s.add_argument("--verbose", "-v", action="store_true", help="print each expired name")
+    s.add_argument("--progress", action="store_true",
+                   help="show progress even when stderr is not a terminal")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+    s.add_argument("--now", type=int, default=None, help=argparse.SUPPRESS)
+    s.set_defaults(func=cmd_expire)
+
+    s = sub.add_parser("resize", help="change the retentions of metrics, keeping their data",
+                       description="Give every metric PATTERN matches the archives RETENTIONS "
+                       "(carbon's syntax: 10s:6h,1m:30d or seconds:points), keeping its data "
+                       "resampled exactly as whisper-resize.py 1.1.10 does by default (the old "
+                       "archives re-inserted coarsest first; no --aggregate). The aggregation "
+                       "method and xFilesFactor are kept unless given. A metric already "
+                       "having these archives only gets the new aggregation settings. "
+                       "Crash-safe: an interrupted resize is finished or rolled back by the "
+                       "next operation, by `tismet check`, or when carbon restarts. "
+                       + _WRITER_NOTE + " Exit 1 when nothing matches.")
+    s.add_argument("db_dir", metavar="DB_DIR")
+    s.add_argument("pattern", metavar="PATTERN")
+    s.add_argument("--retentions", required=True, metavar="RETENTIONS",
+                   help="e.g. 10s:6h,1m:30d")
+    s.add_argument("--aggregation-method", choices=tismet.AGGREGATION_METHODS, default=None)
+    s.add_argument("--x-files-factor", type=float, default=None, metavar="F")
+    s.add_argument("--dry-run", "-n", action="store_true",
+                   help="show what would change, change nothing (read-only)")
+    s.add_argument("--verbose", "-v", action="store_true", help="print each metric's change")
+    s.add_argument("--progress", action="store_true",
+                   help="show progress even when stderr is not a terminal")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+    s.add_argument("--now", type=int, default=None, help=argparse.SUPPRESS)
+    s.set_defaults(func=cmd_resize)
+
+    s = sub.add_parser("schema-debug", help="which carbon schema and aggregation rules a "
+                       "name gets",
+                       description="Show the storage-schemas.conf and storage-aggregation.conf "
+                       "sections carbon-cache 1.1.10 would apply to metric NAME when creating "
+                       "it (the first section in file order whose pattern matches, with "
+                       "carbon's own parsing: carbon's loaders when carbon is installed), the "
+                       "resulting retentions, xFilesFactor and aggregation method, and the "
+                       "sections carbon skips. Exit 2 when carbon would refuse the files.")
+    s.add_argument("conf_dir", metavar="CONF_DIR")
+    s.add_argument("name", metavar="NAME")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_schema_debug)
 
     s = sub.add_parser("import-whisper", help="import a tree of whisper files",
                        description="Import every *.wsp under WHISPER_DIR into DB_DIR, exactly "

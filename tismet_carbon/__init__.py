@@ -19,6 +19,11 @@ Settings, in carbon.conf's ``[cache]`` (or ``[cache:<instance>]``,
     and at exit).
 ``TISMET_COMMIT_INTERVAL``
     seconds between group commits, default 0.2, at most 1.
+``TISMET_ADMIN``
+    ``True`` (default): serve the admin channel ``<TISMET_DIR>/admin.sock``
+    (tismet.admin), through which ``tismet delete/expire/resize`` change the
+    database while carbon holds it; ``False``: no channel (those commands
+    then need carbon stopped).
 
 How carbon calls us (DESIGN.md section 6): the writer thread calls
 ``exists``/``create``/``write``, the tag thread ``tag``, the reactor thread
@@ -58,6 +63,20 @@ def default_dir(settings):
     return os.path.join(settings["STORAGE_DIR"], name)
 
 
+def _flag(value, key):
+    """A carbon.conf boolean: carbon passes settings it does not know as strings."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise SystemExit("carbon: %s = %s is not True or False" % (key, value))
+
+
 class TismetDatabase(TimeSeriesDatabase):
     plugin_name = "tismet"
     aggregationMethods = list(tismet.AGGREGATION_METHODS)
@@ -75,6 +94,8 @@ class TismetDatabase(TimeSeriesDatabase):
             raise SystemExit("carbon: TISMET_COMMIT_INTERVAL must be a number of seconds")
         if not 0 < self.commit_interval <= 1:
             raise SystemExit("carbon: TISMET_COMMIT_INTERVAL must be in (0, 1] seconds")
+        self.admin_enabled = _flag(settings.get("TISMET_ADMIN", True), "TISMET_ADMIN")
+        self._admin = None
         self.metric_interval = settings.get("CARBON_METRIC_INTERVAL", 60)
         self._settings = settings
         self._db = None
@@ -138,12 +159,37 @@ class TismetDatabase(TimeSeriesDatabase):
                 raise tismet.DatabaseClosed("carbon is shutting down; %s is closed" % self.path)
             if self._db is None or self._pid != os.getpid():
                 os.makedirs(self.path, exist_ok=True)
-                self._db = tismet.Database(self.path, durability=self.durability,
-                                           commit_interval=self.commit_interval)
-                self._pid = os.getpid()
+                db = tismet.Database(self.path, durability=self.durability,
+                                     commit_interval=self.commit_interval)
                 log.msg("tismet: opened %s (durability %s, commit interval %gs)"
                         % (self.path, self.durability, self.commit_interval))
+                # before carbon writes anything: finish a resize a crash interrupted,
+                # and open the admin channel
+                self._admin = self._start_admin(db)
+                self._db = db
+                self._pid = os.getpid()
             return self._db
+
+    def _start_admin(self, db):
+        """The admin channel on db (None when disabled or when it cannot start: carbon
+        runs on without it)."""
+        from tismet import admin
+        if not self.admin_enabled:
+            try:
+                done = admin.recover(db)
+                if done:
+                    log.msg("tismet: %s the interrupted resize of %s"
+                            % (done["action"], done["name"]))
+            except Exception as e:
+                log.err("tismet: cannot recover an interrupted resize: %s" % e)
+            return None
+        try:
+            server = admin.AdminServer(db, self.path, log=log.msg).start()
+        except Exception as e:
+            log.err("tismet: admin channel not started: %s" % e)
+            return None
+        log.msg("tismet: admin channel on %s" % server.socket_path)
+        return server
 
     def close(self):
         """Make everything written durable and release the database."""
@@ -152,6 +198,12 @@ class TismetDatabase(TimeSeriesDatabase):
                 return
             self._closed = True
             db, self._db = self._db, None
+            server, self._admin = self._admin, None
+        if server is not None and self._pid == os.getpid():
+            try:
+                server.stop()
+            except Exception as e:
+                log.err("tismet: stopping the admin channel: %s" % e)
         if db is not None and self._pid == os.getpid():
             db.close()
             try:
@@ -161,20 +213,46 @@ class TismetDatabase(TimeSeriesDatabase):
 
     # -- carbon's interface ---------------------------------------------------------
 
+    # exists/create/write pass the admin channel's gate: they wait while an admin
+    # operation resizes or expires that very metric (tismet.admin.Gate)
+
     def write(self, metric, datapoints):
-        self.database().update_many(metric, datapoints)
+        db = self.database()
+        server = self._admin
+        if server is None:
+            db.update_many(metric, datapoints)
+            return
+        server.gate.enter(metric)
+        try:
+            db.update_many(metric, datapoints)
+        finally:
+            server.gate.leave()
 
     def exists(self, metric):
+        db = self.database()
+        server = self._admin
+        if server is not None:
+            server.gate.enter(metric)
         try:
-            return self.database().exists(metric)
+            return db.exists(metric)
         except tismet.InvalidName:
             return False  # carbon then calls create, which reports why
+        finally:
+            if server is not None:
+                server.gate.leave()
 
     def create(self, metric, retentions, xfilesfactor, aggregation_method):
+        db = self.database()
+        server = self._admin
+        if server is not None:
+            server.gate.enter(metric)
         try:
-            self.database().create(metric, retentions, xfilesfactor, aggregation_method)
+            db.create(metric, retentions, xfilesfactor, aggregation_method)
         except tismet.MetricExists:
             pass
+        finally:
+            if server is not None:
+                server.gate.leave()
 
     def getMetadata(self, metric, key):
         info = self.database().info(metric)
