@@ -822,7 +822,7 @@ int tsm_open(const char *path, const tsm_options *opts, tsm_db **out)
     if (!db)
         return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
     db->opts = o;
-    db->io = &tsm_posix_io;
+    db->io = o.fault_injection ? &tsm_fault_io : &tsm_posix_io;
     db->lock_fd = db->pages_fd = db->catalog_fd = -1;
     snprintf(db->dir, sizeof db->dir, "%s", path);
     snprintf(db->pages_path, sizeof db->pages_path, "%s/pages", path);

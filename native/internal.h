@@ -61,6 +61,7 @@ typedef struct tsm_io {
 } tsm_io;
 
 extern const tsm_io tsm_posix_io;
+extern const tsm_io tsm_fault_io;   /* io_fault.c: tests only */
 
 /* Read/write exactly len bytes; map failures to TSM codes with details. */
 int tsm_io_read_full(const tsm_io *io, int fd, void *buf, size_t len, off_t off,
