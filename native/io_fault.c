@@ -609,7 +609,8 @@ static int cut_file(ffile *f, uint64_t *seed, unsigned keep)
             if (!same)
                 ctr.blocks_kept++;
         } else {
-            memcpy(out + b, f->img + b, dn);    /* as last synced */
+            if (dn)
+                memcpy(out + b, f->img + b, dn);    /* as last synced */
             if (cn || dn)
                 ctr.blocks_lost++;
         }
