@@ -55,6 +55,7 @@ void tsm_catalog_free(tsm_catalog *c)
     }
     free(c->buckets);
     free(c->by_id);
+    free(c->seen);
     if (c->index)
         tsm_index_free(c->index);
     tsm_tags_free(c->tags);
@@ -209,6 +210,17 @@ static int apply_alloc(tsm_catalog *c, const tsm_rec *r)
             return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
     }
     m->pages[a][ring] = pno;
+    if (c->watching && r->lsn > c->watch_lsn) {
+        if (c->nseen == c->seen_cap) {
+            size_t cap = c->seen_cap ? c->seen_cap * 2 : 64;
+            tsm_alloc_seen *p = realloc(c->seen, cap * sizeof *p);
+            if (!p)
+                return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+            c->seen = p;
+            c->seen_cap = cap;
+        }
+        c->seen[c->nseen++] = (tsm_alloc_seen){al, r->lsn};
+    }
     return TSM_OK;
 }
 

@@ -41,6 +41,7 @@ struct tsm_db {
     char dir[3500];
     char pages_path[4096], catalog_path[4096], lock_path[4096], wal_path[4096];
     int lock_fd, pages_fd, catalog_fd;
+    int catalog_created;            /* this open created the catalog file */
     uint8_t *base;                  /* reserved region; pages mapped from 0 */
     uint64_t reserved;              /* its size: the page file's size limit */
     _Atomic uint64_t mapped_pages;
@@ -57,13 +58,18 @@ struct tsm_db {
     uint32_t next_page;             /* high-water mark of used pages */
     uint32_t *free_pages;
     size_t nfree, free_cap;
+    uint32_t *freed;                /* freed by DELETEs not yet durable: not reusable */
+    size_t nfreed, freed_cap;
     uint32_t *dirty;
     size_t ndirty, dirty_cap;
     tsm_buf scratch[2];
     tsm_update_scratch *upd;
     int closed;                     /* set by tsm_close under the write lock */
     _Atomic int fatal;              /* sticky failure code, 0 when healthy */
+    pthread_mutex_t fatal_mu;       /* guards the details below, written once */
     char fatal_msg[512];
+    char fatal_file[512];
+    int fatal_errno;
     tsm_db_stats st;
     /* group commit */
     pthread_t committer;
@@ -114,11 +120,24 @@ void tsm_db_note_dirty(tsm_db *db, uint32_t pno)
         atomic_store(&db->fatal, TSM_ENOMEM);
 }
 
+/* A page freed by a DELETE is reused only once the DELETE is durable (the
+ * next checkpoint, or the log sync of a sync-mode call): the kernel may
+ * write a page back at any time, and a reused page written back before the
+ * DELETE is durable would destroy the deleted metric's promised points if a
+ * power cut then lost the DELETE. */
 static void free_sink(void *ctx, uint32_t pno)
 {
     tsm_db *db = ctx;
-    if (!db->opts.readonly)
-        push_u32(&db->free_pages, &db->nfree, &db->free_cap, pno);
+    if (!db->opts.readonly && push_u32(&db->freed, &db->nfreed, &db->freed_cap, pno) != TSM_OK)
+        db->nfreed = 0;     /* out of memory: the page is leaked until the next open */
+}
+
+static void release_freed(tsm_db *db)
+{
+    for (size_t i = 0; i < db->nfreed; i++)
+        if (push_u32(&db->free_pages, &db->nfree, &db->free_cap, db->freed[i]) != TSM_OK)
+            break;
+    db->nfreed = 0;
 }
 
 /* Enter the sticky failed state (LMDB's MDB_FATAL_ERROR). */
@@ -127,10 +146,34 @@ static int set_fatal(tsm_db *db, int rc)
     if (rc == TSM_EIO || rc == TSM_ENOSPC || rc == TSM_ENOMEM || rc == TSM_ECORRUPT) {
         tsm_error e;
         tsm_last_error(&e);
-        int expected = 0;
-        if (atomic_compare_exchange_strong(&db->fatal, &expected, rc))
+        pthread_mutex_lock(&db->fatal_mu);
+        if (!atomic_load(&db->fatal)) {
             snprintf(db->fatal_msg, sizeof db->fatal_msg, "%s", e.message);
+            snprintf(db->fatal_file, sizeof db->fatal_file, "%s", e.file);
+            db->fatal_errno = e.sys_errno;
+            atomic_store(&db->fatal, rc);
+        }
+        pthread_mutex_unlock(&db->fatal_mu);
     }
+    return rc;
+}
+
+/* TSM_EFATAL for a call refused after the failure: it names the first
+ * failure, its errno and its file, wherever it happened (a group commit
+ * fails in the background thread and shows at the next call). */
+static int fatal_error(tsm_db *db, int closing)
+{
+    pthread_mutex_lock(&db->fatal_mu);
+    int f = atomic_load(&db->fatal);
+    const char *file = db->fatal_file[0] ? db->fatal_file : db->dir;
+    int rc = closing ? tsm_fail(TSM_EFATAL, db->fatal_errno, file, -1,
+                                "closing after an earlier failure (%s: %s): the log recovers "
+                                "what was promised at the next open",
+                                tsm_strerror(f), db->fatal_msg)
+                     : tsm_fail(TSM_EFATAL, db->fatal_errno, file, -1,
+                                "an earlier failure (%s: %s) stopped writes; reopen the database",
+                                tsm_strerror(f), db->fatal_msg);
+    pthread_mutex_unlock(&db->fatal_mu);
     return rc;
 }
 
@@ -151,12 +194,9 @@ static int write_begin(tsm_db *db)
         pthread_rwlock_unlock(&db->rw);
         return tsm_fail(TSM_EREADONLY, 0, db->dir, -1, "database %s is open read-only", db->dir);
     }
-    int f = atomic_load(&db->fatal);
-    if (f) {
+    if (atomic_load(&db->fatal)) {
         pthread_rwlock_unlock(&db->rw);
-        return tsm_fail(TSM_EFATAL, 0, db->dir, -1,
-                        "an earlier failure (%s: %s) stopped writes; reopen the database",
-                        tsm_strerror(f), db->fatal_msg);
+        return fatal_error(db, 0);
     }
     return TSM_OK;
 }
@@ -351,6 +391,8 @@ static int finish_write(tsm_db *db, int rc)
         rc = tsm_wal_sync(&db->wal);
         if (rc)
             set_fatal(db, rc);
+        else
+            release_freed(db);
     }
     if (rc == TSM_OK && tsm_wal_room(&db->wal) < db->wal.max_size / 4) {
         rc = checkpoint_locked(db);
@@ -378,9 +420,11 @@ static int checkpoint_locked(tsm_db *db)
         return tsm_io_error(errno, db->pages_path, "sync");
     if (db->io->datasync(db->catalog_fd) != 0)
         return tsm_io_error(errno, db->catalog_path, "sync");
-    int rc = tsm_wal_reset(&db->wal, db->next_lsn - 1);
-    if (rc == TSM_OK)
+    int rc = tsm_wal_reset(&db->wal, db->next_lsn - 1, db->catalog_size);
+    if (rc == TSM_OK) {
         db->st.checkpoints++;
+        release_freed(db);
+    }
     return rc;
 }
 
@@ -567,6 +611,45 @@ static uint32_t max_owned_page(const tsm_catalog *c)
     return hi;
 }
 
+/* Pages allocated after the last checkpoint by ALLOC records found in the
+ * catalog file: a power cut may have kept the catalog's copy of the record
+ * (written back by the kernel) but neither the log's nor the page's new
+ * identity.  Such a page is initialised here, before the log is replayed, as
+ * replay_alloc would have done (I7: a page carries the identity its owner's
+ * record gives it).  Only records newer than the checkpoint are looked at,
+ * so this costs nothing on a clean open. */
+static int init_unsynced_pages(tsm_db *db)
+{
+    int rc = TSM_OK;
+    for (size_t i = 0; i < db->cat.nseen && rc == TSM_OK; i++) {
+        const tsm_alloc_seen *s = &db->cat.seen[i];
+        tsm_metric *m = tsm_catalog_by_id(&db->cat, s->a.id);
+        if (!m || s->a.archive >= m->narch || !m->pages[s->a.archive] ||
+            m->pages[s->a.archive][s->a.ring_page] != s->a.pno)
+            continue;                       /* deleted or moved since */
+        if ((rc = ensure_page(db, s->a.pno)))
+            break;
+        uint8_t *page = tsm_db_page_ptr(db, s->a.pno);
+        tsm_page_id id;
+        uint8_t type;
+        tsm_page_get_id(page, &id, &type);
+        if (type == TSM_PAGE_DATA && id.metric_id == s->a.id && id.archive == s->a.archive &&
+            id.ring_page == s->a.ring_page)
+            continue;
+        tsm_page_id want = {s->a.id, s->a.archive, s->a.ring_page};
+        tsm_page_reset_seq(page);
+        tsm_page_write_begin(page);
+        tsm_page_init(page, &want, m->arch[s->a.archive].seconds_per_point,
+                      m->arch[s->a.archive].points, s->lsn);
+        tsm_page_write_end(page);
+        tsm_db_note_dirty(db, s->a.pno);
+    }
+    free(db->cat.seen);
+    db->cat.seen = NULL;
+    db->cat.nseen = db->cat.seen_cap = 0;
+    return rc;
+}
+
 /* Read the catalog file and apply it; a torn tail is cut off (writer). */
 static int load_catalog(tsm_db *db, uint64_t upto)
 {
@@ -588,7 +671,13 @@ static int load_catalog(tsm_db *db, uint64_t upto)
                               "%s: inconsistent record at offset %llu", db->catalog_path,
                               (unsigned long long)(from + used))
                    : rc;
-    if (used < n && (db->opts.readonly || n - used > 3 * TSM_PAGE_SIZE))
+    /* a writer cuts a damaged tail: past the length the last checkpoint made
+     * durable (the log header says), however long, since out-of-order
+     * writeback before a power cut can leave holes in an unsynced tail and
+     * the log holds every record of it; else up to a torn record's worth */
+    uint64_t durable = db->has_wal ? db->wal.catalog_len : TSM_WAL_UNKNOWN;
+    int unsynced = durable != TSM_WAL_UNKNOWN && from + used >= durable;
+    if (used < n && (db->opts.readonly || (!unsynced && n - used > 3 * TSM_PAGE_SIZE)))
         return tsm_fail(TSM_ECORRUPT, 0, db->catalog_path, (int64_t)(from + used),
                         "%s: damaged record at offset %llu", db->catalog_path,
                         (unsigned long long)(from + used));
@@ -706,11 +795,20 @@ static int open_writer(tsm_db *db)
     if (rc)
         return rc;
     db->has_wal = 1;
+    /* a new file's name is durable only once its directory is synced: else a
+     * power cut could take the whole log (or catalog), synced records and all */
+    if ((db->wal.created || db->catalog_created) && db->io->syncdir(db->dir) != 0)
+        return tsm_io_error(errno, db->dir, "sync directory");
     db->cat.max_lsn = 0;
     off_t csize;
     if (db->io->size(db->catalog_fd, &csize) != 0)
         return tsm_io_error(errno, db->catalog_path, "stat");
+    db->cat.watching = 1;
+    db->cat.watch_lsn = db->wal.checkpoint_lsn;
     rc = load_catalog(db, (uint64_t)csize);
+    db->cat.watching = 0;
+    if (!rc)
+        rc = init_unsynced_pages(db);
     if (rc)
         return rc;
     db->next_page = max_owned_page(&db->cat) + 1;
@@ -725,6 +823,14 @@ static int open_writer(tsm_db *db)
         return rc;
     if (last + 1 > db->next_lsn)
         db->next_lsn = last + 1;
+    /* The kernel may have written a page back carrying the LSN of a record
+     * that a power cut then took from the log's unsynced tail.  Were that LSN
+     * handed out again, replay would skip the new record on that page (I5)
+     * and lose it.  No record of this cycle can have an LSN beyond what fits
+     * in the log file, so the new cycle starts past that. */
+    uint64_t bound = db->wal.start_lsn + (db->wal.size - TSM_WAL_DATA) / TSM_REC_MIN;
+    if (bound > db->next_lsn)
+        db->next_lsn = bound;
     rc = build_free_list(db);
     if (rc)
         return rc;
@@ -745,6 +851,7 @@ static int open_all(tsm_db *db, const char *path)
         if (rc)
             return rc;
         /* the catalog exists before the page file does (see create_pages) */
+        db->catalog_created = stat(db->catalog_path, &st) != 0;
         db->catalog_fd = db->io->open(db->catalog_path, O_RDWR | O_CREAT, 0644);
         if (db->catalog_fd < 0)
             return tsm_io_error(errno, db->catalog_path, "open");
@@ -786,6 +893,9 @@ static void release_resources(tsm_db *db)
     db->pages_fd = db->catalog_fd = db->lock_fd = -1;
     tsm_catalog_free(&db->cat);
     free(db->free_pages);
+    free(db->freed);
+    db->freed = NULL;
+    db->nfreed = db->freed_cap = 0;
     free(db->dirty);
     db->free_pages = db->dirty = NULL;
     db->nfree = db->free_cap = db->ndirty = db->dirty_cap = 0;
@@ -799,6 +909,7 @@ static void free_handle(tsm_db *db)
 {
     pthread_rwlock_destroy(&db->rw);
     pthread_mutex_destroy(&db->map_mu);
+    pthread_mutex_destroy(&db->fatal_mu);
     pthread_mutex_destroy(&db->commit_mu);
     pthread_cond_destroy(&db->commit_cv);
     free(db);
@@ -822,7 +933,7 @@ int tsm_open(const char *path, const tsm_options *opts, tsm_db **out)
     if (!db)
         return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
     db->opts = o;
-    db->io = &tsm_posix_io;
+    db->io = o.fault_injection ? &tsm_fault_io : &tsm_posix_io;
     db->lock_fd = db->pages_fd = db->catalog_fd = -1;
     snprintf(db->dir, sizeof db->dir, "%s", path);
     snprintf(db->pages_path, sizeof db->pages_path, "%s/pages", path);
@@ -831,6 +942,7 @@ int tsm_open(const char *path, const tsm_options *opts, tsm_db **out)
     snprintf(db->wal_path, sizeof db->wal_path, "%s/wal", path);
     pthread_rwlock_init(&db->rw, NULL);
     pthread_mutex_init(&db->map_mu, NULL);
+    pthread_mutex_init(&db->fatal_mu, NULL);
     pthread_mutex_init(&db->commit_mu, NULL);
     pthread_cond_init(&db->commit_cv, NULL);
     int rc = tsm_catalog_init(&db->cat);
@@ -872,11 +984,9 @@ int tsm_close(tsm_db *db)
     int rc = TSM_OK;
     if (!db->closed) {
         if (!db->opts.readonly) {
-            int f = atomic_load(&db->fatal);
-            rc = f ? tsm_fail(TSM_EFATAL, 0, db->dir, -1,
-                              "closing after an earlier failure (%s): the log recovers "
-                              "what was promised at the next open", db->fatal_msg)
-                   : checkpoint_locked(db);
+            rc = atomic_load(&db->fatal)
+                     ? fatal_error(db, 1)
+                     : checkpoint_locked(db);
             if (rc == TSM_OK)
                 atomic_store(&db->sb->writer_pid, 0);
         }
@@ -1295,10 +1405,8 @@ int tsm_sync(tsm_db *db)
             pthread_rwlock_unlock(&db->rw);
         return rc;
     }
-    int f = atomic_load(&db->fatal);
-    if (f)
-        rc = tsm_fail(TSM_EFATAL, 0, db->dir, -1, "an earlier failure stopped writes: %s",
-                      db->fatal_msg);
+    if (atomic_load(&db->fatal))
+        rc = fatal_error(db, 0);
     else if ((rc = tsm_wal_sync(&db->wal)))
         set_fatal(db, rc);
     pthread_rwlock_unlock(&db->rw);
@@ -1332,7 +1440,7 @@ int tsm_stats(tsm_db *db, tsm_db_stats *out)
     *out = db->st;
     out->metrics = db->cat.count;
     out->pages_total = atomic_load(&db->mapped_pages);
-    out->pages_free = db->nfree;
+    out->pages_free = db->nfree + db->nfreed;
     if (db->opts.readonly) {
         /* a reader has no free list: count the pages metrics own */
         out->pages_data = 0;
@@ -1343,7 +1451,7 @@ int tsm_stats(tsm_db *db, tsm_db_stats *out)
                     out->pages_data += m->pages[a][r] != 0;
         }
     } else {
-        out->pages_data = db->next_page - 1 - db->nfree;
+        out->pages_data = db->next_page - 1 - db->nfree - db->nfreed;
     }
     out->last_lsn = atomic_load(&db->sb->last_lsn);
     out->wal_syncs = db->has_wal ? db->wal.syncs : 0;

@@ -61,6 +61,7 @@ typedef struct tsm_io {
 } tsm_io;
 
 extern const tsm_io tsm_posix_io;
+extern const tsm_io tsm_fault_io;   /* io_fault.c: tests only */
 
 /* Read/write exactly len bytes; map failures to TSM codes with details. */
 int tsm_io_read_full(const tsm_io *io, int fd, void *buf, size_t len, off_t off,
@@ -144,6 +145,7 @@ int tsm_sb_check(const tsm_superblock *sb, const char *file);
 
 /* Record header, shared by the log and the catalog (FORMAT.md). */
 #define TSM_REC_HDR 24u
+#define TSM_REC_MIN 32u     /* the smallest record (header and an 8-byte body) */
 #define TSM_REC_CREATE 1u
 #define TSM_REC_DELETE 2u
 #define TSM_REC_SETAGG 3u
@@ -228,6 +230,12 @@ static inline uint32_t tsm_ring_pages(const tsm_archive *a)
     return (a->points + TSM_SLOTS - 1) / TSM_SLOTS;
 }
 
+/* An ALLOC applied from the catalog file during recovery (see watching). */
+typedef struct tsm_alloc_seen {
+    tsm_alloc_body a;
+    uint64_t lsn;
+} tsm_alloc_seen;
+
 typedef struct tsm_catalog {
     tsm_metric **buckets;
     size_t nbuckets, count;
@@ -237,6 +245,11 @@ typedef struct tsm_catalog {
     uint64_t max_lsn;            /* highest LSN applied from catalog records */
     struct tsm_index *index;
     struct tsm_tagindex *tags;
+    /* recovery: ALLOC records with an LSN above watch_lsn are remembered */
+    int watching;
+    uint64_t watch_lsn;
+    tsm_alloc_seen *seen;
+    size_t nseen, seen_cap;
 } tsm_catalog;
 
 int tsm_catalog_init(tsm_catalog *c);

@@ -103,6 +103,8 @@ typedef struct tsm_options {
     uint32_t commit_interval_ms;  /* group commit window (default 200, max 1000) */
     uint64_t wal_bytes;           /* maximum size of the log (default 128 MiB; it starts
                                      at 4 MiB and grows in zero-filled steps) */
+    int fault_injection;          /* tests only: do I/O through the fault-injecting layer
+                                     (tsm_fault_*); 0 in production */
 } tsm_options;
 
 typedef struct tsm_error {
@@ -290,6 +292,79 @@ void tsm_last_error(tsm_error *out);
 
 /* Free memory returned by the engine. */
 void tsm_free(void *p);
+
+/* ---- Fault injection (tests only; native/io_fault.c, DESIGN.md section 7).
+ * Handles opened with tsm_options.fault_injection = 1 do their I/O through
+ * a layer that forwards to the OS and is inert until armed.  The state is
+ * process-wide: one plan at a time. */
+#define TSM_FAULT_NONE 0    /* count matching operations, inject nothing */
+#define TSM_FAULT_FAIL 1    /* the operation does nothing and fails with err */
+#define TSM_FAULT_TORN 2    /* a write stores its first tear_at bytes, then fails with err */
+#define TSM_FAULT_SHORT 3   /* a write stores its first tear_at bytes (at least 1) and
+                               returns that count, as a short write(2) does */
+
+/* Operations (plan.ops is a mask). */
+#define TSM_FOP_WRITE 1
+#define TSM_FOP_GROW 2      /* a write, allocate or truncate that extends the file */
+#define TSM_FOP_SYNC 4      /* fdatasync */
+#define TSM_FOP_MSYNC 8
+#define TSM_FOP_ALLOCATE 16
+#define TSM_FOP_TRUNCATE 32
+#define TSM_FOP_OPEN 64     /* open for writing, mkdir */
+#define TSM_FOP_MAP 128     /* writable mapping */
+#define TSM_FOP_READ 256
+#define TSM_FOP_RENAME 512
+#define TSM_FOP_SYNCDIR 1024
+#define TSM_FOP_ALL 2047
+
+/* Files (plan.files is a mask; 0 means any). */
+#define TSM_FFILE_WAL 1
+#define TSM_FFILE_PAGES 2
+#define TSM_FFILE_CATALOG 4
+#define TSM_FFILE_LOCK 8
+#define TSM_FFILE_OTHER 16  /* the directory, pages.new */
+
+typedef struct tsm_fault_plan {
+    int kind;             /* TSM_FAULT_* */
+    unsigned ops;         /* TSM_FOP_* mask of operations that may be hit */
+    unsigned files;       /* TSM_FFILE_* mask, 0: any file */
+    uint64_t after;       /* let this many matching operations pass first */
+    uint64_t times;       /* hit this many (0: every one until disarmed) */
+    uint64_t tear_at;     /* TORN/SHORT: bytes of the write that reach the file
+                             (at most the write's length - 1) */
+    int err;              /* errno of the failure (0: EIO) */
+    int crash;            /* 1: the machine stops at the fault: every later operation
+                             that would change a file fails with EIO, so nothing more
+                             becomes durable (until tsm_fault_power_cut or disarm) */
+} tsm_fault_plan;
+
+typedef struct tsm_fault_counters {
+    uint64_t matched;          /* operations that matched the plan since it was armed */
+    uint64_t fired;            /* faults injected since the plan was armed */
+    uint64_t wal_syncs_begun;  /* fdatasyncs of a log begun (numbered from 1) */
+    uint64_t wal_synced_upto;  /* number of the latest-begun one that succeeded */
+    uint64_t power_cuts;
+    uint64_t blocks_kept;      /* unsynced 4 KiB blocks a power cut kept (written back) */
+    uint64_t blocks_lost;      /* unsynced blocks a power cut rolled back */
+    uint64_t files_lost;       /* files whose directory entry a power cut dropped */
+    int dead;                  /* 1 after a crash plan fired */
+    int armed;
+} tsm_fault_counters;
+
+/* Arm a plan (replacing any other; counters matched/fired restart). */
+void tsm_fault_arm(const tsm_fault_plan *plan);
+/* Inject nothing more; a crashed machine runs again (a process crash:
+ * everything in the page cache is kept). */
+void tsm_fault_disarm(void);
+void tsm_fault_counters_get(tsm_fault_counters *out);
+/* Simulate a power cut on every file opened through the layer: each 4 KiB
+ * block changed since it was last made durable keeps its current content
+ * with probability keep_permille / 1000 (written back by the kernel before
+ * the cut), else returns to its durable content; the file size likewise.
+ * Close the handles first.  Disarms.  Returns TSM_OK or TSM_EIO. */
+int tsm_fault_power_cut(uint64_t seed, unsigned keep_permille);
+/* Forget every file and counter (between test scenarios, no handle open). */
+void tsm_fault_reset(void);
 /* CDEF-END */
 
 #ifdef __cplusplus

@@ -43,6 +43,23 @@ static uint32_t header_crc(wal_header h)
     return tsm_crc32c(0, &h, sizeof h);
 }
 
+/* The header extension (FORMAT.md): at offset 64 of the slot, valid only
+ * with its checksum and the seq of the header beside it, so an engine that
+ * writes headers without it leaves no stale value behind. */
+#define EXT_OFF 64
+typedef struct wal_ext {
+    uint64_t catalog_len;
+    uint64_t seq;
+    uint32_t crc;          /* of the extension with crc = 0 */
+    uint32_t zero;
+} wal_ext;
+
+static uint32_t ext_crc(wal_ext x)
+{
+    x.crc = 0;
+    return tsm_crc32c(0, &x, sizeof x);
+}
+
 static int read_header(tsm_wal *w)
 {
     int found = 0;
@@ -55,16 +72,20 @@ static int read_header(tsm_wal *w)
             return tsm_fail(TSM_EVERSION, 0, w->path, slot * 2048,
                             "%s: log format version %u", w->path, h.version);
         if (!found || h.seq > w->hdr_seq) {
+            wal_ext x;
+            memcpy(&x, w->map + slot * 2048 + EXT_OFF, sizeof x);
             w->hdr_seq = h.seq;
             w->start_lsn = h.start_lsn;
             w->checkpoint_lsn = h.checkpoint_lsn;
+            w->catalog_len = x.crc == ext_crc(x) && x.seq == h.seq ? x.catalog_len
+                                                                   : TSM_WAL_UNKNOWN;
             found = 1;
         }
     }
     return found ? TSM_OK : TSM_ENODB;
 }
 
-static int write_header(tsm_wal *w, uint64_t checkpoint_lsn)
+static int write_header(tsm_wal *w, uint64_t checkpoint_lsn, uint64_t catalog_len)
 {
     wal_header h = {0};
     memcpy(h.magic, TSM_WAL_MAGIC, 8);
@@ -73,12 +94,16 @@ static int write_header(tsm_wal *w, uint64_t checkpoint_lsn)
     h.start_lsn = checkpoint_lsn + 1;
     h.checkpoint_lsn = checkpoint_lsn;
     h.crc = header_crc(h);
+    wal_ext x = {catalog_len, h.seq, 0, 0};
+    x.crc = ext_crc(x);
     memcpy(w->map + (h.seq % 2) * 2048, &h, sizeof h);
+    memcpy(w->map + (h.seq % 2) * 2048 + EXT_OFF, &x, sizeof x);
     if (w->io->msync(w->map, TSM_WAL_DATA) != 0)
         return tsm_io_error(errno, w->path, "sync log header of");
     w->hdr_seq = h.seq;
     w->start_lsn = h.start_lsn;
     w->checkpoint_lsn = checkpoint_lsn;
+    w->catalog_len = catalog_len;
     return TSM_OK;
 }
 
@@ -114,7 +139,11 @@ static int grow(tsm_wal *w, uint64_t need)
     int rc = zero_fill(w, w->size, to);
     if (rc)
         return rc;
-    if (w->io->map(w->map + w->size, to - w->size, w->fd, (off_t)w->size, 1) != 0)
+    /* a mapping starts on a page boundary: the size may not be on one (a
+     * growth torn by a crash or a full disk, an odd wal_bytes), so the page
+     * holding the old end is mapped again with the rest */
+    uint64_t from = w->size & ~(uint64_t)(TSM_PAGE_SIZE - 1);
+    if (w->io->map(w->map + from, to - from, w->fd, (off_t)from, 1) != 0)
         return tsm_io_error(errno, w->path, "map");
     w->size = to;
     return TSM_OK;
@@ -134,6 +163,7 @@ int tsm_wal_open(tsm_wal *w, const tsm_io *io, const char *path, uint64_t size)
     if (io->size(w->fd, &cur) != 0)
         return tsm_io_error(errno, path, "stat");
     int fresh = cur == 0;
+    w->created = fresh;
     uint64_t initial = size < TSM_WAL_GROW ? size : TSM_WAL_GROW;
     if (fresh) {
         int rc = zero_fill(w, 0, initial);
@@ -150,7 +180,7 @@ int tsm_wal_open(tsm_wal *w, const tsm_io *io, const char *path, uint64_t size)
         return tsm_io_error(errno ? errno : ENOMEM, path, "map");
     int rc = fresh ? TSM_ENODB : read_header(w);
     if (rc == TSM_ENODB)
-        rc = write_header(w, 0);
+        rc = write_header(w, 0, TSM_WAL_UNKNOWN);
     atomic_store(&w->write_off, TSM_WAL_DATA);
     w->synced_off = TSM_WAL_DATA;
     return rc;
@@ -231,10 +261,10 @@ int tsm_wal_sync(tsm_wal *w)
     return rc;
 }
 
-int tsm_wal_reset(tsm_wal *w, uint64_t checkpoint_lsn)
+int tsm_wal_reset(tsm_wal *w, uint64_t checkpoint_lsn, uint64_t catalog_len)
 {
     pthread_mutex_lock(&w->sync_mu);
-    int rc = write_header(w, checkpoint_lsn);
+    int rc = write_header(w, checkpoint_lsn, catalog_len);
     if (rc == TSM_OK) {
         memset(w->map + TSM_WAL_DATA, 0, 8);
         atomic_store(&w->write_off, TSM_WAL_DATA);

@@ -9,6 +9,7 @@
 #define TSM_WAL_MAGIC "TISMETWL"
 #define TSM_WAL_DATA 4096u   /* records start here; two header slots before */
 #define TSM_WAL_GROW (4u << 20)  /* initial size and growth unit */
+#define TSM_WAL_UNKNOWN UINT64_MAX
 
 typedef struct tsm_wal {
     const tsm_io *io;
@@ -22,7 +23,10 @@ typedef struct tsm_wal {
     uint64_t hdr_seq;             /* sequence of the newest valid header slot */
     uint64_t start_lsn;           /* LSN of the first record after the header */
     uint64_t checkpoint_lsn;      /* every change <= this is in the page file */
+    uint64_t catalog_len;         /* catalog bytes made durable by that checkpoint,
+                                     TSM_WAL_UNKNOWN when the header does not say */
     uint64_t syncs;
+    int created;                  /* the file was created by tsm_wal_open */
     pthread_mutex_t sync_mu;      /* orders msync against reset */
 } tsm_wal;
 
@@ -44,7 +48,8 @@ int tsm_wal_append(tsm_wal *w, const uint8_t *rec, size_t len, int by_write);
 /* Make everything appended so far durable. */
 int tsm_wal_sync(tsm_wal *w);
 /* Start a new cycle after a checkpoint: records restart after the header,
- * with LSNs from checkpoint_lsn + 1. */
-int tsm_wal_reset(tsm_wal *w, uint64_t checkpoint_lsn);
+ * with LSNs from checkpoint_lsn + 1; catalog_len is the catalog's durable
+ * length at that checkpoint (kept in the header's extension). */
+int tsm_wal_reset(tsm_wal *w, uint64_t checkpoint_lsn, uint64_t catalog_len);
 
 #endif

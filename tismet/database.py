@@ -162,6 +162,7 @@ class Database:
         opts.commit_interval_ms = interval_ms
         if wal_size is not None:
             opts.wal_bytes = int(wal_size)
+        self._configure(opts)
         self.path = os.fspath(path)
         self.readonly = bool(readonly)
         self.durability = durability
@@ -181,6 +182,9 @@ class Database:
         self._db = ffi.gc(out[0], lib.tsm_release)
         self._addr = int(ffi.cast("uintptr_t", self._db))  # for _convert.update_many
         self._closed = False
+
+    def _configure(self, opts):
+        """Last look at the engine options before the open (tests override it)."""
 
     # -- lifetime --------------------------------------------------------------
 
