@@ -19,6 +19,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
@@ -46,6 +47,7 @@ struct tsm_db {
     uint64_t reserved;              /* its size: the page file's size limit */
     _Atomic uint64_t mapped_pages;
     pthread_mutex_t map_mu;
+    pthread_mutex_t probe_mu;       /* readers: the lock-file probe of writer_gone_copy */
     tsm_superblock *sb;
     pthread_rwlock_t rw;
     tsm_catalog cat;
@@ -259,16 +261,57 @@ static int ensure_page(tsm_db *db, uint32_t pno)
     return rc;
 }
 
+static double monotonic_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Readers only: copy a page left mid-update if its writer is gone (no
+ * process holds the lock file exclusively).  Returns 1 with the copy made,
+ * 0 if a writer holds the lock (or the lock file cannot be opened). */
+static int writer_gone_copy(tsm_db *db, const uint8_t *page, tsm_page_copy *copy)
+{
+    pthread_mutex_lock(&db->probe_mu);
+    if (db->lock_fd < 0)
+        db->lock_fd = db->io->open(db->lock_path, O_RDONLY, 0);
+    int got = db->lock_fd >= 0 && db->io->lock_shared(db->lock_fd) == 0;
+    if (got) {
+        tsm_page_read_abandoned(page, copy);
+        db->io->unlock(db->lock_fd);
+    }
+    pthread_mutex_unlock(&db->probe_mu);
+    return got;
+}
+
 int tsm_db_read_page(tsm_db *db, uint32_t pno, tsm_page_copy *copy)
 {
     int rc = ensure_page(db, pno);
     if (rc)
         return rc;
-    rc = tsm_page_read(tsm_db_page_ptr(db, pno), copy);
+    const uint8_t *page = tsm_db_page_ptr(db, pno);
+    /* A page that stays mid-update for a millisecond has a descheduled
+     * writer, or a dead one.  A reader tells them apart by taking the lock
+     * file shared: that works only when no writer holds it, and while held
+     * no writer can start (take_lock waits out such short holds), so the
+     * page cannot change under the copy. */
+    double deadline = 0;
+    while ((rc = tsm_page_read(page, copy)) == TSM_EBUSY) {
+        if (db->opts.readonly && writer_gone_copy(db, page, copy)) {
+            rc = TSM_OK;
+            break;
+        }
+        double now = monotonic_s();
+        if (deadline == 0)
+            deadline = now + 2.0;
+        else if (now > deadline)
+            break;
+    }
     if (rc == TSM_EBUSY)
         return tsm_fail(TSM_EBUSY, 0, db->pages_path, (int64_t)pno * TSM_PAGE_SIZE,
-                        "page %u of %s stayed mid-update: its writer died; "
-                        "opening the database for writing recovers it", pno, db->pages_path);
+                        "page %u of %s stayed mid-update for seconds while its writer "
+                        "holds the lock", pno, db->pages_path);
     return rc ? rc : tsm_page_verify(copy, db->pages_path, pno);
 }
 
@@ -689,12 +732,36 @@ static int load_catalog(tsm_db *db, uint64_t upto)
 
 /* ------------------------------------------------------------ open/close */
 
+/* Whether the pid written in the lock file names a live process.  It is
+ * the holder's when a writer holds the lock; else a dead writer's, or empty
+ * in the instant between a new writer's lock and its pid. */
+static int writer_alive(tsm_db *db)
+{
+    char buf[32] = {0};
+    ssize_t k = db->io->pread(db->lock_fd, buf, sizeof buf - 1, 0);
+    long pid = k > 0 ? strtol(buf, NULL, 10) : 0;
+    if (pid <= 0)
+        return 1;
+    return kill((pid_t)pid, 0) == 0 || errno == EPERM;
+}
+
 static int take_lock(tsm_db *db)
 {
     db->lock_fd = db->io->open(db->lock_path, O_RDWR | O_CREAT, 0644);
     if (db->lock_fd < 0)
         return tsm_io_error(errno, db->lock_path, "open");
-    if (db->io->lock(db->lock_fd) != 0) {
+    /* Readers hold the lock shared for a page copy's time when they find a
+     * page left mid-update by a dead writer (writer_gone_copy): such holds
+     * are waited out for up to 2 s.  A writer holds it for its lifetime. */
+    int lrc;
+    for (int i = 0; (lrc = db->io->lock(db->lock_fd)) != 0 && i < 2000; i++) {
+        if (errno != EWOULDBLOCK && errno != EAGAIN)
+            break;
+        if (writer_alive(db))
+            break;
+        usleep(1000);
+    }
+    if (lrc != 0) {
         int err = errno;
         if (err != EWOULDBLOCK && err != EAGAIN)
             return tsm_io_error(err, db->lock_path, "lock");
@@ -909,6 +976,7 @@ static void free_handle(tsm_db *db)
 {
     pthread_rwlock_destroy(&db->rw);
     pthread_mutex_destroy(&db->map_mu);
+    pthread_mutex_destroy(&db->probe_mu);
     pthread_mutex_destroy(&db->fatal_mu);
     pthread_mutex_destroy(&db->commit_mu);
     pthread_cond_destroy(&db->commit_cv);
@@ -942,6 +1010,7 @@ int tsm_open(const char *path, const tsm_options *opts, tsm_db **out)
     snprintf(db->wal_path, sizeof db->wal_path, "%s/wal", path);
     pthread_rwlock_init(&db->rw, NULL);
     pthread_mutex_init(&db->map_mu, NULL);
+    pthread_mutex_init(&db->probe_mu, NULL);
     pthread_mutex_init(&db->fatal_mu, NULL);
     pthread_mutex_init(&db->commit_mu, NULL);
     pthread_cond_init(&db->commit_cv, NULL);

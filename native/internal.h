@@ -51,6 +51,8 @@ typedef struct tsm_io {
     int (*allocate)(int fd, off_t off, off_t len);
     int (*size)(int fd, off_t *len);
     int (*lock)(int fd);          /* exclusive, non-blocking; EWOULDBLOCK if held */
+    int (*lock_shared)(int fd);   /* shared, non-blocking; EWOULDBLOCK if held exclusive */
+    int (*unlock)(int fd);
     void *(*reserve)(size_t len); /* address space only, NULL on failure */
     int (*map)(void *addr, size_t len, int fd, off_t off, int writable);
     int (*msync)(void *addr, size_t len);
@@ -114,8 +116,15 @@ void tsm_page_seal(uint8_t *page);
 void tsm_page_reset_seq(uint8_t *page);
 bool tsm_page_seq_odd(const uint8_t *page);
 void tsm_page_get_id(const uint8_t *page, tsm_page_id *id, uint8_t *type);
-/* Consistent copy under the page's seqlock.  Returns TSM_OK, TSM_EBUSY. */
+/* Consistent copy under the page's seqlock.  Returns TSM_OK, or TSM_EBUSY
+ * when the page stayed mid-update for about a millisecond. */
 int tsm_page_read(const uint8_t *page, tsm_page_copy *copy);
+/* Copy of a page left mid-update by a writer that died (the caller has
+ * made sure no writer runs: db.c holds the lock file shared).  Usable as
+ * is: the writer's store orders (page.c) keep every slot whole and never
+ * show a clean flag with a stale checksum; slots of the call in flight
+ * may be old, new or empty, as recovery would have them or not. */
+void tsm_page_read_abandoned(const uint8_t *page, tsm_page_copy *copy);
 /* Checksum check of a copy (skipped for dirty pages).  Returns TSM_OK or
  * TSM_ECORRUPT with details (file, offset). */
 int tsm_page_verify(const tsm_page_copy *copy, const char *file, uint64_t pno);

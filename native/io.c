@@ -61,6 +61,8 @@ static int px_size(int fd, off_t *len)
 }
 
 static int px_lock(int fd) { return flock(fd, LOCK_EX | LOCK_NB); }
+static int px_lock_shared(int fd) { return flock(fd, LOCK_SH | LOCK_NB); }
+static int px_unlock(int fd) { return flock(fd, LOCK_UN); }
 
 static void *px_reserve(size_t len)
 {
@@ -98,7 +100,7 @@ static int px_syncdir(const char *path)
 
 const tsm_io tsm_posix_io = {
     px_open, px_close, px_pread, px_pwrite, px_datasync, px_truncate,
-    px_allocate, px_size, px_lock, px_reserve, px_map, px_msync, px_unmap,
+    px_allocate, px_size, px_lock, px_lock_shared, px_unlock, px_reserve, px_map, px_msync, px_unmap,
     px_mkdir, px_rename, px_syncdir,
 };
 

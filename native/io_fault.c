@@ -345,6 +345,8 @@ static int fi_allocate(int fd, off_t off, off_t len)
 static int fi_size(int fd, off_t *len) { return px->size(fd, len); }
 
 static int fi_lock(int fd) { return px->lock(fd); }
+static int fi_lock_shared(int fd) { return px->lock_shared(fd); }
+static int fi_unlock(int fd) { return px->unlock(fd); }
 
 static void *fi_reserve(size_t len) { return px->reserve(len); }
 
@@ -525,7 +527,7 @@ static int fi_syncdir(const char *path)
 
 const tsm_io tsm_fault_io = {
     fi_open, fi_close, fi_pread, fi_pwrite, fi_datasync, fi_truncate,
-    fi_allocate, fi_size, fi_lock, fi_reserve, fi_map, fi_msync, fi_unmap,
+    fi_allocate, fi_size, fi_lock, fi_lock_shared, fi_unlock, fi_reserve, fi_map, fi_msync, fi_unmap,
     fi_mkdir, fi_rename, fi_syncdir,
 };
 

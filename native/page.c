@@ -59,6 +59,12 @@ static inline uint32_t get32(const uint8_t *p, size_t off)
 
 static inline void put32(uint8_t *p, size_t off, uint32_t v) { memcpy(p + off, &v, 4); }
 
+/* Keep the compiler from reordering stores across this point.  A writer
+ * killed in the middle of a page update leaves the page's stores in program
+ * order (the kill lands between two instructions), and the orders below are
+ * what make such a page readable: see tsm_page_read_abandoned. */
+static inline void compiler_order(void) { atomic_signal_fence(memory_order_seq_cst); }
+
 static inline _Atomic uint32_t *seqp(const uint8_t *page)
 {
     return (_Atomic uint32_t *)(uintptr_t)(page + OFF_SEQ);
@@ -67,17 +73,22 @@ static inline _Atomic uint32_t *seqp(const uint8_t *page)
 void tsm_page_init(uint8_t *page, const tsm_page_id *id, uint32_t step,
                    uint32_t ring_points, uint64_t lsn)
 {
-    /* the seq word is kept: a reader may be spinning on it */
-    memset(page + OFF_TYPE, 0, TSM_PAGE_SIZE - OFF_TYPE);
-    page[OFF_TYPE] = TSM_PAGE_DATA;
-    page[OFF_CODEC] = TSM_CODEC_RAW;
+    /* The seq word is kept: a reader may be spinning on it.  DIRTY is set
+     * first, so a page left half-initialised by a dead writer is never
+     * judged by its old checksum (see tsm_page_read_abandoned). */
     page[OFF_FLAGS] = TSM_PAGE_FLAG_DIRTY;
+    compiler_order();
+    memset(page + OFF_TYPE, 0, OFF_FLAGS - OFF_TYPE);
+    memset(page + OFF_FLAGS + 1, 0, TSM_PAGE_SIZE - OFF_FLAGS - 1);
+    page[OFF_CODEC] = TSM_CODEC_RAW;
     put32(page, OFF_METRIC, id->metric_id);
     memcpy(page + OFF_LSN, &lsn, 8);
     memcpy(page + OFF_ARCHIVE, &id->archive, 2);
     put32(page, OFF_RING, id->ring_page);
     put32(page, OFF_STEP, step);
     put32(page, OFF_POINTS, ring_points);
+    compiler_order();
+    page[OFF_TYPE] = TSM_PAGE_DATA;
 }
 
 void tsm_page_write_begin(uint8_t *page)
@@ -107,8 +118,19 @@ bool tsm_page_seq_odd(const uint8_t *page)
 
 void tsm_page_set_slot(uint8_t *page, uint32_t slot, uint32_t tag, double value)
 {
-    memcpy(page + OFF_VALUES + (size_t)slot * 8, &value, 8);
-    put32(page, OFF_TAGS + (size_t)slot * 4, tag);
+    /* A slot is never seen with one interval's tag and another's value,
+     * even on a page whose writer died between these stores: a new tag is
+     * preceded by an empty one (0) while the value changes. */
+    size_t toff = OFF_TAGS + (size_t)slot * 4;
+    if (get32(page, toff) != tag) {
+        put32(page, toff, 0);
+        compiler_order();
+        memcpy(page + OFF_VALUES + (size_t)slot * 8, &value, 8);
+        compiler_order();
+        put32(page, toff, tag);
+    } else {
+        memcpy(page + OFF_VALUES + (size_t)slot * 8, &value, 8);
+    }
 }
 
 uint32_t tsm_page_tag(const uint8_t *page, uint32_t slot)
@@ -149,13 +171,22 @@ bool tsm_page_mark_dirty(uint8_t *page)
     if (page[OFF_FLAGS] & TSM_PAGE_FLAG_DIRTY)
         return false;
     page[OFF_FLAGS] |= TSM_PAGE_FLAG_DIRTY;
+    compiler_order();       /* the flag precedes the slot stores that follow */
     return true;
 }
 
 void tsm_page_seal(uint8_t *page)
 {
-    page[OFF_FLAGS] &= (uint8_t)~TSM_PAGE_FLAG_DIRTY;
-    put32(page, OFF_CRC, tsm_crc32c(0, page + 8, TSM_PAGE_SIZE - 8));
+    /* The checksum (computed as if DIRTY were already clear) is stored
+     * before the flag is cleared, so no instant shows a clean page with a
+     * stale checksum. */
+    uint8_t clean = page[OFF_FLAGS] & (uint8_t)~TSM_PAGE_FLAG_DIRTY;
+    uint32_t crc = tsm_crc32c(0, page + 8, OFF_FLAGS - 8);
+    crc = tsm_crc32c(crc, &clean, 1);
+    crc = tsm_crc32c(crc, page + OFF_FLAGS + 1, TSM_PAGE_SIZE - OFF_FLAGS - 1);
+    put32(page, OFF_CRC, crc);
+    compiler_order();
+    page[OFF_FLAGS] = clean;
 }
 
 void tsm_page_get_id(const uint8_t *page, tsm_page_id *id, uint8_t *type)
@@ -168,7 +199,7 @@ void tsm_page_get_id(const uint8_t *page, tsm_page_id *id, uint8_t *type)
 
 int tsm_page_read(const uint8_t *page, tsm_page_copy *copy)
 {
-    for (int attempt = 0; attempt < 100000; attempt++) {
+    for (int attempt = 0; attempt < 200; attempt++) {
         uint32_t s1 = atomic_load_explicit(seqp(page), memory_order_acquire);
         if (!(s1 & 1)) {
             memcpy(copy->bytes, page, TSM_PAGE_SIZE);
@@ -184,8 +215,12 @@ int tsm_page_read(const uint8_t *page, tsm_page_copy *copy)
             sched_yield();
         }
     }
-    return tsm_fail(TSM_EBUSY, 0, "", -1,
-                    "page stayed mid-update: the writer died; open as writer to recover");
+    return tsm_fail(TSM_EBUSY, 0, "", -1, "page stayed mid-update");
+}
+
+void tsm_page_read_abandoned(const uint8_t *page, tsm_page_copy *copy)
+{
+    memcpy(copy->bytes, page, TSM_PAGE_SIZE);
 }
 
 int tsm_page_verify(const tsm_page_copy *copy, const char *file, uint64_t pno)

@@ -446,11 +446,11 @@ static int commit(struct tsm_db *db, tsm_metric *m, wset *w)
         uint32_t pno = m->pages[a][ring];
         uint8_t *page = tsm_db_page_ptr(db, pno);
         tsm_page_write_begin(page);
+        if (tsm_page_mark_dirty(page))      /* before any slot: see page.c */
+            tsm_db_note_dirty(db, pno);
         for (; i < w->n && w->e[i].archive == a && w->e[i].idx / TSM_SLOTS == ring; i++)
             tsm_page_set_slot(page, w->e[i].idx % TSM_SLOTS, w->e[i].tag, w->e[i].value);
         tsm_page_set_lsn(page, lsn);
-        if (tsm_page_mark_dirty(page))
-            tsm_db_note_dirty(db, pno);
         tsm_page_write_end(page);
     }
     return TSM_OK;

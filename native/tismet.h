@@ -60,7 +60,7 @@ extern "C" {
 #define TSM_EVERSION -30717    /* database format version not supported */
 #define TSM_ENODB -30718       /* read-only open of a directory holding no database */
 #define TSM_ETOOBIG -30719     /* request too large (points in one call, pattern variants) */
-#define TSM_EBUSY -30720       /* a page stayed mid-update (writer died); reopen as writer */
+#define TSM_EBUSY -30720       /* a page stayed mid-update for 2 s under a live writer */
 #define TSM_ECLOSED -30721     /* the handle was closed */
 
 /* Aggregation methods: whisper's numbering. */

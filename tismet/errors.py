@@ -98,7 +98,8 @@ class StorageError(TismetOSError):
 
 
 class PageBusy(StorageError):
-    """A page was left mid-update by a writer that died; opening the database for writing recovers it."""
+    """A page stayed mid-update for 2 s while a live process held the writer's lock
+    (a writer stopped in a debugger, or recovering a long log); retry later."""
 
 
 class TismetMemoryError(TismetError, MemoryError):
