@@ -48,6 +48,8 @@ struct tsm_db {
     _Atomic uint64_t mapped_pages;
     pthread_mutex_t map_mu;
     pthread_mutex_t probe_mu;       /* readers: the lock-file probe of writer_gone_copy */
+    tsm_hot hot;                    /* working copies of changed pages (hot.c, I14) */
+    int recovering;                 /* writer: open_writer has not published its hot file */
     tsm_superblock *sb;
     pthread_rwlock_t rw;
     tsm_catalog cat;
@@ -62,8 +64,6 @@ struct tsm_db {
     size_t nfree, free_cap;
     uint32_t *freed;                /* freed by DELETEs not yet durable: not reusable */
     size_t nfreed, freed_cap;
-    uint32_t *dirty;
-    size_t ndirty, dirty_cap;
     tsm_buf scratch[2];
     tsm_update_scratch *upd;
     int closed;                     /* set by tsm_close under the write lock */
@@ -97,9 +97,23 @@ tsm_update_scratch **tsm_db_update_scratch(tsm_db *db) { return &db->upd; }
 
 uint64_t tsm_db_next_lsn(tsm_db *db) { return db->next_lsn; }
 
+/* The page as this handle sees it: its hot working copy if it has one,
+ * else the page file's mapping.  For the writer this is the current state. */
 uint8_t *tsm_db_page_ptr(tsm_db *db, uint32_t pno)
 {
-    return db->base + (size_t)pno * TSM_PAGE_SIZE;
+    uint32_t k = tsm_hot_lookup(&db->hot, pno);
+    return k ? tsm_hot_slot(&db->hot, k - 1) : db->base + (size_t)pno * TSM_PAGE_SIZE;
+}
+
+/* Writer: the working copy of page pno, made hot if it is not (room was
+ * made by tsm_db_hot_reserve).  Pages are changed only here, never through
+ * the page file's mapping (I14). */
+uint8_t *tsm_db_page_w(tsm_db *db, uint32_t pno)
+{
+    uint32_t k = tsm_hot_lookup(&db->hot, pno);
+    if (k)
+        return tsm_hot_slot(&db->hot, k - 1);
+    return tsm_hot_promote(&db->hot, pno, db->base + (size_t)pno * TSM_PAGE_SIZE);
 }
 
 static int push_u32(uint32_t **v, size_t *n, size_t *cap, uint32_t x)
@@ -114,12 +128,6 @@ static int push_u32(uint32_t **v, size_t *n, size_t *cap, uint32_t x)
     }
     (*v)[(*n)++] = x;
     return TSM_OK;
-}
-
-void tsm_db_note_dirty(tsm_db *db, uint32_t pno)
-{
-    if (push_u32(&db->dirty, &db->ndirty, &db->dirty_cap, pno) != TSM_OK)
-        atomic_store(&db->fatal, TSM_ENOMEM);
 }
 
 /* A page freed by a DELETE is reused only once the DELETE is durable (the
@@ -285,18 +293,16 @@ static int writer_gone_copy(tsm_db *db, const uint8_t *page, tsm_page_copy *copy
     return got;
 }
 
-int tsm_db_read_page(tsm_db *db, uint32_t pno, tsm_page_copy *copy)
+/* A consistent copy of a page (of the page file or a hot slot) under its
+ * seqlock.  A page that stays mid-update for a millisecond has a
+ * descheduled writer, or a dead one.  A reader tells them apart by taking
+ * the lock file shared: that works only when no writer holds it, and while
+ * held no writer can start (take_lock waits out such short holds), so the
+ * page cannot change under the copy (I13). */
+static int read_stable(tsm_db *db, const uint8_t *page, tsm_page_copy *copy, uint32_t pno)
 {
-    int rc = ensure_page(db, pno);
-    if (rc)
-        return rc;
-    const uint8_t *page = tsm_db_page_ptr(db, pno);
-    /* A page that stays mid-update for a millisecond has a descheduled
-     * writer, or a dead one.  A reader tells them apart by taking the lock
-     * file shared: that works only when no writer holds it, and while held
-     * no writer can start (take_lock waits out such short holds), so the
-     * page cannot change under the copy. */
     double deadline = 0;
+    int rc;
     while ((rc = tsm_page_read(page, copy)) == TSM_EBUSY) {
         if (db->opts.readonly && writer_gone_copy(db, page, copy)) {
             rc = TSM_OK;
@@ -312,7 +318,41 @@ int tsm_db_read_page(tsm_db *db, uint32_t pno, tsm_page_copy *copy)
         return tsm_fail(TSM_EBUSY, 0, db->pages_path, (int64_t)pno * TSM_PAGE_SIZE,
                         "page %u of %s stayed mid-update for seconds while its writer "
                         "holds the lock", pno, db->pages_path);
-    return rc ? rc : tsm_page_verify(copy, db->pages_path, pno);
+    return rc;
+}
+
+int tsm_db_read_page(tsm_db *db, uint32_t pno, tsm_page_copy *copy)
+{
+    int rc = ensure_page(db, pno);
+    if (rc)
+        return rc;
+    /* A hot page is read from its working copy, which is then checked to
+     * still be that page's (index and owner unchanged around the copy: the
+     * writer may have demoted it and given the slot to another page). */
+    for (int tries = 0; tries < 1000; tries++) {
+        uint32_t k = tsm_hot_lookup(&db->hot, pno);
+        if (!k)
+            break;
+        rc = read_stable(db, tsm_hot_slot(&db->hot, k - 1), copy, pno);
+        if (rc)
+            return rc;
+        if (tsm_hot_lookup(&db->hot, pno) == k && tsm_hot_owner(&db->hot, k - 1) == pno + 1)
+            return tsm_page_verify(copy, db->pages_path, pno);
+    }
+    /* A file page is written (pwrite) only while it is hot, when readers
+     * copy the slot instead; but a reader whose call began before a new
+     * writer published its hot file may copy a file page that writer is
+     * writing out.  Such a copy fails the checksum every written-out page
+     * carries, and a second look finds it whole: damage is what persists. */
+    for (int tries = 0;; tries++) {
+        rc = read_stable(db, db->base + (size_t)pno * TSM_PAGE_SIZE, copy, pno);
+        if (!rc)
+            rc = tsm_page_verify(copy, db->pages_path, pno);
+        if (rc != TSM_ECORRUPT || tries == 3)
+            return rc;
+        struct timespec ts = {0, 200000};
+        nanosleep(&ts, NULL);
+    }
 }
 
 int tsm_db_read_owned_page(tsm_db *db, const tsm_metric *m, unsigned archive, uint32_t ring,
@@ -407,6 +447,8 @@ int tsm_db_alloc_page(tsm_db *db, tsm_metric *m, uint16_t archive, uint32_t ring
     int rc = ensure_page(db, pno);
     if (rc)
         return set_fatal(db, rc);
+    if ((rc = tsm_db_hot_reserve(db, 1)))
+        return rc;
     if (pno == db->next_page)
         db->next_page++;
     tsm_buf *b = &db->scratch[1];
@@ -415,12 +457,11 @@ int tsm_db_alloc_page(tsm_db *db, tsm_metric *m, uint16_t archive, uint32_t ring
     tsm_rec r;
     if ((rc = tsm_rec_encode_alloc(b, db->next_lsn, &al)) || (rc = log_append(db, b, &r)))
         return rc;
-    uint8_t *page = tsm_db_page_ptr(db, pno);
+    uint8_t *page = tsm_db_page_w(db, pno);
     tsm_page_id id = {m->id, archive, ring};
     tsm_page_write_begin(page);
     tsm_page_init(page, &id, m->arch[archive].seconds_per_point, m->arch[archive].points, r.lsn);
     tsm_page_write_end(page);
-    tsm_db_note_dirty(db, pno);
     if ((rc = catalog_commit(db, &r)))
         return rc;
     *out = pno;
@@ -449,21 +490,78 @@ static int finish_write(tsm_db *db, int rc)
 
 /* ------------------------------------------------------------ checkpoint */
 
+/* Write every hot page to the page file, make the file durable, and send
+ * readers back to it (I14).  A hot page's file copy is not read by anyone
+ * while the page is hot and published, so one pwrite of the whole page does.
+ * During recovery the hot file is not published yet and readers may be
+ * copying the very file page: then the page is written as a seqlock
+ * writer would, seq odd first and even last (three writes). */
+static int hot_flush(tsm_db *db)
+{
+    uint8_t buf[TSM_PAGE_SIZE] __attribute__((aligned(64)));
+    for (uint32_t k = 0; k < db->hot.used; k++) {
+        uint32_t pno = tsm_hot_owner(&db->hot, k) - 1;
+        uint8_t *slot = tsm_hot_slot(&db->hot, k);
+        if (tsm_page_dirty(slot)) {
+            tsm_page_write_begin(slot);
+            tsm_page_seal(slot);
+            tsm_page_write_end(slot);
+        }
+        const uint8_t *file = db->base + (size_t)pno * TSM_PAGE_SIZE;
+        off_t off = (off_t)pno * TSM_PAGE_SIZE;
+        /* the file copy's seq moves on by 2 (a reader preempted inside a copy
+         * of the file page before the page became hot sees it change) */
+        uint32_t seq;
+        memcpy(&seq, file + 4, 4);
+        seq = (seq | 1u) + 1u;
+        memcpy(buf, slot, TSM_PAGE_SIZE);
+        int rc;
+        if (db->recovering) {
+            uint32_t odd = seq - 1;
+            memcpy(buf + 4, &odd, 4);
+            if ((rc = tsm_io_write_full(db->io, db->pages_fd, &odd, 4, off + 4, db->pages_path)) ||
+                (rc = tsm_io_write_full(db->io, db->pages_fd, buf, TSM_PAGE_SIZE, off,
+                                        db->pages_path)) ||
+                (rc = tsm_io_write_full(db->io, db->pages_fd, &seq, 4, off + 4, db->pages_path)))
+                return rc;
+        } else {
+            memcpy(buf + 4, &seq, 4);
+            if ((rc = tsm_io_write_full(db->io, db->pages_fd, buf, TSM_PAGE_SIZE, off,
+                                        db->pages_path)))
+                return rc;
+        }
+    }
+    if (db->io->msync(db->base, TSM_PAGE_SIZE) != 0)      /* the superblock */
+        return tsm_io_error(errno, db->pages_path, "sync");
+    if (db->io->datasync(db->pages_fd) != 0)
+        return tsm_io_error(errno, db->pages_path, "sync");
+    tsm_hot_demote_all(&db->hot);
+    return TSM_OK;
+}
+
+/* Writer: make sure n more pages can become hot.  When the hot file is
+ * full, a checkpoint empties it (between calls: never inside a record's
+ * application); during recovery, where the log must not be reset yet, the
+ * hot pages are only written out. */
+int tsm_db_hot_reserve(tsm_db *db, size_t n)
+{
+    if (db->hot.used + n <= db->hot.cap)
+        return TSM_OK;
+    if (n > db->hot.cap)
+        return tsm_fail(TSM_ETOOBIG, 0, db->hot.path, -1,
+                        "one change touches %zu pages; the hot file holds %u", n, db->hot.cap);
+    int rc = db->recovering ? hot_flush(db) : checkpoint_locked(db);
+    return rc ? set_fatal(db, rc) : TSM_OK;
+}
+
 static int checkpoint_locked(tsm_db *db)
 {
-    for (size_t i = 0; i < db->ndirty; i++) {
-        uint8_t *page = tsm_db_page_ptr(db, db->dirty[i]);
-        tsm_page_write_begin(page);
-        tsm_page_seal(page);
-        tsm_page_write_end(page);
-    }
-    db->ndirty = 0;
-    uint64_t mapped = atomic_load(&db->mapped_pages);
-    if (db->io->msync(db->base, mapped * TSM_PAGE_SIZE) != 0)
-        return tsm_io_error(errno, db->pages_path, "sync");
+    int rc = hot_flush(db);
+    if (rc)
+        return rc;
     if (db->io->datasync(db->catalog_fd) != 0)
         return tsm_io_error(errno, db->catalog_path, "sync");
-    int rc = tsm_wal_reset(&db->wal, db->next_lsn - 1, db->catalog_size);
+    rc = tsm_wal_reset(&db->wal, db->next_lsn - 1, db->catalog_size);
     if (rc == TSM_OK) {
         db->st.checkpoints++;
         release_freed(db);
@@ -540,15 +638,13 @@ static int replay_group(void *arg, uint32_t pno)
 {
     replay_page *c = arg;
     replay_group_end(c);
-    if ((c->rc = ensure_page(c->db, pno)))
+    if ((c->rc = ensure_page(c->db, pno)) || (c->rc = tsm_db_hot_reserve(c->db, 1)))
         return 1;
-    c->page = tsm_db_page_ptr(c->db, pno);
-    tsm_page_reset_seq(c->page);
+    c->page = tsm_db_page_w(c->db, pno);     /* a copy: the file's seq word stays behind */
     c->apply = tsm_page_lsn(c->page) < c->lsn;
     if (c->apply)
         tsm_page_write_begin(c->page);
-    if (tsm_page_mark_dirty(c->page))
-        tsm_db_note_dirty(c->db, pno);
+    tsm_page_mark_dirty(c->page);
     return 0;
 }
 
@@ -579,19 +675,19 @@ static int replay_alloc(tsm_db *db, const tsm_rec *r)
     uint32_t id = al.id, ring = al.ring_page, pno = al.pno;
     uint16_t a = al.archive;
     int rc = ensure_page(db, pno);
+    if (!rc)
+        rc = tsm_db_hot_reserve(db, 1);
     if (rc)
         return rc;
     tsm_metric *m = tsm_catalog_by_id(&db->cat, id);
-    uint8_t *page = tsm_db_page_ptr(db, pno);
-    tsm_page_reset_seq(page);
+    uint8_t *page = tsm_db_page_w(db, pno);
     if (m && a < m->narch && tsm_page_lsn(page) < r->lsn) {
         tsm_page_id pid = {id, a, ring};
         tsm_page_write_begin(page);
         tsm_page_init(page, &pid, m->arch[a].seconds_per_point, m->arch[a].points, r->lsn);
         tsm_page_write_end(page);
     }
-    if (tsm_page_mark_dirty(page))
-        tsm_db_note_dirty(db, pno);
+    tsm_page_mark_dirty(page);
     if (pno >= db->next_page)
         db->next_page = pno + 1;
     return TSM_OK;
@@ -670,9 +766,9 @@ static int init_unsynced_pages(tsm_db *db)
         if (!m || s->a.archive >= m->narch || !m->pages[s->a.archive] ||
             m->pages[s->a.archive][s->a.ring_page] != s->a.pno)
             continue;                       /* deleted or moved since */
-        if ((rc = ensure_page(db, s->a.pno)))
+        if ((rc = ensure_page(db, s->a.pno)) || (rc = tsm_db_hot_reserve(db, 1)))
             break;
-        uint8_t *page = tsm_db_page_ptr(db, s->a.pno);
+        const uint8_t *page = tsm_db_page_ptr(db, s->a.pno);
         tsm_page_id id;
         uint8_t type;
         tsm_page_get_id(page, &id, &type);
@@ -680,12 +776,11 @@ static int init_unsynced_pages(tsm_db *db)
             id.ring_page == s->a.ring_page)
             continue;
         tsm_page_id want = {s->a.id, s->a.archive, s->a.ring_page};
-        tsm_page_reset_seq(page);
-        tsm_page_write_begin(page);
-        tsm_page_init(page, &want, m->arch[s->a.archive].seconds_per_point,
+        uint8_t *w = tsm_db_page_w(db, s->a.pno);
+        tsm_page_write_begin(w);
+        tsm_page_init(w, &want, m->arch[s->a.archive].seconds_per_point,
                       m->arch[s->a.archive].points, s->lsn);
-        tsm_page_write_end(page);
-        tsm_db_note_dirty(db, s->a.pno);
+        tsm_page_write_end(w);
     }
     free(db->cat.seen);
     db->cat.seen = NULL;
@@ -856,9 +951,51 @@ static int open_pages(tsm_db *db)
     return tsm_sb_check(db->sb, db->pages_path);
 }
 
+/* Writer: name the hot file in the superblock (path first, then the
+ * generation with release: a reader that sees the generation sees the path). */
+static void publish_hot(tsm_db *db)
+{
+    memset(db->sb->hot_path, 0, sizeof db->sb->hot_path);
+    if (db->hot.gen)
+        memcpy(db->sb->hot_path, db->hot.path, strlen(db->hot.path));
+    atomic_store_explicit(&db->sb->hot_gen, db->hot.gen, memory_order_release);
+}
+
+/* Reader: follow the writer's hot file (a new writer publishes a new one;
+ * a closed one publishes none).  Under the handle's write lock. */
+static void follow_hot(tsm_db *db)
+{
+    uint64_t gen = atomic_load_explicit(&db->sb->hot_gen, memory_order_acquire);
+    if (gen == db->hot.gen)
+        return;
+    tsm_hot_detach(&db->hot, db->io, 0);
+    if (!gen)
+        return;
+    char path[TSM_HOT_PATH];
+    memcpy(path, db->sb->hot_path, sizeof path);
+    path[sizeof path - 1] = 0;
+    if (atomic_load_explicit(&db->sb->hot_gen, memory_order_acquire) != gen)
+        return;                         /* changing under us: the next call looks again */
+    if (tsm_hot_attach(&db->hot, db->io, path, gen) != TSM_OK) {
+        /* gone (a reboot emptied /dev/shm after a crash): the page file is
+         * all there is until a writer recovers; don't retry every call */
+        tsm_hot_detach(&db->hot, db->io, 0);
+        db->hot.gen = gen;
+    }
+}
+
 static int open_writer(tsm_db *db)
 {
     int rc = tsm_wal_open(&db->wal, db->io, db->wal_path, db->opts.wal_bytes);
+    if (rc)
+        return rc;
+    /* Recovery works in a hot file of its own, published only once it holds
+     * everything the log redid: until then readers keep reading the dead
+     * writer's (which held all of it) or the page file. */
+    db->recovering = 1;
+    rc = tsm_hot_create(&db->hot, db->io, db->dir, db->opts.hot_dir,
+                        db->reserved / TSM_PAGE_SIZE,
+                        db->opts.hot_pages ? db->opts.hot_pages : TSM_HOT_DEFAULT_SLOTS);
     if (rc)
         return rc;
     db->has_wal = 1;
@@ -903,6 +1040,14 @@ static int open_writer(tsm_db *db)
         return rc;
     atomic_store(&db->sb->writer_pid, (uint64_t)getpid());
     atomic_store(&db->sb->npages, atomic_load(&db->mapped_pages));
+    char old[TSM_HOT_PATH];
+    memcpy(old, db->sb->hot_path, sizeof old);
+    old[sizeof old - 1] = 0;
+    uint64_t old_gen = atomic_load(&db->sb->hot_gen);
+    publish_hot(db);
+    db->recovering = 0;
+    if (old_gen && old[0] && strcmp(old, db->hot.path) != 0)
+        unlink(old);        /* the dead writer's; readers that map it keep it */
     return checkpoint_locked(db);
 }
 
@@ -935,6 +1080,7 @@ static int open_all(tsm_db *db, const char *path)
                        : tsm_io_error(errno, db->catalog_path, "open");
     }
     if (db->opts.readonly) {
+        follow_hot(db);
         db->catalog_gen = atomic_load(&db->sb->catalog_gen);
         return load_catalog(db, atomic_load_explicit(&db->sb->catalog_len, memory_order_acquire));
     }
@@ -947,6 +1093,7 @@ static void release_resources(tsm_db *db)
     if (db->has_wal)
         tsm_wal_close(&db->wal);
     db->has_wal = 0;
+    tsm_hot_detach(&db->hot, db->io, 0);
     if (db->base)
         db->io->unmap(db->base, db->reserved);
     db->base = NULL;
@@ -963,9 +1110,8 @@ static void release_resources(tsm_db *db)
     free(db->freed);
     db->freed = NULL;
     db->nfreed = db->freed_cap = 0;
-    free(db->dirty);
-    db->free_pages = db->dirty = NULL;
-    db->nfree = db->free_cap = db->ndirty = db->dirty_cap = 0;
+    db->free_pages = NULL;
+    db->nfree = db->free_cap = 0;
     tsm_buf_free(&db->scratch[0]);
     tsm_buf_free(&db->scratch[1]);
     tsm_update_scratch_free(db->upd);
@@ -1003,6 +1149,7 @@ int tsm_open(const char *path, const tsm_options *opts, tsm_db **out)
     db->opts = o;
     db->io = o.fault_injection ? &tsm_fault_io : &tsm_posix_io;
     db->lock_fd = db->pages_fd = db->catalog_fd = -1;
+    db->hot.fd = -1;
     snprintf(db->dir, sizeof db->dir, "%s", path);
     snprintf(db->pages_path, sizeof db->pages_path, "%s/pages", path);
     snprintf(db->catalog_path, sizeof db->catalog_path, "%s/catalog", path);
@@ -1056,8 +1203,19 @@ int tsm_close(tsm_db *db)
             rc = atomic_load(&db->fatal)
                      ? fatal_error(db, 1)
                      : checkpoint_locked(db);
-            if (rc == TSM_OK)
+            if (rc == TSM_OK) {
+                /* every page is in the page file: readers need no hot file.
+                 * After a failure it stays: it holds what the page file lacks. */
                 atomic_store(&db->sb->writer_pid, 0);
+                tsm_hot nohot = {.fd = -1};
+                char path[TSM_HOT_PATH];
+                snprintf(path, sizeof path, "%s", db->hot.path);
+                tsm_hot_detach(&db->hot, db->io, 0);
+                db->hot = nohot;
+                publish_hot(db);
+                db->io->msync(db->base, TSM_PAGE_SIZE);
+                unlink(path);
+            }
         }
         release_resources(db);
         db->closed = 1;
@@ -1083,14 +1241,15 @@ static int refresh(tsm_db *db)
 {
     uint64_t len = atomic_load_explicit(&db->sb->catalog_len, memory_order_acquire);
     uint64_t gen = atomic_load(&db->sb->catalog_gen);
-    if (len == db->catalog_size && gen == db->catalog_gen)
+    if (len == db->catalog_size && gen == db->catalog_gen &&
+        atomic_load_explicit(&db->sb->hot_gen, memory_order_acquire) == db->hot.gen)
         return TSM_OK;
     pthread_rwlock_unlock(&db->rw);
     pthread_rwlock_wrlock(&db->rw);
     int rc = TSM_OK;
     if (db->closed)
         rc = closed_error();
-    else if (gen != db->catalog_gen || len < db->catalog_size) {
+    else if (follow_hot(db), gen != db->catalog_gen || len < db->catalog_size) {
         tsm_catalog_free(&db->cat);
         rc = tsm_catalog_init(&db->cat);
         db->catalog_size = 0;

@@ -145,9 +145,52 @@ typedef struct tsm_superblock {
     _Atomic uint64_t npages;
     _Atomic uint64_t last_lsn;
     _Atomic uint64_t writer_pid;
+    /* the writer's hot file (hot.c): generation (0: none) and path */
+    _Atomic uint64_t hot_gen;
+    uint8_t pad2[1024 - 112];
+    char hot_path[2048];                /* offset 1024 */
 } tsm_superblock;
 
 void tsm_sb_init(tsm_superblock *sb);
+
+/* ------------------------------------------------------------------ hot pages (hot.c) */
+
+#define TSM_HOT_DEFAULT_SLOTS 65536u   /* 256 MiB of working copies at most */
+#define TSM_HOT_MIN_SLOTS 1024u
+#define TSM_HOT_PATH 2048
+
+typedef struct tsm_hot {
+    int fd;                        /* -1 when there is none */
+    char path[TSM_HOT_PATH];
+    uint64_t gen;
+    uint8_t *base;
+    size_t reserved;
+    uint32_t cap;                  /* slots */
+    uint64_t index_len;            /* page numbers the index covers */
+    _Atomic uint32_t *index;       /* page number -> slot + 1, 0 when not hot */
+    _Atomic uint32_t *owner;       /* slot -> page number + 1 */
+    uint8_t *slots;
+    uint32_t used;                 /* writer: slots handed out since the last checkpoint */
+} tsm_hot;
+
+/* Writer: create and map a new hot file in hot_dir (NULL: /dev/shm when it is
+ * a writable tmpfs, else db_dir), covering index_len page numbers with at
+ * most cap slots (fewer if the filesystem is small). */
+int tsm_hot_create(tsm_hot *hot, const tsm_io *io, const char *db_dir, const char *hot_dir,
+                   uint64_t index_len, uint32_t cap);
+/* Reader: map the hot file a superblock names, read-only; TSM_ECORRUPT if it
+ * is not that generation's (replaced or gone: read the superblock again). */
+int tsm_hot_attach(tsm_hot *hot, const tsm_io *io, const char *path, uint64_t gen);
+void tsm_hot_detach(tsm_hot *hot, const tsm_io *io, int remove);
+/* Slot + 1 of a page, 0 when it is not hot (acquire: the slot is ready). */
+uint32_t tsm_hot_lookup(const tsm_hot *hot, uint32_t pno);
+uint8_t *tsm_hot_slot(const tsm_hot *hot, uint32_t slot);
+uint32_t tsm_hot_owner(const tsm_hot *hot, uint32_t slot);
+/* Writer: next slot becomes the working copy of page pno (a copy of
+ * file_page), published in the index.  The caller made room (used < cap). */
+uint8_t *tsm_hot_promote(tsm_hot *hot, uint32_t pno, const uint8_t *file_page);
+/* Writer: after the hot pages reached the page file, readers go back to it. */
+void tsm_hot_demote_all(tsm_hot *hot);
 int tsm_sb_check(const tsm_superblock *sb, const char *file);
 
 /* ------------------------------------------------------------------ records */
@@ -323,6 +366,7 @@ void tsm_update_scratch_free(tsm_update_scratch *u);
 
 /* Read a consistent copy of page pno (maps more of the file if needed). */
 int tsm_db_read_page(struct tsm_db *db, uint32_t pno, tsm_page_copy *copy);
+/* The page as this handle sees it (hot copy, else the page file). */
 uint8_t *tsm_db_page_ptr(struct tsm_db *db, uint32_t pno);
 /* Read ring page `ring` of the metric's archive; *owned is 0 when the page
  * no longer carries that identity (freed and reused: I7). */
@@ -335,7 +379,10 @@ int tsm_db_alloc_page(struct tsm_db *db, tsm_metric *m, uint16_t archive,
  * catalog types), apply nothing.  *lsn is the record's LSN. */
 uint64_t tsm_db_next_lsn(struct tsm_db *db);
 int tsm_db_log(struct tsm_db *db, tsm_buf *rec, bool catalog);
-void tsm_db_note_dirty(struct tsm_db *db, uint32_t pno);
+/* Writer: the working (hot) copy of a page to change, and making room
+ * for n pages to become hot before a record is logged (I14). */
+uint8_t *tsm_db_page_w(struct tsm_db *db, uint32_t pno);
+int tsm_db_hot_reserve(struct tsm_db *db, size_t n);
 /* Scratch buffers owned by the writer (valid under the write lock). */
 tsm_buf *tsm_db_scratch(struct tsm_db *db, int which);
 struct tsm_update_scratch **tsm_db_update_scratch(struct tsm_db *db);

@@ -91,6 +91,8 @@ static int classify(const char *path)
         return TSM_FFILE_CATALOG;
     if (!strcmp(b, "lock"))
         return TSM_FFILE_LOCK;
+    if (!strncmp(b, "tismet-hot.", 11))
+        return TSM_FFILE_HOT;
     return TSM_FFILE_OTHER;
 }
 
@@ -156,7 +158,7 @@ static ffile *track(const char *path, int fd, int existed)
         f->cls = classify(path);
         f->next = files;
         files = f;
-        if (existed) {
+        if (existed && f->cls != TSM_FFILE_HOT) {     /* hot files are memory: no image */
             uint8_t *buf;
             size_t len;
             if (read_all(fd, &buf, &len) == 0) {
@@ -576,6 +578,8 @@ static int chance(uint64_t *s, unsigned permille)
 /* Put one file in the state a power cut leaves it in. */
 static int cut_file(ffile *f, uint64_t *seed, unsigned keep)
 {
+    if (f->cls == TSM_FFILE_HOT)        /* tmpfs: a power cut empties it */
+        return unlink(f->path) != 0 && errno != ENOENT ? -1 : 0;
     int fd = open(f->path, O_RDWR | O_CLOEXEC);
     if (fd < 0)
         return errno == ENOENT ? 0 : -1;

@@ -439,15 +439,18 @@ static int commit(struct tsm_db *db, tsm_metric *m, wset *w)
     uint64_t lsn = tsm_db_next_lsn(db);
     if ((rc = encode_update(rec, m, w, ngroups, nruns, lsn, &start)))
         return rc;
+    /* room for every page of the record to become hot, made before the
+     * record is logged (a checkpoint may be needed to make it) */
+    if ((rc = tsm_db_hot_reserve(db, ngroups)))
+        return rc;
     if ((rc = tsm_db_log(db, rec, false)))
         return rc;
     for (size_t i = 0; i < w->n;) {
         uint32_t a = w->e[i].archive, ring = w->e[i].idx / TSM_SLOTS;
         uint32_t pno = m->pages[a][ring];
-        uint8_t *page = tsm_db_page_ptr(db, pno);
+        uint8_t *page = tsm_db_page_w(db, pno);
         tsm_page_write_begin(page);
-        if (tsm_page_mark_dirty(page))      /* before any slot: see page.c */
-            tsm_db_note_dirty(db, pno);
+        tsm_page_mark_dirty(page);          /* before any slot: see page.c */
         for (; i < w->n && w->e[i].archive == a && w->e[i].idx / TSM_SLOTS == ring; i++)
             tsm_page_set_slot(page, w->e[i].idx % TSM_SLOTS, w->e[i].tag, w->e[i].value);
         tsm_page_set_lsn(page, lsn);

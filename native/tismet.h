@@ -105,6 +105,11 @@ typedef struct tsm_options {
                                      at 4 MiB and grows in zero-filled steps) */
     int fault_injection;          /* tests only: do I/O through the fault-injecting layer
                                      (tsm_fault_*); 0 in production */
+    const char *hot_dir;          /* writer: where the hot file of working page copies
+                                     lives (NULL: /dev/shm when it is a writable tmpfs,
+                                     else the database directory) */
+    uint32_t hot_pages;           /* writer: its capacity in 4 KiB pages (0: 65536); a
+                                     full hot file triggers a checkpoint */
 } tsm_options;
 
 typedef struct tsm_error {
@@ -323,6 +328,7 @@ void tsm_free(void *p);
 #define TSM_FFILE_CATALOG 4
 #define TSM_FFILE_LOCK 8
 #define TSM_FFILE_OTHER 16  /* the directory, pages.new */
+#define TSM_FFILE_HOT 32    /* the hot file (memory: lost whole at a power cut) */
 
 typedef struct tsm_fault_plan {
     int kind;             /* TSM_FAULT_* */

@@ -99,3 +99,29 @@ def pytest_configure(config):
         return
     config.addinivalue_line("filterwarnings",
                             "ignore::django.utils.deprecation.RemovedInDjango40Warning")
+
+
+def _dead_writers_hot_files():
+    """Hot files (/dev/shm/tismet-hot.<pid>.<gen>) of writer processes that are gone.
+
+    A writer killed by a test leaves its hot file until the next writer of that database
+    opens; databases that a test abandons after a kill would leave them in /dev/shm."""
+    import glob
+    out = []
+    for path in glob.glob("/dev/shm/tismet-hot.*"):
+        try:
+            pid = int(os.path.basename(path).split(".")[1])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            out.append(path)
+        except (ValueError, IndexError, PermissionError):
+            pass
+    return out
+
+
+def pytest_sessionfinish(session, exitstatus):
+    for path in _dead_writers_hot_files():
+        try:
+            os.unlink(path)
+        except OSError:
+            pass

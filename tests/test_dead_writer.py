@@ -33,28 +33,55 @@ def slot_of(t):
     return idx // SLOTS, idx % SLOTS, i // POINTS + 1
 
 
-def data_pages(dbdir):
-    """{ring_page: page number} of metric 'a.b' (the only metric)."""
-    out = {}
+def hot_file(dbdir):
+    """(path, header) of the writer's hot file named by the superblock, or None."""
     with open(dbdir / "pages", "rb") as f:
-        data = f.read()
-    for pno in range(1, len(data) // PAGE):
-        p = data[pno * PAGE:(pno + 1) * PAGE]
-        if p[8] == 1:          # TSM_PAGE_DATA
-            ring = struct.unpack_from("<I", p, 28)[0]
-            out[ring] = pno
-    return out
+        sb = f.read(PAGE)
+    gen = struct.unpack_from("<Q", sb, 104)[0]
+    if not gen:
+        return None
+    path = sb[1024:3072].split(b"\0", 1)[0].decode()
+    with open(path, "rb") as f:
+        magic, version, cap, hgen, index_len, owner_off, slots_off, size = struct.unpack(
+            "<8sIIQQQQQ", f.read(56))
+    assert (magic, hgen) == (b"TISMETHT", gen)
+    return path, cap, slots_off
 
 
-def patch(dbdir, pno, off, fmt, value):
-    with open(dbdir / "pages", "r+b") as f:
-        f.seek(pno * PAGE + off)
+def page_of_ring(dbdir, ring):
+    """(file, offset) of the current copy of metric 'a.b' ring page `ring`: its hot
+    working copy when the writer had one (native/FORMAT.md, "Hot file"), else the page
+    file's page."""
+    hot = hot_file(dbdir)
+    candidates = []
+    if hot:
+        path, cap, slots_off = hot
+        candidates.append((path, slots_off, cap))
+    size = os.path.getsize(dbdir / "pages")
+    candidates.append((str(dbdir / "pages"), 0, size // PAGE))
+    for path, base, count in candidates:
+        with open(path, "rb") as f:
+            for k in range(count):
+                f.seek(base + k * PAGE)
+                head = f.read(40)
+                if len(head) < 40:
+                    break
+                if head[8] == 1 and struct.unpack_from("<I", head, 28)[0] == ring:
+                    return path, base + k * PAGE
+    raise AssertionError("ring page %d not found" % ring)
+
+
+def patch(where, off, fmt, value):
+    path, base = where
+    with open(path, "r+b") as f:
+        f.seek(base + off)
         f.write(struct.pack(fmt, value))
 
 
-def read_word(dbdir, pno, off):
-    with open(dbdir / "pages", "rb") as f:
-        f.seek(pno * PAGE + off)
+def read_word(where, off):
+    path, base = where
+    with open(path, "rb") as f:
+        f.seek(base + off)
         return struct.unpack("<I", f.read(4))[0]
 
 
@@ -78,12 +105,12 @@ def abandoned(tmp_path):
     p = subprocess.run([sys.executable, "-c", script, str(dbdir)], env=subprocess_env())
     assert p.returncode == -9
     ring, _, _ = slot_of(pts[0][0])
-    pno = data_pages(dbdir)[ring]
-    seq = read_word(dbdir, pno, 4)
+    where = page_of_ring(dbdir, ring)
+    seq = read_word(where, 4)
     assert seq % 2 == 0
-    patch(dbdir, pno, 4, "<I", seq + 1)                       # write_begin, then killed
+    patch(where, 4, "<I", seq + 1)                            # write_begin, then killed
     (dbdir / "lock").write_text("%d\n" % dead_pid())
-    return dbdir, pno, pts
+    return dbdir, where, pts
 
 
 def fetch_all(db):
@@ -92,7 +119,7 @@ def fetch_all(db):
 
 
 def test_reader_reads_page_of_dead_writer(abandoned):
-    dbdir, pno, pts = abandoned
+    dbdir, where, pts = abandoned
     t0 = time.monotonic()
     with tismet.Database(str(dbdir), readonly=True) as ro:
         assert fetch_all(ro) == dict(pts)
@@ -102,16 +129,18 @@ def test_reader_reads_page_of_dead_writer(abandoned):
     with tismet.Database(str(dbdir)) as db:
         assert fetch_all(db) == dict(pts)
         assert db.check() == []
-    assert read_word(dbdir, pno, 4) % 2 == 0
+    assert hot_file(dbdir) is None           # closed cleanly: everything in the page file
+    where = page_of_ring(dbdir, slot_of(pts[0][0])[0])
+    assert read_word(where, 4) % 2 == 0
 
 
 def test_slot_between_tag_stores_reads_empty(abandoned):
     """The writer stores tag 0, the value, the new tag: killed in between, the slot is empty
     (the call in flight replaces that interval anyway), never an old tag with a new value."""
-    dbdir, pno, pts = abandoned
+    dbdir, where, pts = abandoned
     _, slot, _ = slot_of(pts[3][0])
-    patch(dbdir, pno, HDR + 4 * slot, "<I", 0)
-    patch(dbdir, pno, HDR + 4 * SLOTS + 8 * slot, "<d", 99.5)
+    patch(where, HDR + 4 * slot, "<I", 0)
+    patch(where, HDR + 4 * SLOTS + 8 * slot, "<d", 99.5)
     with tismet.Database(str(dbdir), readonly=True) as ro:
         got = fetch_all(ro)
     want = dict(pts)
@@ -122,18 +151,19 @@ def test_slot_between_tag_stores_reads_empty(abandoned):
 def test_clean_flag_with_stale_checksum_is_reported(abandoned):
     """The store orders never leave DIRTY clear over a stale checksum; if the bytes say so
     anyway, it is corruption, reported with file and offset, not data."""
-    dbdir, pno, pts = abandoned
-    with open(dbdir / "pages", "r+b") as f:
-        f.seek(pno * PAGE + 10)
+    dbdir, where, pts = abandoned
+    path, base = where
+    with open(path, "r+b") as f:
+        f.seek(base + 10)
         flags = f.read(1)[0]
-        f.seek(pno * PAGE + 10)
+        f.seek(base + 10)
         f.write(bytes([flags & ~1]))
-        f.seek(pno * PAGE + HDR + 4 * SLOTS + 8 * 5)
+        f.seek(base + HDR + 4 * SLOTS + 8 * 5)
         f.write(struct.pack("<d", 1234.5))
     with tismet.Database(str(dbdir), readonly=True) as ro:
         with pytest.raises(tismet.CorruptDatabase) as ei:
             fetch_all(ro)
-    assert ei.value.offset == pno * PAGE
+    assert ei.value.file.endswith("pages") and ei.value.offset % PAGE == 0
 
 
 HOLDER = """
@@ -150,7 +180,7 @@ sys.stdin.read()
 def test_page_of_live_writer_is_not_read(abandoned):
     """While a live process holds the lock, a page stuck mid-update is its business: the
     reader waits a bounded time and reports PageBusy, never the half-written page."""
-    dbdir, pno, pts = abandoned
+    dbdir, where, pts = abandoned
     p = subprocess.Popen([sys.executable, "-c", HOLDER, str(dbdir / "lock")],
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=subprocess_env())
     try:
@@ -171,7 +201,7 @@ def test_writer_open_waits_out_a_readers_probe(abandoned):
     """A reader holds the lock file shared only for a page copy; a writer opening at that
     moment waits instead of reporting DatabaseLocked, as long as the pid in the lock file
     is dead.  With a live pid there, it reports the holder at once."""
-    dbdir, pno, pts = abandoned
+    dbdir, where, pts = abandoned
     fd = os.open(dbdir / "lock", os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)

@@ -148,7 +148,7 @@ class Database:
     """
 
     def __init__(self, path, readonly=False, durability="group", commit_interval=0.2,
-                 wal_size=None):
+                 wal_size=None, hot_dir=None, hot_pages=None):
         if durability not in DURABILITY_MODES:
             raise errors.InvalidArgument("durability must be one of %s, not %r"
                                          % (", ".join(DURABILITY_MODES), durability))
@@ -162,6 +162,15 @@ class Database:
         opts.commit_interval_ms = interval_ms
         if wal_size is not None:
             opts.wal_bytes = int(wal_size)
+        # the writer's working copies of changed pages (native/DESIGN.md I14):
+        # /dev/shm by default; TISMET_HOT_DIR or hot_dir puts them elsewhere
+        hot_dir = hot_dir if hot_dir is not None else os.environ.get("TISMET_HOT_DIR") or None
+        keep = ffi.new("char[]", os.fsencode(hot_dir)) if hot_dir else ffi.NULL
+        opts.hot_dir = keep
+        if hot_pages is not None:
+            if not 0 < int(hot_pages) < 2 ** 31:
+                raise errors.InvalidArgument("hot_pages must be a positive page count")
+            opts.hot_pages = int(hot_pages)
         self._configure(opts)
         self.path = os.fspath(path)
         self.readonly = bool(readonly)

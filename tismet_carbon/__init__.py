@@ -19,6 +19,13 @@ Settings, in carbon.conf's ``[cache]`` (or ``[cache:<instance>]``,
     and at exit).
 ``TISMET_COMMIT_INTERVAL``
     seconds between group commits, default 0.2, at most 1.
+``TISMET_HOT_DIR``
+    where the writer keeps its working copies of the pages changed since
+    the last checkpoint (memory, rebuilt from the log after a crash);
+    default ``/dev/shm`` when it is a writable tmpfs, else ``TISMET_DIR``.
+``TISMET_HOT_PAGES``
+    how many 4 KiB pages it may hold, default 65536 (256 MiB); when full,
+    a checkpoint empties it.
 ``TISMET_ADMIN``
     ``True`` (default): serve the admin channel ``<TISMET_DIR>/admin.sock``
     (tismet.admin), through which ``tismet delete/expire/resize`` change the
@@ -94,6 +101,11 @@ class TismetDatabase(TimeSeriesDatabase):
             raise SystemExit("carbon: TISMET_COMMIT_INTERVAL must be a number of seconds")
         if not 0 < self.commit_interval <= 1:
             raise SystemExit("carbon: TISMET_COMMIT_INTERVAL must be in (0, 1] seconds")
+        self.hot_dir = settings.get("TISMET_HOT_DIR") or None
+        try:
+            self.hot_pages = int(settings.get("TISMET_HOT_PAGES", 0)) or None
+        except (TypeError, ValueError):
+            raise SystemExit("carbon: TISMET_HOT_PAGES must be a number of 4 KiB pages")
         self.admin_enabled = _flag(settings.get("TISMET_ADMIN", True), "TISMET_ADMIN")
         self._admin = None
         self.metric_interval = settings.get("CARBON_METRIC_INTERVAL", 60)
@@ -160,7 +172,8 @@ class TismetDatabase(TimeSeriesDatabase):
             if self._db is None or self._pid != os.getpid():
                 os.makedirs(self.path, exist_ok=True)
                 db = tismet.Database(self.path, durability=self.durability,
-                                     commit_interval=self.commit_interval)
+                                     commit_interval=self.commit_interval,
+                                     hot_dir=self.hot_dir, hot_pages=self.hot_pages)
                 log.msg("tismet: opened %s (durability %s, commit interval %gs)"
                         % (self.path, self.durability, self.commit_interval))
                 # before carbon writes anything: finish a resize a crash interrupted,

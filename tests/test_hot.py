@@ -1,0 +1,191 @@
+"""The writer's hot file: working copies of the pages changed since the last checkpoint.
+
+The writer changes pages only in a shared-memory file (by default in /dev/shm) that readers
+map too, and writes them to the page file at checkpoints (native/DESIGN.md, I14).  These tests
+check what an operator and a reader process can observe: where the file lives and when it
+goes, that readers follow it across writer restarts and crashes, that a full hot file only
+costs a checkpoint, and that recovery works whatever the hot file's size.
+"""
+import glob
+import os
+import signal
+import struct
+import subprocess
+import sys
+
+import pytest
+
+import tismet
+from tismet_testutil import subprocess_env
+
+NOW = 1_700_000_000
+ARCHIVES = [(10, 2000), (60, 1440)]
+
+
+def superblock_hot(dbdir):
+    with open(os.path.join(dbdir, "pages"), "rb") as f:
+        sb = f.read(4096)
+    gen = struct.unpack_from("<Q", sb, 104)[0]
+    return gen, sb[1024:3072].split(b"\0", 1)[0].decode()
+
+
+def write_metrics(db, count, points=30, prefix="m", base=0.0):
+    for i in range(count):
+        name = "%s.%04d" % (prefix, i)
+        if not db.exists(name):
+            db.create(name, ARCHIVES, aggregation_method="sum")
+        db.update_many(name, [(NOW - 10 * k, base + i + k) for k in range(points)], now=NOW)
+
+
+def check_metrics(db, count, points=30, prefix="m", base=0.0):
+    for i in range(count):
+        (start, end, step), vals = db.fetch("%s.%04d" % (prefix, i), NOW - 10 * points, NOW,
+                                            now=NOW)
+        got = {start + j * step: v for j, v in enumerate(vals) if v is not None}
+        want = {NOW - 10 * k - (NOW - 10 * k) % 10: base + i + k for k in range(points)
+                if NOW - 10 * k > NOW - 10 * points}
+        assert got == want, "%s.%04d" % (prefix, i)
+
+
+def test_hot_file_lives_in_dev_shm_and_goes_at_close(tmp_path):
+    if not os.path.isdir("/dev/shm") or not os.access("/dev/shm", os.W_OK):
+        pytest.skip("no writable /dev/shm")
+    dbdir = str(tmp_path / "db")
+    with tismet.Database(dbdir) as db:
+        write_metrics(db, 5)
+        gen, path = superblock_hot(dbdir)
+        assert gen and path.startswith("/dev/shm/tismet-hot.%d." % os.getpid())
+        assert os.path.exists(path)
+    assert superblock_hot(dbdir) == (0, "")
+    assert not os.path.exists(path)
+
+
+def test_hot_dir_elsewhere(tmp_path):
+    """hot_dir (or TISMET_HOT_DIR) puts the hot file anywhere, e.g. a disk directory where
+    /dev/shm is small; everything works the same."""
+    dbdir, hot = str(tmp_path / "db"), tmp_path / "hot"
+    hot.mkdir()
+    with tismet.Database(dbdir, hot_dir=str(hot)) as db:
+        write_metrics(db, 5)
+        assert superblock_hot(dbdir)[1].startswith(str(hot) + "/tismet-hot.")
+        with tismet.Database(dbdir, readonly=True) as ro:
+            check_metrics(ro, 5)
+    assert list(hot.iterdir()) == []
+    with tismet.Database(dbdir, readonly=True) as ro:
+        check_metrics(ro, 5)
+
+
+def test_full_hot_file_checkpoints_and_loses_nothing(tmp_path):
+    """A hot file of 16 pages in front of ~250 changed pages: it fills again and again, each
+    time a checkpoint empties it; readers see every write throughout."""
+    dbdir = str(tmp_path / "db")
+    with tismet.Database(dbdir, hot_pages=16) as db, \
+            tismet.Database(dbdir, readonly=True) as ro:
+        before = db.stats()["checkpoints"]
+        write_metrics(db, 120)
+        check_metrics(ro, 120)
+        assert db.stats()["checkpoints"] - before >= 10
+        assert db.check() == [] and ro.check() == []
+    with tismet.Database(dbdir, readonly=True) as ro:
+        check_metrics(ro, 120)
+
+
+READER = r"""
+import sys, time, tismet
+path, n = sys.argv[1], int(sys.argv[2])
+ro = tismet.Database(path, readonly=True)
+print("open", flush=True)
+for line in sys.stdin:
+    name, t, v = line.split()
+    r = ro.fetch(name, int(t) - 10, int(t), now=int(t))
+    (start, end, step), vals = r
+    print("got %r" % (vals[(int(t) - start) // step],), flush=True)
+"""
+
+
+def test_reader_follows_hot_file_across_writers(tmp_path):
+    """One reader process open throughout: it sees each writer's points the moment they are
+    written, through a clean close, a new writer, a kill -9 and the recovering writer."""
+    dbdir = str(tmp_path / "db")
+    with tismet.Database(dbdir) as db:
+        db.create("a.b", ARCHIVES, aggregation_method="last")
+    p = subprocess.Popen([sys.executable, "-c", READER, dbdir, "0"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, env=subprocess_env())
+    try:
+        assert p.stdout.readline().strip() == "open"
+
+        def ask(t):
+            p.stdin.write("a.b %d 0\n" % t)
+            p.stdin.flush()
+            return p.stdout.readline().strip()
+
+        for round_ in range(3):
+            with tismet.Database(dbdir) as db:
+                t = NOW - 100 + round_ * 10
+                db.update_many("a.b", [(t, float(round_))], now=NOW)
+                assert ask(t) == "got %r" % float(round_)
+        # a writer in another process, killed after its write returned
+        script = ("import os, signal, sys, tismet\n"
+                  "db = tismet.Database(sys.argv[1])\n"
+                  "db.update_many('a.b', [(%d, 42.0)], now=%d)\n"
+                  "print('done', flush=True)\n"
+                  "os.kill(os.getpid(), signal.SIGKILL)\n" % (NOW - 50, NOW))
+        w = subprocess.run([sys.executable, "-c", script, dbdir], env=subprocess_env(),
+                           capture_output=True, text=True)
+        assert w.returncode == -signal.SIGKILL and w.stdout == "done\n"
+        assert ask(NOW - 50) == "got 42.0"        # the dead writer's hot file still serves
+        gen, dead_path = superblock_hot(dbdir)
+        assert gen and os.path.exists(dead_path)
+        with tismet.Database(dbdir) as db:      # recovers, publishes its own hot file
+            assert not os.path.exists(dead_path)
+            assert ask(NOW - 50) == "got 42.0"
+            db.update_many("a.b", [(NOW - 40, 43.0)], now=NOW)
+            assert ask(NOW - 40) == "got 43.0"
+        assert ask(NOW - 40) == "got 43.0"
+    finally:
+        p.stdin.close()
+        p.wait()
+
+
+def test_recovery_with_a_hot_file_smaller_than_the_log(tmp_path):
+    """A writer killed with ~250 changed pages in its log is recovered by a writer whose hot
+    file holds 16: recovery writes pages out as it goes (without resetting the log)."""
+    dbdir = str(tmp_path / "db")
+    script = ("import os, signal, sys\n"
+              "sys.path.insert(0, %r)\n"
+              "import tismet, test_hot\n"
+              "db = tismet.Database(sys.argv[1], durability='none')\n"
+              "test_hot.write_metrics(db, 120)\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n" % os.path.dirname(__file__))
+    w = subprocess.run([sys.executable, "-c", script, dbdir], env=subprocess_env())
+    assert w.returncode == -signal.SIGKILL
+    with tismet.Database(dbdir, readonly=True) as ro:     # the dead writer's hot file
+        check_metrics(ro, 120)
+    with tismet.Database(dbdir, hot_pages=16) as db:
+        assert db.check() == []
+        check_metrics(db, 120)
+    with tismet.Database(dbdir, readonly=True) as ro:
+        check_metrics(ro, 120)
+        assert ro.check() == []
+
+
+def test_hot_file_gone_after_crash_reads_page_file(tmp_path):
+    """After a crash and a reboot (which empties /dev/shm) readers find no hot file: they read
+    the page file without error until a writer recovers the rest from the log."""
+    dbdir, hot = str(tmp_path / "db"), tmp_path / "hot"
+    hot.mkdir()
+    with tismet.Database(dbdir, hot_dir=str(hot)) as db:
+        write_metrics(db, 10)
+    script = ("import os, signal, sys, tismet\n"
+              "db = tismet.Database(sys.argv[1], hot_dir=sys.argv[2])\n"
+              "db.update_many('m.0000', [(%d, 99.0)], now=%d)\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n" % (NOW - 350, NOW))
+    w = subprocess.run([sys.executable, "-c", script, dbdir, str(hot)], env=subprocess_env())
+    assert w.returncode == -signal.SIGKILL
+    for f in hot.iterdir():
+        f.unlink()                                  # "reboot"
+    with tismet.Database(dbdir, readonly=True) as ro:
+        check_metrics(ro, 10)                       # checkpointed data, no error
+    with tismet.Database(dbdir, hot_dir=str(hot)) as db:
+        assert db.fetch("m.0000", NOW - 360, NOW - 350, now=NOW)[1] == [99.0]
+        check_metrics(db, 10)
