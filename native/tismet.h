@@ -284,6 +284,54 @@ int tsm_stats(tsm_db *db, tsm_db_stats *out);
  * one is described by tsm_last_error().  Returns TSM_OK or TSM_ENOMEM. */
 int tsm_check(tsm_db *db, uint64_t *problems);
 
+/* ---- Online backup (backup.c; DESIGN.md section 8).
+ * A consistent copy of a database while its writer keeps writing, in the
+ * manner of SQLite's backup API: begin, step until every page is copied,
+ * finish.  Needs the writer handle (another process's backup goes through
+ * that process: the admin channel).  begin pins the log: from then on,
+ * before each log reset the writer first appends the records of the
+ * ending cycle to the backup's copy of the log, so the copy holds every
+ * record from the last checkpoint before begin to the end; the pages are
+ * copied one by one, each consistent (under the handle's read lock), then
+ * the catalog, then the rest of the log.  The result, in DEST, is what a
+ * crash would leave: the next writer open replays the log over the pages
+ * (page LSNs make that idempotent) and gets the state at finish. */
+typedef struct tsm_backup tsm_backup;
+
+typedef struct tsm_backup_info {
+    uint64_t pages_total;      /* pages to copy (the high-water mark at begin) */
+    uint64_t pages_done;
+    uint64_t catalog_bytes;    /* catalog bytes copied (at finish) */
+    uint64_t log_bytes;        /* log bytes copied so far */
+    uint64_t log_records;
+    uint64_t log_resets;       /* resets of the writer's log during the backup */
+    uint64_t checkpoint_lsn;   /* the copy's log replays every record after this */
+    uint64_t end_lsn;          /* LSN of the last record copied */
+} tsm_backup_info;
+
+/* Start a backup of the writer handle db into directory dest, which must
+ * not exist or be empty; the files are built in "<dest>.partial" and renamed
+ * to dest by tsm_backup_finish.  Returns TSM_OK, TSM_EREADONLY, TSM_EBUSY
+ * (another backup of this handle runs), TSM_EINVAL (dest exists and is not
+ * an empty directory, or path too long), TSM_EFATAL, TSM_EIO, TSM_ENOSPC,
+ * TSM_ENOMEM, TSM_ECLOSED. */
+int tsm_backup_begin(tsm_db *db, const char *dest, tsm_backup **out);
+
+/* Copy up to npages more pages (and the log appended meanwhile) and fill
+ * *info.  Done copying pages when info->pages_done == info->pages_total.
+ * Returns TSM_OK, TSM_EIO, TSM_ENOSPC, TSM_EBUSY, TSM_ECLOSED, or the
+ * failure that stopped the backup earlier (a failed log copy at a reset). */
+int tsm_backup_step(tsm_backup *b, uint64_t npages, tsm_backup_info *info);
+
+/* Copy what is left (pages, catalog, log), make dest durable and rename it
+ * into place.  Returns TSM_OK or the codes of tsm_backup_step, and
+ * TSM_EFATAL when the writer failed during the backup. */
+int tsm_backup_finish(tsm_backup *b, tsm_backup_info *info);
+
+/* Stop the backup if not finished (its partial directory is removed) and
+ * free the handle.  The database handle must still be alive. */
+void tsm_backup_release(tsm_backup *b);
+
 /* Name of a code. */
 const char *tsm_strerror(int code);
 

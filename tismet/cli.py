@@ -1,9 +1,9 @@
 """The ``tismet`` command line.
 
-Subcommands: ``info``, ``check``, ``delete``, ``expire``, ``resize``,
+Subcommands: ``info``, ``check``, ``backup``, ``delete``, ``expire``, ``resize``,
 ``schema-debug``, ``import-whisper``, ``export-whisper``.
 
-``delete``, ``expire`` and ``resize`` change a database: they open it as its
+``backup``, ``delete``, ``expire`` and ``resize`` need the writer: they open the database as its
 writer when nobody holds it, and otherwise send the operation to the admin
 channel (``<DB_DIR>/admin.sock``) of the process that does (carbon-cache with
 ``TISMET_ADMIN = True``); both paths run ``tismet.admin.Operations``.
@@ -289,6 +289,48 @@ def cmd_check(args):
             print(p)
     else:
         print("clean")
+    return EXIT_PROBLEMS if problems else EXIT_OK
+
+
+# -- backup --------------------------------------------------------------------
+
+def cmd_backup(args):
+    src = args.db_dir
+    dest = os.path.abspath(args.dest)
+    if os.path.lexists(dest) and not (os.path.isdir(dest) and not os.listdir(dest)):
+        raise Fatal("backup destination %s exists and is not an empty directory" % dest)
+    if not os.path.isdir(os.path.dirname(dest)):
+        raise Fatal("no such directory: %s (the backup's parent directory)"
+                    % os.path.dirname(dest))
+    if os.path.realpath(dest).startswith(os.path.realpath(src) + os.sep):
+        raise Fatal("backup destination %s is inside the database directory" % dest)
+    target = _writer_target(src)
+    result = _run_op(target, "backup", {"dest": dest}, args.progress or sys.stderr.isatty(),
+                     "pages")
+    # restore = open as the writer: recovery replays the copied log over the pages;
+    # then the engine's check, as `tismet check` runs it
+    t0 = time.monotonic()
+    try:
+        with tismet.Database(dest) as restored:
+            result["metrics"] = restored.stats()["metrics"]
+        with tismet.Database(dest, readonly=True) as ro:
+            problems = ro.check()
+    except tismet.TismetError as e:
+        problems = ["cannot open the backup: %s%s" % (e, _where(e))]
+    result["recovery_seconds"] = round(time.monotonic() - t0, 3)
+    result["check"] = "clean" if not problems else problems
+    result["through_admin_channel"] = target.remote
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print("backed up %s to %s%s: %s, %d pages, %s of log replayed (%d log resets "
+              "during the copy), %.1f s"
+              % (src, dest, _where_run(target), _plural(result["metrics"]),
+                 result["pages_total"], _human(result["log_bytes"]), result["log_resets"],
+                 result["seconds"]))
+        print("check of the backup: %s" % ("clean" if not problems else "PROBLEMS"))
+        for p in problems:
+            print("  " + p)
     return EXIT_PROBLEMS if problems else EXIT_OK
 
 
@@ -945,6 +987,24 @@ def build_parser():
     s.add_argument("db_dir", metavar="DB_DIR")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("backup", help="consistent copy of a database while carbon writes",
+                       description="Copy DB_DIR into DEST (a new or empty directory) while "
+                       "the writer keeps writing: an online backup. The writer holds back its "
+                       "log resets for the copy's time, handing each ending log cycle to the "
+                       "backup, so the copy holds the pages, the catalog and every log record "
+                       "since the last checkpoint, whatever the database's size and however "
+                       "fast it is written. DEST is then opened as a writer (recovery replays "
+                       "the copied log: DEST is the database as it was at the end of the copy, "
+                       "ready to use) and checked. " + _WRITER_NOTE + " Exit 0 when the backup "
+                       "checks clean, 1 when its check found problems, 2 on failure (nothing "
+                       "is left in DEST then).")
+    s.add_argument("db_dir", metavar="DB_DIR")
+    s.add_argument("dest", metavar="DEST")
+    s.add_argument("--progress", action="store_true",
+                   help="show progress even when stderr is not a terminal")
+    s.add_argument("--json", action="store_true", help="print the figures as JSON")
+    s.set_defaults(func=cmd_backup)
 
     s = sub.add_parser("delete", help="delete the metrics a Graphite glob matches",
                        description="Delete every metric (leaf) that the Graphite glob PATTERN "

@@ -491,6 +491,52 @@ class Database:
             found.append("... and %d more problems" % (problems[0] - 1))
         return found
 
+    def backup(self, dest, progress=None, cancelled=None, step_pages=2048):
+        """Copy this database into directory ``dest`` (absent or empty) while writes go
+        on: a consistent snapshot, as the engine's online backup makes it (tismet.h,
+        native/DESIGN.md).  Needs the writer handle.  ``dest`` then holds the database
+        as it was when the copy finished, in the state a crash would leave: opening it
+        as a writer replays its log.  ``progress(done, total)`` gets the pages copied;
+        ``cancelled()`` is polled between steps and stops the backup (BackupCancelled,
+        nothing left behind).  Returns the figures of the copy."""
+        import shutil
+        import time
+        dest = os.path.abspath(os.fspath(dest))
+        if os.path.lexists(dest) and not (os.path.isdir(dest) and not os.listdir(dest)):
+            raise errors.InvalidArgument("backup destination %s exists and is not an empty "
+                                         "directory" % dest)
+        partial = dest + ".partial"
+        if os.path.lexists(partial):     # left by a backup that was killed
+            shutil.rmtree(partial)
+        started = time.monotonic()
+        out = ffi.new("tsm_backup **")
+        self._call(lib.tsm_backup_begin, os.fsencode(dest), out)
+        handle = out[0]
+        info = ffi.new("tsm_backup_info *")
+        finished = False
+        try:
+            while True:
+                rc = lib.tsm_backup_step(handle, step_pages, info)
+                if rc:
+                    raise _error(rc)
+                if progress is not None:
+                    progress(int(info.pages_done), int(info.pages_total))
+                if info.pages_done >= info.pages_total:
+                    break
+                if cancelled is not None and cancelled():
+                    raise errors.BackupCancelled("backup cancelled")
+            rc = lib.tsm_backup_finish(handle, info)
+            if rc:
+                raise _error(rc)
+            finished = True
+        finally:
+            lib.tsm_backup_release(handle)
+            if not finished and os.path.isdir(partial):
+                shutil.rmtree(partial, ignore_errors=True)
+        return {field: int(getattr(info, field))
+                for field, _ in ffi.typeof("tsm_backup_info").fields} | {
+                    "dest": dest, "seconds": round(time.monotonic() - started, 3)}
+
     def _call(self, fn, *args):
         rc = fn(self._db, *args)
         if rc:
