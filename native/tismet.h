@@ -206,6 +206,15 @@ int tsm_update_many(tsm_db *db, const char *name, size_t name_len,
 int tsm_write_archive(tsm_db *db, const char *name, size_t name_len, unsigned archive,
                       const void *points, size_t npoints);
 
+/* tsm_write_archive for points that only fill gaps (import into a database
+ * a live writer is writing): a point is stored only where its slot is empty
+ * or holds an older interval; a slot already holding the point's interval
+ * or a newer one keeps its value.  *written receives the points stored.
+ * All or nothing, like tsm_write_archive, and atomic with respect to other
+ * writes.  Returns the codes of tsm_write_archive. */
+int tsm_merge_archive(tsm_db *db, const char *name, size_t name_len, unsigned archive,
+                      const void *points, size_t npoints, size_t *written);
+
 /* Every stored slot of archive `archive` as (timestamp, value) pairs of
  * doubles in *points (npoints pairs, in ring order; free with tsm_free()):
  * what a whisper archive would hold (export, resize, check).

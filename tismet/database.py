@@ -277,6 +277,27 @@ class Database:
             raise errors.InvalidArgument("archive must be an archive index, not %r" % (archive,))
         self._call(lib.tsm_write_archive, nb, len(nb), archive, packed, len(packed) >> 4)
 
+    def merge_archive(self, name, archive, points):
+        """write_archive() that only fills gaps: a point is stored only where its slot
+        is empty or holds an older interval, never over a value the slot holds for
+        the point's interval (or a newer one).  Returns the number of points stored.
+        For importing history into a database a live writer is filling."""
+        if isinstance(points, (bytes, bytearray, memoryview)):
+            packed = bytes(points)
+            if len(packed) % 16:
+                raise errors.InvalidArgument("packed points must be 16-byte (timestamp, value) pairs")
+        else:
+            packed = _pack_points(points)
+        if not packed:
+            return 0
+        nb = _name_bytes(name)
+        if not isinstance(archive, int) or archive < 0:
+            raise errors.InvalidArgument("archive must be an archive index, not %r" % (archive,))
+        written = ffi.new("size_t *")
+        self._call(lib.tsm_merge_archive, nb, len(nb), archive, packed, len(packed) >> 4,
+                   written)
+        return int(written[0])
+
     def read_archive(self, name, archive):
         """Every stored (timestamp, value) of archive number ``archive``, in ring order:
         what the whisper archive would hold.  For export and resampling."""
