@@ -79,6 +79,9 @@ struct tsm_db {
     pthread_mutex_t commit_mu;
     pthread_cond_t commit_cv;
     int stopping;
+    /* recovery only: pages replay has put in the dirty list */
+    uint8_t *replayed;
+    size_t replayed_cap;
     /* online backup (backup.c): set and cleared under the write lock */
     struct tsm_backup *backup;
 };
@@ -519,6 +522,31 @@ static void stop_committer(tsm_db *db)
 
 /* ------------------------------------------------------------ recovery */
 
+/* A page replay touches is sealed by the checkpoint that ends recovery, also
+ * when it was DIRTY already in what the dead writer left (its dirty list died
+ * with it): else its checksum would never be restored. */
+static void note_replayed(tsm_db *db, uint32_t pno, uint8_t *page)
+{
+    int was_clean = tsm_page_mark_dirty(page);
+    if (pno >= db->replayed_cap) {
+        size_t cap = db->replayed_cap ? db->replayed_cap : 4096;
+        while (cap <= pno)
+            cap *= 2;
+        uint8_t *p = realloc(db->replayed, cap);
+        if (!p) {
+            tsm_db_note_dirty(db, pno);     /* a duplicate entry costs one more seal */
+            return;
+        }
+        memset(p + db->replayed_cap, 0, cap - db->replayed_cap);
+        db->replayed = p;
+        db->replayed_cap = cap;
+    }
+    if (was_clean || !db->replayed[pno]) {
+        db->replayed[pno] = 1;
+        tsm_db_note_dirty(db, pno);
+    }
+}
+
 typedef struct replay_ctx {
     tsm_db *db;
     uint64_t applied;
@@ -554,8 +582,7 @@ static int replay_group(void *arg, uint32_t pno)
     c->apply = tsm_page_lsn(c->page) < c->lsn;
     if (c->apply)
         tsm_page_write_begin(c->page);
-    if (tsm_page_mark_dirty(c->page))
-        tsm_db_note_dirty(c->db, pno);
+    note_replayed(c->db, pno, c->page);
     return 0;
 }
 
@@ -597,8 +624,7 @@ static int replay_alloc(tsm_db *db, const tsm_rec *r)
         tsm_page_init(page, &pid, m->arch[a].seconds_per_point, m->arch[a].points, r->lsn);
         tsm_page_write_end(page);
     }
-    if (tsm_page_mark_dirty(page))
-        tsm_db_note_dirty(db, pno);
+    note_replayed(db, pno, page);
     if (pno >= db->next_page)
         db->next_page = pno + 1;
     return TSM_OK;
@@ -893,6 +919,9 @@ static int open_writer(tsm_db *db)
     replay_ctx ctx = {db, 0};
     uint64_t last;
     rc = tsm_wal_scan(&db->wal, replay_one, &ctx, &last);
+    free(db->replayed);
+    db->replayed = NULL;
+    db->replayed_cap = 0;
     if (rc)
         return rc;
     if (last + 1 > db->next_lsn)

@@ -341,6 +341,77 @@ int tsm_backup_finish(tsm_backup *b, tsm_backup_info *info);
  * free the handle.  The database handle must still be alive. */
 void tsm_backup_release(tsm_backup *b);
 
+/* ---- Deep check and salvage (check.c), for `tismet check --deep / --repair`.
+ * Both read the files of a database directory directly, read-only, without
+ * a handle, so they work on a database that no longer opens (a damaged
+ * catalog) and while a writer runs (pages are copied under their seqlock;
+ * the cross-checks that race with a live writer are skipped). */
+
+/* Flags of tsm_check_deep and tsm_salvage_open. */
+#define TSM_CHECK_LOCK_HELD 1   /* the caller holds the writer lock: no writer runs */
+
+/* One finding.  code is TSM_ECORRUPT for a problem, TSM_OK for a note (a
+ * state that is not damage, e.g. a writer that died leaving its log to
+ * replay); file and offset say where. */
+typedef struct tsm_problem {
+    int code;
+    int64_t offset;
+    char file[512];
+    char message[512];
+} tsm_problem;
+
+typedef struct tsm_check_figures {
+    uint64_t metrics;
+    uint64_t catalog_records;
+    uint64_t pages_file;        /* pages in the page file */
+    uint64_t pages_referenced;  /* ring pages the catalog gives to metrics */
+    uint64_t pages_unreferenced;/* below the high-water mark, owned by nobody (free) */
+    uint64_t pages_dirty;
+    uint64_t log_records;       /* in the live part of the log */
+    uint64_t log_bytes;
+    uint64_t checkpoint_lsn;
+    uint64_t last_lsn;          /* of the last valid log record (checkpoint_lsn if none) */
+    int writer_live;            /* a process held the writer lock during the check */
+} tsm_check_figures;
+
+/* Verify the database in directory `path`: the superblock, every catalog
+ * record (checksum, LSN order, references), every page the catalog gives a
+ * metric (inside the file, referenced once, identity, archive geometry,
+ * checksum of clean pages, dirty pages covered by the log), every record in
+ * the live part of the log (and whether valid records lie beyond a damaged
+ * one), and the name and tag indexes against the catalog.  *problems
+ * receives an array of *count findings (free with tsm_free()).  Returns
+ * TSM_OK (findings or none), TSM_ENODB, TSM_EIO, TSM_ENOMEM. */
+int tsm_check_deep(const char *path, unsigned flags, tsm_check_figures *figures,
+                   tsm_problem **problems, size_t *count);
+
+/* Salvage: everything readable of a damaged database, for rebuilding it.
+ * The catalog is read past damaged records; a writer's log that was never
+ * replayed is applied in memory (catalog records and page changes after
+ * the checkpoint, up to the first damaged record); pages that fail their
+ * checksum, lie past the end of the file, carry another identity or are
+ * claimed by two metrics are left out and counted. */
+typedef struct tsm_salvage tsm_salvage;
+
+typedef struct tsm_salvage_info {
+    uint64_t metrics;
+    uint64_t catalog_bytes_skipped;  /* damaged catalog bytes passed over */
+    uint64_t log_records_applied;
+} tsm_salvage_info;
+
+/* Returns TSM_OK, TSM_ENODB, TSM_EIO, TSM_ENOMEM. */
+int tsm_salvage_open(const char *path, unsigned flags, tsm_salvage **out,
+                     tsm_salvage_info *info);
+/* Metric i (0 <= i < info.metrics): its name (valid until close) and header. */
+int tsm_salvage_metric(tsm_salvage *s, size_t i, const char **name, size_t *name_len,
+                       tsm_metric_info *info);
+/* The readable stored points of archive `archive` of metric i, as
+ * tsm_read_archive returns them (free with tsm_free()); *lost_pages
+ * receives the ring pages left out.  Returns TSM_OK, TSM_EINVAL, TSM_ENOMEM. */
+int tsm_salvage_read_archive(tsm_salvage *s, size_t i, unsigned archive, double **points,
+                             size_t *npoints, uint64_t *lost_pages);
+void tsm_salvage_close(tsm_salvage *s);
+
 /* Name of a code. */
 const char *tsm_strerror(int code);
 

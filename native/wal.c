@@ -289,3 +289,17 @@ void tsm_wal_header_image(uint8_t *out, uint64_t checkpoint_lsn, uint64_t catalo
     memcpy(out + (h.seq % 2) * 2048, &h, sizeof h);
     memcpy(out + (h.seq % 2) * 2048 + EXT_OFF, &x, sizeof x);
 }
+
+int tsm_wal_parse_header(const uint8_t *img, uint64_t *seq, uint64_t *start_lsn,
+                         uint64_t *checkpoint_lsn, uint64_t *catalog_len)
+{
+    tsm_wal w;
+    memset(&w, 0, sizeof w);
+    w.map = (uint8_t *)(uintptr_t)img;
+    int rc = read_header(&w);
+    *seq = w.hdr_seq;
+    *start_lsn = w.start_lsn;
+    *checkpoint_lsn = w.checkpoint_lsn;
+    *catalog_len = w.catalog_len;
+    return rc;
+}

@@ -258,6 +258,8 @@ def _finish_resize(path):
 
 
 def cmd_check(args):
+    if args.deep or args.repair:
+        return _check_deep(args)
     recovered, pending = None, None
     if os.path.isdir(args.db_dir):
         recovered, pending = _finish_resize(args.db_dir)
@@ -289,6 +291,71 @@ def cmd_check(args):
     else:
         print("clean")
     return EXIT_PROBLEMS if problems else EXIT_OK
+
+
+def _check_deep(args):
+    from tismet import repair
+    path = args.db_dir
+    if not os.path.isdir(path):
+        raise Fatal("no such database directory: %s" % path)
+    try:
+        if args.repair:
+            progress = _Progress(0, args.progress or sys.stderr.isatty(), "metrics")
+            try:
+                report = repair.repair(path, progress=progress.update)
+            finally:
+                progress.finish()
+        else:
+            report = repair.deep_check(path)
+    except tismet.DatabaseLocked as e:
+        raise Fatal("%s (readers may stay)" % e)
+    except tismet.DatabaseNotFound:
+        raise Fatal("no tismet database in %s" % path)
+    except tismet.TismetError as e:
+        raise Fatal("%s failed: %s%s" % ("repair" if args.repair else "check", e, _where(e)))
+    except OSError as e:
+        raise Fatal("%s failed: %s" % ("repair" if args.repair else "check", e))
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    elif args.repair:
+        _print_repair(report)
+    else:
+        for f in report["problems"]:
+            print("problem: " + repair.format_finding(f))
+        for f in report["notes"]:
+            print("note: " + repair.format_finding(f))
+        fig = report["figures"]
+        print("%s: %d metrics, %d catalog records, %d pages (%d referenced, %d free, %d "
+              "changed since the last checkpoint), %d log records past the checkpoint"
+              % ("clean" if report["clean"] else "%d problems" % len(report["problems"]),
+                 fig["metrics"], fig["catalog_records"], fig["pages_file"],
+                 fig["pages_referenced"], fig["pages_unreferenced"], fig["pages_dirty"],
+                 fig["log_records"]))
+    problems = report["problems_found"] if args.repair else report["problems"]
+    return EXIT_PROBLEMS if problems else EXIT_OK
+
+
+def _print_repair(r):
+    from tismet import repair
+    if not r["problems_found"]:
+        print("clean: nothing to repair")
+        return
+    print("found %d problems:" % len(r["problems_found"]))
+    for f in r["problems_found"]:
+        print("  " + repair.format_finding(f))
+    print("rebuilt %s: %s, %d points (%d log records replayed); the damaged database is "
+          "kept as %s" % (r["path"], _plural(r["metrics"]), r["points"],
+                          r["log_records_replayed"], r["damaged_copy"]))
+    if r["catalog_bytes_lost"]:
+        print("lost: %d damaged catalog bytes (metrics created there are gone)"
+              % r["catalog_bytes_lost"])
+    for p in r["pages_lost"]:
+        print("lost: %s archive %d: %d ring pages (up to %d points)"
+              % (p["metric"], p["archive"], p["ring_pages_lost"], p["slots_lost_at_most"]))
+    for m in r["metrics_not_recreated"]:
+        print("lost: metric %s: %s" % (m["metric"], m["error"]))
+    if not (r["catalog_bytes_lost"] or r["pages_lost"] or r["metrics_not_recreated"]):
+        print("nothing was lost")
 
 
 # -- backup --------------------------------------------------------------------
@@ -863,14 +930,30 @@ def build_parser():
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("check", help="verify checksums and references",
-                       description="Opens the database read-only and verifies every page and "
-                       "record checksum and reference (the engine's check). Prints 'clean' or "
-                       "each problem. Exit 0 clean, 1 problems found. A resize interrupted by "
-                       "a crash is first finished or rolled back (as the writer when nobody "
-                       "holds the database, else through the holder's admin channel). Deeper "
-                       "checks (whisper semantics, index consistency) come later.")
+    s = sub.add_parser("check", help="verify checksums and references; --repair salvages",
+                       description="Without options: opens the database read-only and runs the "
+                       "engine's check (every page checksum, page ownership, the catalog's "
+                       "tail). A resize interrupted by a crash is first finished or rolled back "
+                       "(as the writer when nobody holds the database, else through the "
+                       "holder's admin channel). --deep reads the files directly (so it also "
+                       "works on a database that no longer opens, and while carbon writes): "
+                       "the superblock, every catalog record, every page the catalog gives a "
+                       "metric (inside the file, referenced exactly once, its identity, its "
+                       "checksum, a changed page covered by the log), every record of the live "
+                       "log and whether valid records lie beyond a damaged one, and the name and "
+                       "tag indexes against the catalog; each problem with its file and byte "
+                       "offset. --repair (no writer may hold the database) rebuilds it from "
+                       "everything readable into a fresh database next to it, checks that, swaps "
+                       "the two (keeping the damaged one as DB_DIR.damaged-<time>) and reports "
+                       "what was lost. Exit 0 clean, 1 problems found (repaired or not), 2 "
+                       "fatal (missing directory, locked for --repair, repair failed).")
     s.add_argument("db_dir", metavar="DB_DIR")
+    s.add_argument("--deep", action="store_true",
+                   help="check every structure from the files (see above)")
+    s.add_argument("--repair", action="store_true",
+                   help="salvage into a fresh database and swap it in (implies --deep)")
+    s.add_argument("--progress", action="store_true",
+                   help="show progress even when stderr is not a terminal (--repair)")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_check)
 
