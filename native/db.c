@@ -79,6 +79,8 @@ struct tsm_db {
     pthread_mutex_t commit_mu;
     pthread_cond_t commit_cv;
     int stopping;
+    /* online backup (backup.c): set and cleared under the write lock */
+    struct tsm_backup *backup;
 };
 
 /* ------------------------------------------------------------ small helpers */
@@ -561,7 +563,12 @@ static int checkpoint_locked(tsm_db *db)
         return rc;
     if (db->io->datasync(db->catalog_fd) != 0)
         return tsm_io_error(errno, db->catalog_path, "sync");
+    /* a backup in progress keeps every record of the cycle before it goes */
+    if (db->backup)
+        tsm_backup_save_log(db->backup);
     rc = tsm_wal_reset(&db->wal, db->next_lsn - 1, db->catalog_size);
+    if (db->backup)
+        tsm_backup_log_restarted(db->backup);
     if (rc == TSM_OK) {
         db->st.checkpoints++;
         release_freed(db);
@@ -1749,4 +1756,77 @@ int tsm_check(tsm_db *db, uint64_t *problems)
                  c.first.message);
     }
     return TSM_OK;
+}
+
+/* ------------------------------------------------------------ online tools
+ *
+ * What backup.c, check.c and merge.c need from a handle, kept here so that
+ * those files stay apart from the handle's layout.  Every function below
+ * states the lock it expects.
+ */
+
+int tsm_db_lock_read(tsm_db *db)
+{
+    return read_begin(db);
+}
+
+int tsm_db_lock_write(tsm_db *db)
+{
+    return write_begin(db);
+}
+
+void tsm_db_unlock(tsm_db *db)
+{
+    pthread_rwlock_unlock(&db->rw);
+}
+
+/* With the write lock held: the end of a write call (sync mode, log room). */
+int tsm_db_finish_write(tsm_db *db, int rc)
+{
+    return finish_write(db, rc);
+}
+
+/* With the write lock held: the metric named `name`, or TSM_ENOTFOUND. */
+int tsm_db_lookup(tsm_db *db, const char *name, size_t len, tsm_metric **m)
+{
+    return lookup(db, name, len, m);
+}
+
+/* With the read or write lock held. */
+void tsm_db_view_get(tsm_db *db, tsm_db_view *v)
+{
+    memset(v, 0, sizeof *v);
+    v->io = db->io;
+    v->dir = db->dir;
+    v->pages_path = db->pages_path;
+    v->catalog_path = db->catalog_path;
+    v->wal_path = db->wal_path;
+    v->catalog_fd = db->catalog_fd;
+    v->catalog_size = db->catalog_size;
+    v->mapped_pages = atomic_load(&db->mapped_pages);
+    v->next_page = db->opts.readonly ? v->mapped_pages : db->next_page;
+    v->readonly = db->opts.readonly;
+    v->fatal = atomic_load(&db->fatal);
+    v->wal = db->has_wal ? &db->wal : NULL;
+    v->cat = &db->cat;
+}
+
+/* With the write lock held: attach the backup whose log copy
+ * checkpoint_locked keeps up to date before each log reset. */
+int tsm_db_attach_backup(tsm_db *db, struct tsm_backup *b)
+{
+    if (db->backup)
+        return tsm_fail(TSM_EBUSY, 0, db->dir, -1, "a backup of %s is already running",
+                        db->dir);
+    db->backup = b;
+    return TSM_OK;
+}
+
+/* Takes the write lock itself (also on a closed handle): detach b. */
+void tsm_db_detach_backup(tsm_db *db, struct tsm_backup *b)
+{
+    pthread_rwlock_wrlock(&db->rw);
+    if (db->backup == b)
+        db->backup = NULL;
+    pthread_rwlock_unlock(&db->rw);
 }

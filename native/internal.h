@@ -387,4 +387,39 @@ int tsm_db_hot_reserve(struct tsm_db *db, size_t n);
 tsm_buf *tsm_db_scratch(struct tsm_db *db, int which);
 struct tsm_update_scratch **tsm_db_update_scratch(struct tsm_db *db);
 
+/* ------------------------------------------------------------------ online tools
+ * (db.c's "online tools" section; used by backup.c, check.c, merge.c) */
+
+struct tsm_wal;
+struct tsm_backup;
+
+/* What those files may look at in a handle, read under its lock. */
+typedef struct tsm_db_view {
+    const tsm_io *io;
+    const char *dir, *pages_path, *catalog_path, *wal_path;
+    int catalog_fd;
+    uint64_t catalog_size;      /* catalog bytes applied (writer: all of them) */
+    uint64_t mapped_pages;
+    uint64_t next_page;         /* writer: high-water mark of used pages */
+    int readonly;
+    int fatal;                  /* the writer's sticky failure, 0 when healthy */
+    struct tsm_wal *wal;        /* writer only, else NULL */
+    const tsm_catalog *cat;
+} tsm_db_view;
+
+int tsm_db_lock_read(struct tsm_db *db);    /* TSM_OK with the read lock held */
+int tsm_db_lock_write(struct tsm_db *db);   /* TSM_OK with the write lock held (writers) */
+void tsm_db_unlock(struct tsm_db *db);
+int tsm_db_finish_write(struct tsm_db *db, int rc);
+int tsm_db_lookup(struct tsm_db *db, const char *name, size_t len, tsm_metric **m);
+void tsm_db_view_get(struct tsm_db *db, tsm_db_view *v);
+int tsm_db_attach_backup(struct tsm_db *db, struct tsm_backup *b);
+void tsm_db_detach_backup(struct tsm_db *db, struct tsm_backup *b);
+
+/* backup.c, called by the checkpoint under the write lock: copy the log
+ * records not yet copied (never fails the writer: a failure fails the
+ * backup), then note that the log restarts at its first record. */
+void tsm_backup_save_log(struct tsm_backup *b);
+void tsm_backup_log_restarted(struct tsm_backup *b);
+
 #endif /* TSM_INTERNAL_H */

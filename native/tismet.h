@@ -211,6 +211,15 @@ int tsm_update_many(tsm_db *db, const char *name, size_t name_len,
 int tsm_write_archive(tsm_db *db, const char *name, size_t name_len, unsigned archive,
                       const void *points, size_t npoints);
 
+/* tsm_write_archive for points that only fill gaps (import into a database
+ * a live writer is writing): a point is stored only where its slot is empty
+ * or holds an older interval; a slot already holding the point's interval
+ * or a newer one keeps its value.  *written receives the points stored.
+ * All or nothing, like tsm_write_archive, and atomic with respect to other
+ * writes.  Returns the codes of tsm_write_archive. */
+int tsm_merge_archive(tsm_db *db, const char *name, size_t name_len, unsigned archive,
+                      const void *points, size_t npoints, size_t *written);
+
 /* Every stored slot of archive `archive` as (timestamp, value) pairs of
  * doubles in *points (npoints pairs, in ring order; free with tsm_free()):
  * what a whisper archive would hold (export, resize, check).
@@ -288,6 +297,125 @@ int tsm_stats(tsm_db *db, tsm_db_stats *out);
  * references between them.  *problems receives the number found; the first
  * one is described by tsm_last_error().  Returns TSM_OK or TSM_ENOMEM. */
 int tsm_check(tsm_db *db, uint64_t *problems);
+
+/* ---- Online backup (backup.c; DESIGN.md section 8).
+ * A consistent copy of a database while its writer keeps writing, in the
+ * manner of SQLite's backup API: begin, step until every page is copied,
+ * finish.  Needs the writer handle (another process's backup goes through
+ * that process: the admin channel).  begin pins the log: from then on,
+ * before each log reset the writer first appends the records of the
+ * ending cycle to the backup's copy of the log, so the copy holds every
+ * record from the last checkpoint before begin to the end; the pages are
+ * copied one by one, each consistent (under the handle's read lock), then
+ * the catalog, then the rest of the log.  The result, in DEST, is what a
+ * crash would leave: the next writer open replays the log over the pages
+ * (page LSNs make that idempotent) and gets the state at finish. */
+typedef struct tsm_backup tsm_backup;
+
+typedef struct tsm_backup_info {
+    uint64_t pages_total;      /* pages to copy (the high-water mark at begin) */
+    uint64_t pages_done;
+    uint64_t catalog_bytes;    /* catalog bytes copied (at finish) */
+    uint64_t log_bytes;        /* log bytes copied so far */
+    uint64_t log_records;
+    uint64_t log_resets;       /* resets of the writer's log during the backup */
+    uint64_t checkpoint_lsn;   /* the copy's log replays every record after this */
+    uint64_t end_lsn;          /* LSN of the last record copied */
+} tsm_backup_info;
+
+/* Start a backup of the writer handle db into directory dest, which must
+ * not exist or be empty; the files are built in "<dest>.partial" and renamed
+ * to dest by tsm_backup_finish.  Returns TSM_OK, TSM_EREADONLY, TSM_EBUSY
+ * (another backup of this handle runs), TSM_EINVAL (dest exists and is not
+ * an empty directory, or path too long), TSM_EFATAL, TSM_EIO, TSM_ENOSPC,
+ * TSM_ENOMEM, TSM_ECLOSED. */
+int tsm_backup_begin(tsm_db *db, const char *dest, tsm_backup **out);
+
+/* Copy up to npages more pages (and the log appended meanwhile) and fill
+ * *info.  Done copying pages when info->pages_done == info->pages_total.
+ * Returns TSM_OK, TSM_EIO, TSM_ENOSPC, TSM_EBUSY, TSM_ECLOSED, or the
+ * failure that stopped the backup earlier (a failed log copy at a reset). */
+int tsm_backup_step(tsm_backup *b, uint64_t npages, tsm_backup_info *info);
+
+/* Copy what is left (pages, catalog, log), make dest durable and rename it
+ * into place.  Returns TSM_OK or the codes of tsm_backup_step, and
+ * TSM_EFATAL when the writer failed during the backup. */
+int tsm_backup_finish(tsm_backup *b, tsm_backup_info *info);
+
+/* Stop the backup if not finished (its partial directory is removed) and
+ * free the handle.  The database handle must still be alive. */
+void tsm_backup_release(tsm_backup *b);
+
+/* ---- Deep check and salvage (check.c), for `tismet check --deep / --repair`.
+ * Both read the files of a database directory directly, read-only, without
+ * a handle, so they work on a database that no longer opens (a damaged
+ * catalog) and while a writer runs (pages are copied under their seqlock;
+ * the cross-checks that race with a live writer are skipped). */
+
+/* Flags of tsm_check_deep and tsm_salvage_open. */
+#define TSM_CHECK_LOCK_HELD 1   /* the caller holds the writer lock: no writer runs */
+
+/* One finding.  code is TSM_ECORRUPT for a problem, TSM_OK for a note (a
+ * state that is not damage, e.g. a writer that died leaving its log to
+ * replay); file and offset say where. */
+typedef struct tsm_problem {
+    int code;
+    int64_t offset;
+    char file[512];
+    char message[512];
+} tsm_problem;
+
+typedef struct tsm_check_figures {
+    uint64_t metrics;
+    uint64_t catalog_records;
+    uint64_t pages_file;        /* pages in the page file */
+    uint64_t pages_referenced;  /* ring pages the catalog gives to metrics */
+    uint64_t pages_unreferenced;/* below the high-water mark, owned by nobody (free) */
+    uint64_t pages_dirty;
+    uint64_t log_records;       /* in the live part of the log */
+    uint64_t log_bytes;
+    uint64_t checkpoint_lsn;
+    uint64_t last_lsn;          /* of the last valid log record (checkpoint_lsn if none) */
+    int writer_live;            /* a process held the writer lock during the check */
+} tsm_check_figures;
+
+/* Verify the database in directory `path`: the superblock, every catalog
+ * record (checksum, LSN order, references), every page the catalog gives a
+ * metric (inside the file, referenced once, identity, archive geometry,
+ * checksum of clean pages, dirty pages covered by the log), every record in
+ * the live part of the log (and whether valid records lie beyond a damaged
+ * one), and the name and tag indexes against the catalog.  *problems
+ * receives an array of *count findings (free with tsm_free()).  Returns
+ * TSM_OK (findings or none), TSM_ENODB, TSM_EIO, TSM_ENOMEM. */
+int tsm_check_deep(const char *path, unsigned flags, tsm_check_figures *figures,
+                   tsm_problem **problems, size_t *count);
+
+/* Salvage: everything readable of a damaged database, for rebuilding it.
+ * The catalog is read past damaged records; a writer's log that was never
+ * replayed is applied in memory (catalog records and page changes after
+ * the checkpoint, up to the first damaged record); pages that fail their
+ * checksum, lie past the end of the file, carry another identity or are
+ * claimed by two metrics are left out and counted. */
+typedef struct tsm_salvage tsm_salvage;
+
+typedef struct tsm_salvage_info {
+    uint64_t metrics;
+    uint64_t catalog_bytes_skipped;  /* damaged catalog bytes passed over */
+    uint64_t log_records_applied;
+} tsm_salvage_info;
+
+/* Returns TSM_OK, TSM_ENODB, TSM_EIO, TSM_ENOMEM. */
+int tsm_salvage_open(const char *path, unsigned flags, tsm_salvage **out,
+                     tsm_salvage_info *info);
+/* Metric i (0 <= i < info.metrics): its name (valid until close) and header. */
+int tsm_salvage_metric(tsm_salvage *s, size_t i, const char **name, size_t *name_len,
+                       tsm_metric_info *info);
+/* The readable stored points of archive `archive` of metric i, as
+ * tsm_read_archive returns them (free with tsm_free()); *lost_pages
+ * receives the ring pages left out.  Returns TSM_OK, TSM_EINVAL, TSM_ENOMEM. */
+int tsm_salvage_read_archive(tsm_salvage *s, size_t i, unsigned archive, double **points,
+                             size_t *npoints, uint64_t *lost_pages);
+void tsm_salvage_close(tsm_salvage *s);
 
 /* Name of a code. */
 const char *tsm_strerror(int code);

@@ -273,3 +273,33 @@ int tsm_wal_reset(tsm_wal *w, uint64_t checkpoint_lsn, uint64_t catalog_len)
     pthread_mutex_unlock(&w->sync_mu);
     return rc;
 }
+
+void tsm_wal_header_image(uint8_t *out, uint64_t checkpoint_lsn, uint64_t catalog_len)
+{
+    memset(out, 0, TSM_WAL_DATA);
+    wal_header h = {0};
+    memcpy(h.magic, TSM_WAL_MAGIC, 8);
+    h.version = TSM_FORMAT_VERSION;
+    h.seq = 1;
+    h.start_lsn = checkpoint_lsn + 1;
+    h.checkpoint_lsn = checkpoint_lsn;
+    h.crc = header_crc(h);
+    wal_ext x = {catalog_len, h.seq, 0, 0};
+    x.crc = ext_crc(x);
+    memcpy(out + (h.seq % 2) * 2048, &h, sizeof h);
+    memcpy(out + (h.seq % 2) * 2048 + EXT_OFF, &x, sizeof x);
+}
+
+int tsm_wal_parse_header(const uint8_t *img, uint64_t *seq, uint64_t *start_lsn,
+                         uint64_t *checkpoint_lsn, uint64_t *catalog_len)
+{
+    tsm_wal w;
+    memset(&w, 0, sizeof w);
+    w.map = (uint8_t *)(uintptr_t)img;
+    int rc = read_header(&w);
+    *seq = w.hdr_seq;
+    *start_lsn = w.start_lsn;
+    *checkpoint_lsn = w.checkpoint_lsn;
+    *catalog_len = w.catalog_len;
+    return rc;
+}

@@ -52,4 +52,14 @@ int tsm_wal_sync(tsm_wal *w);
  * length at that checkpoint (kept in the header's extension). */
 int tsm_wal_reset(tsm_wal *w, uint64_t checkpoint_lsn, uint64_t catalog_len);
 
+/* The TSM_WAL_DATA header bytes of a log file whose one cycle starts after
+ * checkpoint_lsn (the online backup writes its copy of the log with it). */
+void tsm_wal_header_image(uint8_t *out, uint64_t checkpoint_lsn, uint64_t catalog_len);
+
+/* Parse the header slots of a log file image (at least TSM_WAL_DATA bytes):
+ * the ruling header's fields, as tsm_wal_open reads them.  Returns TSM_OK,
+ * TSM_ENODB (no valid slot) or TSM_EVERSION. */
+int tsm_wal_parse_header(const uint8_t *img, uint64_t *seq, uint64_t *start_lsn,
+                         uint64_t *checkpoint_lsn, uint64_t *catalog_len);
+
 #endif

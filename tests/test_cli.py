@@ -415,7 +415,7 @@ def test_help_and_usage_errors_subprocess():
     for sub in ("info", "check", "delete", "import-whisper", "export-whisper"):
         assert sub in out
     code, out, err = run("check", "--help")
-    assert code == 0 and "later" in out
+    assert code == 0 and "--deep" in out and "--repair" in out
     code, out, err = run()
     assert code == 2 and "usage" in err
     code, out, err = run("frobnicate")

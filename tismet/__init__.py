@@ -8,7 +8,7 @@ from tismet.database import (
     AGGREGATION_METHODS, DURABILITY_MODES, Database, check_name, validate_archives,
 )
 from tismet.errors import (
-    CorruptDatabase, DatabaseClosed, DatabaseLocked, DatabaseNotFound,
+    BackupCancelled, CorruptDatabase, DatabaseClosed, DatabaseLocked, DatabaseNotFound,
     InvalidAggregationMethod, InvalidArgument, InvalidConfiguration, InvalidName,
     InvalidPoint, InvalidTimeInterval, InvalidXFilesFactor, MetricExists,
     MetricNotFound, PageBusy, ReadOnlyDatabase, RequestTooLarge, StorageError,
@@ -18,7 +18,7 @@ from tismet.errors import (
 __all__ = [
     "AGGREGATION_METHODS", "DURABILITY_MODES", "Database", "__version__", "check_name",
     "validate_archives",
-    "CorruptDatabase", "DatabaseClosed", "DatabaseLocked", "DatabaseNotFound",
+    "BackupCancelled", "CorruptDatabase", "DatabaseClosed", "DatabaseLocked", "DatabaseNotFound",
     "InvalidAggregationMethod", "InvalidArgument", "InvalidConfiguration",
     "InvalidName", "InvalidPoint", "InvalidTimeInterval", "InvalidXFilesFactor",
     "MetricExists", "MetricNotFound", "PageBusy", "ReadOnlyDatabase",

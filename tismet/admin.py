@@ -47,6 +47,18 @@ Operations (arguments by name; ``now`` defaults to the server's clock):
     aggregation method / xFilesFactor changed (as
     ``whisper-set-aggregation-method.py`` does: its data is kept as is), or is
     left alone when those match too.
+``backup(dest)``
+    a consistent copy of the database into directory ``dest`` (an absolute
+    path, absent or empty) while the host keeps writing: the engine's online
+    backup (``Database.backup``), run on the host's writer handle.  ``dest``
+    is left in the state a crash would leave; ``tismet backup`` then opens it
+    as a writer (recovery replays the copied log) and checks it.
+``import_whisper(whisper_dir, merge=True, tagdb=None, restart=False)``
+    ``tismet import-whisper --merge`` run by the host: it reads the whisper
+    files under ``whisper_dir`` (absolute) itself, in the admin thread, and
+    merges them with points that only fill gaps, each metric under the gate
+    (tismet.importer; resumable through the same journal).  Only the merge
+    mode is served: the host's points must win.
 ``stats()``
     the engine figures of the writer handle, plus the server's pid.
 ``recover()``
@@ -91,19 +103,23 @@ LOCK_WAIT = 3.0                  # seconds a request waits for the running opera
 MAX_CONNECTIONS = 8
 _BATCH = 500_000                 # points per engine call (the engine takes at most 1,000,000)
 _PROGRESS_EVERY = 0.3            # seconds between progress lines
+BACKUP_STEP_PAGES = 2048         # pages a backup copies per engine call (8 MiB)
 
-OPERATIONS = ("delete", "expire", "resize", "stats", "recover")
+OPERATIONS = ("delete", "expire", "resize", "backup", "import_whisper", "stats", "recover")
 _ARGS = {
     "delete": {"pattern": str, "dry_run": bool, "recursive": bool},
     "expire": {"older_than": (int, float), "dry_run": bool, "now": (int, float),
                "pattern": str},
     "resize": {"pattern": str, "retentions": (str, list), "aggregation_method": str,
                "x_files_factor": (int, float), "dry_run": bool, "now": (int, float)},
+    "backup": {"dest": str},
+    "import_whisper": {"whisper_dir": str, "merge": bool, "tagdb": str, "restart": bool},
     "stats": {},
     "recover": {},
 }
 _REQUIRED = {"delete": ("pattern",), "expire": ("older_than",),
-             "resize": ("pattern", "retentions")}
+             "resize": ("pattern", "retentions"), "backup": ("dest",),
+             "import_whisper": ("whisper_dir",)}
 
 
 # -- errors ----------------------------------------------------------------------
@@ -240,7 +256,7 @@ def _hook(step):
     """Crash (``TISMET_ADMIN_CRASH_AT=<step>``: SIGKILL ourselves) or pause
     (``TISMET_ADMIN_SLEEP_AT=<step>:<seconds>``) between two steps of an
     operation; for the crash-safety tests.  Steps: resize:copying, resize:copied,
-    resize:swapping, resize:swapped, expire:judged, delete:each."""
+    resize:swapping, resize:swapped, expire:judged, delete:each, backup:step."""
     crash = os.environ.get("TISMET_ADMIN_CRASH_AT")
     if crash and crash == step:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -647,6 +663,49 @@ class Operations:
             self._journal_remove()
         return {"name": name, "action": action,
                 "retentions": format_retentions(journal.get("archives", []))}
+
+    # -- backup
+    def backup(self, dest):
+        if self.db.readonly:
+            raise errors.ReadOnlyDatabase("a backup needs the database's writer handle")
+        if not os.path.isabs(dest):
+            raise errors.InvalidArgument("backup destination must be an absolute path, not %r"
+                                         % (dest,))
+        def progress(done, total):
+            self._step(done, total)
+            _hook("backup:step")
+
+        result = self.db.backup(dest, progress=progress, cancelled=self._stop,
+                                step_pages=BACKUP_STEP_PAGES)
+        result.update({"op": "backup", "source": os.path.abspath(self.path),
+                       "pid": os.getpid()})
+        return result
+
+    # -- import-whisper --merge
+    def import_whisper(self, whisper_dir, merge=True, tagdb=None, restart=False):
+        from tismet import importer
+        if self.db.readonly:
+            raise errors.ReadOnlyDatabase("an import needs the database's writer handle")
+        if not merge:
+            raise errors.InvalidArgument("the admin channel imports with merge only: the "
+                                         "host's points must win")
+        if not os.path.isabs(whisper_dir) or not os.path.isdir(whisper_dir):
+            raise errors.InvalidArgument("no such whisper directory (absolute path): %r"
+                                         % (whisper_dir,))
+        try:
+            hashes = importer.load_tagdb(tagdb) if tagdb else None
+            journal = importer.Journal(self.path, whisper_dir, restart=restart)
+        except importer.ImportProblem as e:
+            raise errors.InvalidArgument(str(e)) from None
+        files, _tagged = importer.scan_whisper_tree(whisper_dir)
+        summary = importer.new_summary(whisper_dir, self.path, False, True, len(files))
+        work = importer.Importer(self.db, whisper_dir, files, summary, merge=True,
+                                 hashes=hashes, journal=journal, gate=self.gate,
+                                 progress=self._step, cancelled=self._stop)
+        work.run(work.todo())
+        summary["pid"] = os.getpid()
+        summary["count"] = summary["created"] + summary["merged"]
+        return summary
 
     # -- stats
     def stats(self):

@@ -1,9 +1,9 @@
 """The ``tismet`` command line.
 
-Subcommands: ``info``, ``check``, ``delete``, ``expire``, ``resize``,
+Subcommands: ``info``, ``check``, ``backup``, ``delete``, ``expire``, ``resize``,
 ``schema-debug``, ``import-whisper``, ``export-whisper``.
 
-``delete``, ``expire`` and ``resize`` change a database: they open it as its
+``backup``, ``delete``, ``expire`` and ``resize`` need the writer: they open the database as its
 writer when nobody holds it, and otherwise send the operation to the admin
 channel (``<DB_DIR>/admin.sock``) of the process that does (carbon-cache with
 ``TISMET_ADMIN = True``); both paths run ``tismet.admin.Operations``.
@@ -23,12 +23,11 @@ import sys
 import time
 
 import tismet
-from tismet import _convert, admin, schemas
+from tismet import _convert, admin, importer, schemas
 
 EXIT_OK, EXIT_PROBLEMS, EXIT_FATAL = 0, 1, 2
 
 _WHISPER_HINT = "the whisper module is needed for this command: pip install tismet[whisper]"
-_MAX_BATCH = 500_000   # points per write_archive call (the engine takes at most 1,000,000)
 _TAGGED_DIR = "_tagged"
 
 
@@ -259,6 +258,8 @@ def _finish_resize(path):
 
 
 def cmd_check(args):
+    if args.deep or args.repair:
+        return _check_deep(args)
     recovered, pending = None, None
     if os.path.isdir(args.db_dir):
         recovered, pending = _finish_resize(args.db_dir)
@@ -289,6 +290,113 @@ def cmd_check(args):
             print(p)
     else:
         print("clean")
+    return EXIT_PROBLEMS if problems else EXIT_OK
+
+
+def _check_deep(args):
+    from tismet import repair
+    path = args.db_dir
+    if not os.path.isdir(path):
+        raise Fatal("no such database directory: %s" % path)
+    try:
+        if args.repair:
+            progress = _Progress(0, args.progress or sys.stderr.isatty(), "metrics")
+            try:
+                report = repair.repair(path, progress=progress.update)
+            finally:
+                progress.finish()
+        else:
+            report = repair.deep_check(path)
+    except tismet.DatabaseLocked as e:
+        raise Fatal("%s (readers may stay)" % e)
+    except tismet.DatabaseNotFound:
+        raise Fatal("no tismet database in %s" % path)
+    except tismet.TismetError as e:
+        raise Fatal("%s failed: %s%s" % ("repair" if args.repair else "check", e, _where(e)))
+    except OSError as e:
+        raise Fatal("%s failed: %s" % ("repair" if args.repair else "check", e))
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+    elif args.repair:
+        _print_repair(report)
+    else:
+        for f in report["problems"]:
+            print("problem: " + repair.format_finding(f))
+        for f in report["notes"]:
+            print("note: " + repair.format_finding(f))
+        fig = report["figures"]
+        print("%s: %d metrics, %d catalog records, %d pages (%d referenced, %d free, %d "
+              "changed since the last checkpoint), %d log records past the checkpoint"
+              % ("clean" if report["clean"] else "%d problems" % len(report["problems"]),
+                 fig["metrics"], fig["catalog_records"], fig["pages_file"],
+                 fig["pages_referenced"], fig["pages_unreferenced"], fig["pages_dirty"],
+                 fig["log_records"]))
+    problems = report["problems_found"] if args.repair else report["problems"]
+    return EXIT_PROBLEMS if problems else EXIT_OK
+
+
+def _print_repair(r):
+    from tismet import repair
+    if not r["problems_found"]:
+        print("clean: nothing to repair")
+        return
+    print("found %d problems:" % len(r["problems_found"]))
+    for f in r["problems_found"]:
+        print("  " + repair.format_finding(f))
+    print("rebuilt %s: %s, %d points (%d log records replayed); the damaged database is "
+          "kept as %s" % (r["path"], _plural(r["metrics"]), r["points"],
+                          r["log_records_replayed"], r["damaged_copy"]))
+    if r["catalog_bytes_lost"]:
+        print("lost: %d damaged catalog bytes (metrics created there are gone)"
+              % r["catalog_bytes_lost"])
+    for p in r["pages_lost"]:
+        print("lost: %s archive %d: %d ring pages (up to %d points)"
+              % (p["metric"], p["archive"], p["ring_pages_lost"], p["slots_lost_at_most"]))
+    for m in r["metrics_not_recreated"]:
+        print("lost: metric %s: %s" % (m["metric"], m["error"]))
+    if not (r["catalog_bytes_lost"] or r["pages_lost"] or r["metrics_not_recreated"]):
+        print("nothing was lost")
+
+
+# -- backup --------------------------------------------------------------------
+
+def cmd_backup(args):
+    src = args.db_dir
+    dest = os.path.abspath(args.dest)
+    if os.path.lexists(dest) and not (os.path.isdir(dest) and not os.listdir(dest)):
+        raise Fatal("backup destination %s exists and is not an empty directory" % dest)
+    if not os.path.isdir(os.path.dirname(dest)):
+        raise Fatal("no such directory: %s (the backup's parent directory)"
+                    % os.path.dirname(dest))
+    if os.path.realpath(dest).startswith(os.path.realpath(src) + os.sep):
+        raise Fatal("backup destination %s is inside the database directory" % dest)
+    target = _writer_target(src)
+    result = _run_op(target, "backup", {"dest": dest}, args.progress or sys.stderr.isatty(),
+                     "pages")
+    # restore = open as the writer: recovery replays the copied log over the pages;
+    # then the engine's check, as `tismet check` runs it
+    t0 = time.monotonic()
+    try:
+        with tismet.Database(dest) as restored:
+            result["metrics"] = restored.stats()["metrics"]
+        with tismet.Database(dest, readonly=True) as ro:
+            problems = ro.check()
+    except tismet.TismetError as e:
+        problems = ["cannot open the backup: %s%s" % (e, _where(e))]
+    result["recovery_seconds"] = round(time.monotonic() - t0, 3)
+    result["check"] = "clean" if not problems else problems
+    result["through_admin_channel"] = target.remote
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        print("backed up %s to %s%s: %s, %d pages, %s of log replayed (%d log resets "
+              "during the copy), %.1f s"
+              % (src, dest, _where_run(target), _plural(result["metrics"]),
+                 result["pages_total"], _human(result["log_bytes"]), result["log_resets"],
+                 result["seconds"]))
+        print("check of the backup: %s" % ("clean" if not problems else "PROBLEMS"))
+        for p in problems:
+            print("  " + p)
     return EXIT_PROBLEMS if problems else EXIT_OK
 
 
@@ -558,136 +666,6 @@ def cmd_schema_debug(args):
 
 # -- import-whisper ------------------------------------------------------------
 
-def _scan_whisper_tree(root):
-    """(files [(relpath, abspath)], tagged count) under root, sorted; carbon's
-    _tagged/ subtree included."""
-    files, tagged = [], 0
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        in_tagged = os.path.relpath(dirpath, root).split(os.sep)[0] == _TAGGED_DIR
-        for f in sorted(filenames):
-            if f.endswith(".wsp"):
-                full = os.path.join(dirpath, f)
-                files.append((os.path.relpath(full, root), full))
-                tagged += in_tagged
-    return files, tagged
-
-
-def _whisper_name(relpath):
-    return relpath[:-len(".wsp")].replace(os.sep, ".")
-
-
-def _is_tagged_path(relpath):
-    return relpath.split(os.sep)[0] == _TAGGED_DIR
-
-
-_HEX64 = frozenset("0123456789abcdef")
-
-
-def _tagged_name(relpath, hashes):
-    """The series name of carbon's tagged whisper file at relpath
-    (_tagged/<3 hex>/<3 hex>/<file>.wsp), or raise ValueError with the reason.
-
-    carbon 1.1.10 names the file after the series with '.' written as
-    '_DOT_', or, with TAG_HASH_FILENAMES (its default), after the sha256 of
-    the series name; then only graphite-web's tag database knows the name
-    (``hashes``: sha256 hex -> name, from --tagdb)."""
-    import hashlib
-    parts = relpath.split(os.sep)
-    if len(parts) < 4 or len(parts[1]) != 3 or len(parts[2]) != 3:
-        raise ValueError("not in carbon's _tagged/<xxx>/<yyy>/ layout")
-    # a '/' in a tag value makes carbon nest the file deeper
-    stem = "/".join(parts[3:])[:-len(".wsp")]
-    if len(stem) == 64 and set(stem) <= _HEX64:
-        if hashes is None:
-            raise ValueError("carbon hashed this tagged series' file name: pass --tagdb "
-                             "(graphite-web's tag database) to restore its name")
-        name = hashes.get(stem)
-        if name is None:
-            raise ValueError("hashed tagged file name not found in the tag database")
-    else:
-        name = stem.replace("_DOT_", ".")
-    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()
-    hashed = len(stem) == 64 and set(stem) <= _HEX64
-    if digest[0:3] != parts[1] or digest[3:6] != parts[2] or (hashed and digest != stem):
-        raise ValueError("tagged name %r does not match the file's place %s/%s"
-                         % (name, parts[1], parts[2] if not hashed else parts[2] + "/" + stem))
-    return name
-
-
-def _load_tagdb(path):
-    """sha256 hex -> series name, from graphite-web's tag database (its sqlite file,
-    table tags_series, as LocalDatabaseTagDB keeps it)."""
-    import sqlite3
-    if not os.path.isfile(path):
-        raise Fatal("no such tag database file: %s" % path)
-    try:
-        con = sqlite3.connect("file:%s?mode=ro" % path, uri=True)
-        try:
-            rows = con.execute("SELECT hash, path FROM tags_series").fetchall()
-        finally:
-            con.close()
-    except sqlite3.Error as e:
-        raise Fatal("cannot read graphite-web's tag database %s: %s (expected its sqlite "
-                    "file with the tags_series table)" % (path, e))
-    return {h: p for h, p in rows}
-
-
-def read_whisper_file(item):
-    """Parse one whisper file (runs in a pool worker).
-
-    Returns (relpath, size, header, [packed points per archive], nonfinite) or
-    (relpath, size, None, reason, 0)."""
-    relpath, path = item
-    import whisper
-    try:
-        size = os.path.getsize(path)
-        if size == 0:
-            return relpath, 0, None, "empty file", 0
-        with open(path, "rb") as f:
-            data = f.read()
-        info = whisper.info(path)
-        archives = info["archives"]
-        if not archives:
-            return relpath, size, None, "corrupt header: no archives", 0
-        offset = 16 + 12 * len(archives)
-        for a in archives:
-            if a["offset"] != offset or a["secondsPerPoint"] <= 0 or a["points"] <= 0:
-                return relpath, size, None, "corrupt header: bad archive layout", 0
-            offset += a["points"] * 12
-        if offset != len(data):
-            return relpath, size, None, ("corrupt file: header says %d bytes, file has %d"
-                                         % (offset, len(data))), 0
-        try:
-            whisper.validateArchiveList([(a["secondsPerPoint"], a["points"]) for a in archives])
-        except whisper.InvalidConfiguration as e:
-            return relpath, size, None, "corrupt header: %s" % e, 0
-        out, nonfinite = [], 0
-        for a in archives:
-            # decoded in C: bytes of (timestamp, value) doubles, cheap to send back
-            packed, dropped = _convert.whisper_points(data, a["offset"], a["points"])
-            out.append(packed)
-            nonfinite += dropped
-        header = {"archives": [(a["secondsPerPoint"], a["points"]) for a in archives],
-                  "xFilesFactor": info["xFilesFactor"],
-                  "aggregationMethod": info["aggregationMethod"]}
-        return relpath, size, header, out, nonfinite
-    except whisper.CorruptWhisperFile as e:
-        return relpath, locals().get("size", 0), None, "corrupt whisper file: %s" % e.error, 0
-    except (OSError, ValueError, struct.error) as e:
-        return relpath, locals().get("size", 0), None, "unreadable: %s" % e, 0
-
-
-def _start_readers(files, jobs):
-    """(iterator of read_whisper_file results in file order, pool or None)."""
-    if jobs <= 1 or len(files) < 2:
-        return map(read_whisper_file, files), None
-    import multiprocessing
-    pool = multiprocessing.get_context("fork").Pool(min(jobs, len(files)))
-    chunk = max(1, min(64, len(files) // (jobs * 8)))
-    return pool.imap(read_whisper_file, files, chunksize=chunk), pool
-
-
 def cmd_import_whisper(args):
     _import_whisper()
     src, dst = args.whisper_dir, args.db_dir
@@ -697,15 +675,31 @@ def cmd_import_whisper(args):
     if jobs < 1:
         raise Fatal("--jobs must be at least 1")
     t0 = time.monotonic()
-    files, tagged = _scan_whisper_tree(src)
-    hashes = _load_tagdb(args.tagdb) if args.tagdb else None
+    try:
+        hashes = importer.load_tagdb(args.tagdb) if args.tagdb else None
+    except importer.ImportProblem as e:
+        raise Fatal(str(e))
+    files, _tagged = importer.scan_whisper_tree(src)
+    if not args.dry_run and os.path.isdir(dst) and os.listdir(dst):
+        remote = _import_holder(dst, args)
+        if remote is not None:
+            summary = _import_remote(remote, src, dst, args)
+            return _finish_import(summary, dst, t0, args)
+    summary = importer.new_summary(src, dst, args.dry_run, args.merge, len(files))
+    journal = None
+    if not args.dry_run:
+        try:
+            journal = importer.Journal(dst, src, restart=args.restart) \
+                if os.path.isdir(dst) else None
+        except importer.ImportProblem as e:
+            raise Fatal(str(e))
     progress = _Progress(len(files), args.progress or sys.stderr.isatty())
-    summary = {"whisper_dir": os.path.abspath(src), "db_dir": os.path.abspath(dst),
-               "dry_run": bool(args.dry_run), "files": len(files), "created": 0, "merged": 0,
-               "tagged": 0, "points": 0, "whisper_bytes": 0, "nonfinite_points_dropped": 0,
-               "failed": [], "skipped": []}
+    work = importer.Importer(None, src, files, summary, merge=args.merge, dry_run=args.dry_run,
+                             hashes=hashes, journal=journal,
+                             progress=lambda done, total: progress.update(done, total))
+    todo = work.todo()
     # fork the readers before the database (and its threads) exist in this process
-    results, pool = _start_readers(files, jobs)
+    results, pool = importer.start_readers(todo, jobs)
     db = None
     try:
         if args.dry_run:
@@ -713,36 +707,13 @@ def cmd_import_whisper(args):
                 db = _open(dst, readonly=True)
         else:
             db = _open(dst, readonly=False, durability="none")
-        for relpath, size, header, payload, nonfinite in results:
-            progress.step()
-            if header is None:
-                summary["failed"].append({"file": relpath, "reason": payload})
-                continue
-            is_tagged = _is_tagged_path(relpath)
-            if is_tagged:
-                try:
-                    name = _tagged_name(relpath, hashes)
-                except ValueError as e:
-                    summary["failed"].append({"file": relpath, "reason": str(e)})
-                    continue
-            else:
-                name = _whisper_name(relpath)
-            try:
-                kind, why = _import_one(db, name, header, payload, args.dry_run)
-            except tismet.StorageError as e:
-                raise Fatal("I/O error while importing %s: %s" % (relpath, e))
-            except tismet.TismetError as e:
-                summary["failed"].append({"file": relpath, "reason": "%s: %s"
-                                          % (type(e).__name__, e)})
-                continue
-            if kind is None:
-                summary["skipped"].append({"file": relpath, "reason": why})
-                continue
-            summary["whisper_bytes"] += size
-            summary["tagged"] += is_tagged
-            summary["points"] += sum(len(p) for p in payload) // 16
-            summary["nonfinite_points_dropped"] += nonfinite
-            summary[kind] += 1
+            if journal is None:
+                journal = work.journal = importer.Journal(dst, src)
+        work.db = db
+        try:
+            work.run(todo, results)
+        except tismet.StorageError as e:
+            raise Fatal("I/O error while importing: %s%s" % (e, _where(e)))
     finally:
         progress.finish()
         if pool is not None:
@@ -750,9 +721,49 @@ def cmd_import_whisper(args):
             pool.join()
         if db is not None:
             db.close()
+    return _finish_import(summary, dst, t0, args)
+
+
+def _import_holder(dst, args):
+    """The _Remote of the process holding dst when one does (import through its admin
+    channel: --merge only), else None (we can be the writer)."""
+    try:
+        db = tismet.Database(dst, durability="none")
+    except tismet.DatabaseLocked as e:
+        pid = getattr(e, "pid", None)
+        if not args.merge:
+            raise Fatal("database %s is being written by process %s: pass --merge to fill "
+                        "gaps only, through its admin channel (points it has stored win)"
+                        % (dst, pid or "?"))
+        if not admin.served(dst):
+            raise Fatal("database %s is locked by process %s, which has no admin channel "
+                        "(nobody answers on %s): set TISMET_ADMIN = True for that "
+                        "carbon-cache, or stop it and retry"
+                        % (dst, pid or "?", admin.socket_path(dst)))
+        return _Remote(dst, pid)
+    except tismet.TismetError:
+        return None        # _open reports it with the usual message
+    db.close()
+    return None
+
+
+def _import_remote(remote, src, dst, args):
+    progress = _Progress(0, args.progress or sys.stderr.isatty())
+    request = {"whisper_dir": os.path.abspath(src), "merge": True, "restart": args.restart}
+    if args.tagdb:
+        request["tagdb"] = os.path.abspath(args.tagdb)
+    try:
+        summary = remote.run("import_whisper", progress=progress.update, **request)
+    finally:
+        progress.finish()
+    summary["through_admin_channel"] = remote.holder
+    return summary
+
+
+def _finish_import(summary, dst, t0, args):
     summary["tismet_bytes"] = _du(dst) if (not args.dry_run and os.path.isdir(dst)) else 0
     summary["seconds"] = round(time.monotonic() - t0, 3)
-    problems = summary["failed"] or summary["skipped"]
+    problems = summary["failed"] or summary["skipped"] or summary["cancelled"]
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -760,37 +771,21 @@ def cmd_import_whisper(args):
     return EXIT_PROBLEMS if problems else EXIT_OK
 
 
-def _import_one(db, name, header, payload, dry_run):
-    """Create or merge one metric: ("created" | "merged", None), or (None, why skipped)."""
-    archives = header["archives"]
-    exists = db is not None and db.exists(name)
-    if exists:
-        have = [(a["secondsPerPoint"], a["points"]) for a in db.info(name)["archives"]]
-        if have != archives:
-            return None, ("metric %s exists with different archives (%s, file has %s)"
-                          % (name, _retentions(have), _retentions(archives)))
-    kind = "merged" if exists else "created"
-    if dry_run:
-        if not exists:
-            tismet.check_name(name)
-        return kind, None
-    if not exists:
-        db.create(name, archives, header["xFilesFactor"], header["aggregationMethod"])
-    for index, packed in enumerate(payload):
-        for i in range(0, len(packed), 16 * _MAX_BATCH):
-            db.write_archive(name, index, packed[i:i + 16 * _MAX_BATCH])
-    return kind, None
-
-
-def _retentions(archives):
-    return ",".join("%d:%d" % a for a in archives)
-
-
 def _print_import_summary(s):
     verb = "would import" if s["dry_run"] else "imported"
     print("%s %d of %d whisper files (%d created, %d merged into existing metrics)"
           % (verb, s["created"] + s["merged"], s["files"], s["created"], s["merged"]))
+    if s.get("through_admin_channel"):
+        print("through the admin channel of process %s" % s["through_admin_channel"])
+    if s["resumed_skipped"]:
+        print("resumed an interrupted import: %d files were already imported"
+              % s["resumed_skipped"])
+    if s["cancelled"]:
+        print("cancelled before the end: run the same command again to finish")
     print("points: %d" % s["points"])
+    if s["merge"] and not s["dry_run"]:
+        print("points left out because the database already held their slot: %d"
+              % s["points_kept_existing"])
     print("whisper bytes: %d (%s)" % (s["whisper_bytes"], _human(s["whisper_bytes"])))
     if not s["dry_run"]:
         print("tismet bytes after: %d (%s)" % (s["tismet_bytes"], _human(s["tismet_bytes"])))
@@ -935,16 +930,50 @@ def build_parser():
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_info)
 
-    s = sub.add_parser("check", help="verify checksums and references",
-                       description="Opens the database read-only and verifies every page and "
-                       "record checksum and reference (the engine's check). Prints 'clean' or "
-                       "each problem. Exit 0 clean, 1 problems found. A resize interrupted by "
-                       "a crash is first finished or rolled back (as the writer when nobody "
-                       "holds the database, else through the holder's admin channel). Deeper "
-                       "checks (whisper semantics, index consistency) come later.")
+    s = sub.add_parser("check", help="verify checksums and references; --repair salvages",
+                       description="Without options: opens the database read-only and runs the "
+                       "engine's check (every page checksum, page ownership, the catalog's "
+                       "tail). A resize interrupted by a crash is first finished or rolled back "
+                       "(as the writer when nobody holds the database, else through the "
+                       "holder's admin channel). --deep reads the files directly (so it also "
+                       "works on a database that no longer opens, and while carbon writes): "
+                       "the superblock, every catalog record, every page the catalog gives a "
+                       "metric (inside the file, referenced exactly once, its identity, its "
+                       "checksum, a changed page covered by the log), every record of the live "
+                       "log and whether valid records lie beyond a damaged one, and the name and "
+                       "tag indexes against the catalog; each problem with its file and byte "
+                       "offset. --repair (no writer may hold the database) rebuilds it from "
+                       "everything readable into a fresh database next to it, checks that, swaps "
+                       "the two (keeping the damaged one as DB_DIR.damaged-<time>) and reports "
+                       "what was lost. Exit 0 clean, 1 problems found (repaired or not), 2 "
+                       "fatal (missing directory, locked for --repair, repair failed).")
     s.add_argument("db_dir", metavar="DB_DIR")
+    s.add_argument("--deep", action="store_true",
+                   help="check every structure from the files (see above)")
+    s.add_argument("--repair", action="store_true",
+                   help="salvage into a fresh database and swap it in (implies --deep)")
+    s.add_argument("--progress", action="store_true",
+                   help="show progress even when stderr is not a terminal (--repair)")
     s.add_argument("--json", action="store_true", help="print JSON")
     s.set_defaults(func=cmd_check)
+
+    s = sub.add_parser("backup", help="consistent copy of a database while carbon writes",
+                       description="Copy DB_DIR into DEST (a new or empty directory) while "
+                       "the writer keeps writing: an online backup. The writer holds back its "
+                       "log resets for the copy's time, handing each ending log cycle to the "
+                       "backup, so the copy holds the pages, the catalog and every log record "
+                       "since the last checkpoint, whatever the database's size and however "
+                       "fast it is written. DEST is then opened as a writer (recovery replays "
+                       "the copied log: DEST is the database as it was at the end of the copy, "
+                       "ready to use) and checked. " + _WRITER_NOTE + " Exit 0 when the backup "
+                       "checks clean, 1 when its check found problems, 2 on failure (nothing "
+                       "is left in DEST then).")
+    s.add_argument("db_dir", metavar="DB_DIR")
+    s.add_argument("dest", metavar="DEST")
+    s.add_argument("--progress", action="store_true",
+                   help="show progress even when stderr is not a terminal")
+    s.add_argument("--json", action="store_true", help="print the figures as JSON")
+    s.set_defaults(func=cmd_backup)
 
     s = sub.add_parser("delete", help="delete the metrics a Graphite glob matches",
                        description="Delete every metric (leaf) that the Graphite glob PATTERN "
@@ -1027,12 +1056,17 @@ def build_parser():
                        "(the stored points of every archive are copied, so fetch returns what "
                        "whisper.fetch returned). Metric name = path relative to WHISPER_DIR "
                        "without .wsp, '/' -> '.'. A metric that already exists with the same "
-                       "archives is merged (the file's points overwrite its slots); with "
-                       "different archives it is skipped. Unreadable, corrupt or empty files are "
-                       "skipped and listed. Tagged series in carbon's _tagged/ subtree get their "
-                       "names back from the file name, or, where carbon hashed it "
-                       "(TAG_HASH_FILENAMES), from graphite-web's tag database (--tagdb). Exit 1 "
-                       "if any file was skipped or failed.")
+                       "archives is merged (the file's points overwrite its slots, or with "
+                       "--merge only fill its gaps); with different archives it is skipped. "
+                       "Unreadable, corrupt or empty files are skipped and listed. Tagged series "
+                       "in carbon's _tagged/ subtree get their names back from the file name, "
+                       "or, where carbon hashed it (TAG_HASH_FILENAMES), from graphite-web's "
+                       "tag database (--tagdb). Resumable: DB_DIR/import-whisper.journal lists "
+                       "the files imported for good, and the same command after an interrupt "
+                       "skips them. While carbon-cache (or another writer) holds DB_DIR, only "
+                       "--merge is allowed and the import runs inside that process through its "
+                       "admin channel (TISMET_ADMIN = True), which reads the files itself. Exit "
+                       "1 if any file was skipped or failed.")
     s.add_argument("whisper_dir", metavar="WHISPER_DIR")
     s.add_argument("db_dir", metavar="DB_DIR")
     s.add_argument("--dry-run", "-n", action="store_true",
@@ -1042,6 +1076,12 @@ def build_parser():
                    "/opt/graphite/storage/graphite.db): names of hashed tagged files")
     s.add_argument("--jobs", "-j", type=int, default=None,
                    help="processes reading files (default: CPU count)")
+    s.add_argument("--merge", action="store_true",
+                   help="old points only fill gaps: a slot the database already holds a "
+                   "value in for that interval (or a newer one) keeps it; required while "
+                   "another process writes DB_DIR")
+    s.add_argument("--restart", action="store_true",
+                   help="forget the journal of an interrupted import and import every file")
     s.add_argument("--progress", action="store_true",
                    help="show progress even when stderr is not a terminal")
     s.add_argument("--json", action="store_true", help="print the summary as JSON")

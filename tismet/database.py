@@ -286,6 +286,27 @@ class Database:
             raise errors.InvalidArgument("archive must be an archive index, not %r" % (archive,))
         self._call(lib.tsm_write_archive, nb, len(nb), archive, packed, len(packed) >> 4)
 
+    def merge_archive(self, name, archive, points):
+        """write_archive() that only fills gaps: a point is stored only where its slot
+        is empty or holds an older interval, never over a value the slot holds for
+        the point's interval (or a newer one).  Returns the number of points stored.
+        For importing history into a database a live writer is filling."""
+        if isinstance(points, (bytes, bytearray, memoryview)):
+            packed = bytes(points)
+            if len(packed) % 16:
+                raise errors.InvalidArgument("packed points must be 16-byte (timestamp, value) pairs")
+        else:
+            packed = _pack_points(points)
+        if not packed:
+            return 0
+        nb = _name_bytes(name)
+        if not isinstance(archive, int) or archive < 0:
+            raise errors.InvalidArgument("archive must be an archive index, not %r" % (archive,))
+        written = ffi.new("size_t *")
+        self._call(lib.tsm_merge_archive, nb, len(nb), archive, packed, len(packed) >> 4,
+                   written)
+        return int(written[0])
+
     def read_archive(self, name, archive):
         """Every stored (timestamp, value) of archive number ``archive``, in ring order:
         what the whisper archive would hold.  For export and resampling."""
@@ -499,6 +520,52 @@ class Database:
         if problems[0] > 1:
             found.append("... and %d more problems" % (problems[0] - 1))
         return found
+
+    def backup(self, dest, progress=None, cancelled=None, step_pages=2048):
+        """Copy this database into directory ``dest`` (absent or empty) while writes go
+        on: a consistent snapshot, as the engine's online backup makes it (tismet.h,
+        native/DESIGN.md).  Needs the writer handle.  ``dest`` then holds the database
+        as it was when the copy finished, in the state a crash would leave: opening it
+        as a writer replays its log.  ``progress(done, total)`` gets the pages copied;
+        ``cancelled()`` is polled between steps and stops the backup (BackupCancelled,
+        nothing left behind).  Returns the figures of the copy."""
+        import shutil
+        import time
+        dest = os.path.abspath(os.fspath(dest))
+        if os.path.lexists(dest) and not (os.path.isdir(dest) and not os.listdir(dest)):
+            raise errors.InvalidArgument("backup destination %s exists and is not an empty "
+                                         "directory" % dest)
+        partial = dest + ".partial"
+        if os.path.lexists(partial):     # left by a backup that was killed
+            shutil.rmtree(partial)
+        started = time.monotonic()
+        out = ffi.new("tsm_backup **")
+        self._call(lib.tsm_backup_begin, os.fsencode(dest), out)
+        handle = out[0]
+        info = ffi.new("tsm_backup_info *")
+        finished = False
+        try:
+            while True:
+                rc = lib.tsm_backup_step(handle, step_pages, info)
+                if rc:
+                    raise _error(rc)
+                if progress is not None:
+                    progress(int(info.pages_done), int(info.pages_total))
+                if info.pages_done >= info.pages_total:
+                    break
+                if cancelled is not None and cancelled():
+                    raise errors.BackupCancelled("backup cancelled")
+            rc = lib.tsm_backup_finish(handle, info)
+            if rc:
+                raise _error(rc)
+            finished = True
+        finally:
+            lib.tsm_backup_release(handle)
+            if not finished and os.path.isdir(partial):
+                shutil.rmtree(partial, ignore_errors=True)
+        return {field: int(getattr(info, field))
+                for field, _ in ffi.typeof("tsm_backup_info").fields} | {
+                    "dest": dest, "seconds": round(time.monotonic() - started, 3)}
 
     def _call(self, fn, *args):
         rc = fn(self._db, *args)

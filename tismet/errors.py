@@ -102,6 +102,10 @@ class PageBusy(StorageError):
     (a writer stopped in a debugger, or recovering a long log); retry later."""
 
 
+class BackupCancelled(TismetError):
+    """A backup stopped before its end by its caller; nothing was left behind."""
+
+
 class TismetMemoryError(TismetError, MemoryError):
     """The engine could not allocate memory."""
 
