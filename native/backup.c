@@ -196,6 +196,12 @@ static int copy_pages(tsm_backup *b, uint64_t upto)
             const uint8_t *src = tsm_db_page_ptr(b->db, (uint32_t)pno);
             if (pno == 0) {
                 memcpy(dst, src, TSM_PAGE_SIZE);   /* the superblock has no seqlock */
+                /* the copy has no writer and no hot file (the live one's
+                 * must never be taken for the copy's) */
+                tsm_superblock *sb = (tsm_superblock *)(void *)dst;
+                atomic_store(&sb->hot_gen, 0);
+                memset(sb->hot_path, 0, sizeof sb->hot_path);
+                atomic_store(&sb->writer_pid, 0);
             } else {
                 /* under the read lock no page is mid-update; the seqlock
                  * copy keeps that true whatever a future caller holds */

@@ -983,7 +983,9 @@ static void follow_hot(tsm_db *db)
     path[sizeof path - 1] = 0;
     if (atomic_load_explicit(&db->sb->hot_gen, memory_order_acquire) != gen)
         return;                         /* changing under us: the next call looks again */
-    if (tsm_hot_attach(&db->hot, db->io, path, gen) != TSM_OK) {
+    struct stat pst;
+    if (fstat(db->pages_fd, &pst) != 0 ||
+        tsm_hot_attach(&db->hot, db->io, path, gen, &pst) != TSM_OK) {
         /* gone (a reboot emptied /dev/shm after a crash): the page file is
          * all there is until a writer recovers; don't retry every call */
         tsm_hot_detach(&db->hot, db->io, 0);
@@ -1000,9 +1002,12 @@ static int open_writer(tsm_db *db)
      * everything the log redid: until then readers keep reading the dead
      * writer's (which held all of it) or the page file. */
     db->recovering = 1;
+    struct stat pst;
+    if (fstat(db->pages_fd, &pst) != 0)
+        return tsm_io_error(errno, db->pages_path, "stat");
     rc = tsm_hot_create(&db->hot, db->io, db->dir, db->opts.hot_dir,
                         db->reserved / TSM_PAGE_SIZE,
-                        db->opts.hot_pages ? db->opts.hot_pages : TSM_HOT_DEFAULT_SLOTS);
+                        db->opts.hot_pages ? db->opts.hot_pages : TSM_HOT_DEFAULT_SLOTS, &pst);
     if (rc)
         return rc;
     db->has_wal = 1;
@@ -1053,8 +1058,17 @@ static int open_writer(tsm_db *db)
     uint64_t old_gen = atomic_load(&db->sb->hot_gen);
     publish_hot(db);
     db->recovering = 0;
-    if (old_gen && old[0] && strcmp(old, db->hot.path) != 0)
-        unlink(old);        /* the dead writer's; readers that map it keep it */
+    if (old_gen && old[0] && strcmp(old, db->hot.path) != 0) {
+        /* the dead writer's (readers that map it keep it), if it is this
+         * page file's: a copied database names its original's */
+        tsm_hot dead;
+        if (tsm_hot_attach(&dead, db->io, old, old_gen, &pst) == TSM_OK) {
+            tsm_hot_detach(&dead, db->io, 0);
+            unlink(old);
+        } else {
+            tsm_hot_detach(&dead, db->io, 0);
+        }
+    }
     return checkpoint_locked(db);
 }
 

@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/vfs.h>
 #include <time.h>
@@ -47,6 +48,7 @@ typedef struct hot_header {
     uint64_t gen;
     uint64_t index_len;       /* entries */
     uint64_t owner_off, slots_off, size;
+    uint64_t pages_dev, pages_ino;  /* the page file it belongs to */
 } hot_header;
 
 static uint64_t round_page(uint64_t n)
@@ -94,7 +96,7 @@ static int usable_tmpfs(const char *dir)
 }
 
 int tsm_hot_create(tsm_hot *hot, const tsm_io *io, const char *db_dir, const char *hot_dir,
-                   uint64_t index_len, uint32_t cap)
+                   uint64_t index_len, uint32_t cap, const struct stat *pages)
 {
     memset(hot, 0, sizeof *hot);
     hot->fd = -1;
@@ -120,6 +122,8 @@ int tsm_hot_create(tsm_hot *hot, const tsm_io *io, const char *db_dir, const cha
     memcpy(h.magic, HOT_MAGIC, 8);
     h.version = HOT_VERSION;
     h.gen = hot->gen;
+    h.pages_dev = (uint64_t)pages->st_dev;
+    h.pages_ino = (uint64_t)pages->st_ino;
     layout(&h, index_len, cap);
     /* sparse: tmpfs allocates the index and the slots as they are touched */
     if (io->truncate(hot->fd, (off_t)h.size) != 0)
@@ -130,7 +134,8 @@ int tsm_hot_create(tsm_hot *hot, const tsm_io *io, const char *db_dir, const cha
     return map_file(hot, io, h.size, 1);
 }
 
-int tsm_hot_attach(tsm_hot *hot, const tsm_io *io, const char *path, uint64_t gen)
+int tsm_hot_attach(tsm_hot *hot, const tsm_io *io, const char *path, uint64_t gen,
+                   const struct stat *pages)
 {
     memset(hot, 0, sizeof *hot);
     hot->fd = -1;
@@ -148,6 +153,7 @@ int tsm_hot_attach(tsm_hot *hot, const tsm_io *io, const char *path, uint64_t ge
     hot_header want = h;
     layout(&want, h.index_len, h.cap);
     if (memcmp(h.magic, HOT_MAGIC, 8) != 0 || h.version != HOT_VERSION || h.gen != gen ||
+        h.pages_dev != (uint64_t)pages->st_dev || h.pages_ino != (uint64_t)pages->st_ino ||
         want.owner_off != h.owner_off || want.slots_off != h.slots_off ||
         want.size != h.size || (uint64_t)size < h.size)
         return tsm_fail(TSM_ECORRUPT, 0, path, 0,

@@ -21,6 +21,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 
 #include "tismet.h"
@@ -177,10 +178,12 @@ typedef struct tsm_hot {
  * a writable tmpfs, else db_dir), covering index_len page numbers with at
  * most cap slots (fewer if the filesystem is small). */
 int tsm_hot_create(tsm_hot *hot, const tsm_io *io, const char *db_dir, const char *hot_dir,
-                   uint64_t index_len, uint32_t cap);
+                   uint64_t index_len, uint32_t cap, const struct stat *pages);
 /* Reader: map the hot file a superblock names, read-only; TSM_ECORRUPT if it
- * is not that generation's (replaced or gone: read the superblock again). */
-int tsm_hot_attach(tsm_hot *hot, const tsm_io *io, const char *path, uint64_t gen);
+ * is not that generation's or not this page file's (a copied database names
+ * its original's), or gone. */
+int tsm_hot_attach(tsm_hot *hot, const tsm_io *io, const char *path, uint64_t gen,
+                   const struct stat *pages);
 void tsm_hot_detach(tsm_hot *hot, const tsm_io *io, int remove);
 /* Slot + 1 of a page, 0 when it is not hot (acquire: the slot is ready). */
 uint32_t tsm_hot_lookup(const tsm_hot *hot, uint32_t pno);

@@ -189,3 +189,25 @@ def test_hot_file_gone_after_crash_reads_page_file(tmp_path):
     with tismet.Database(dbdir, hot_dir=str(hot)) as db:
         assert db.fetch("m.0000", NOW - 360, NOW - 350, now=NOW)[1] == [99.0]
         check_metrics(db, 10)
+
+
+def test_copied_directory_never_uses_the_originals_hot_file(tmp_path):
+    """`cp -a` of a database while its writer runs copies a superblock naming the writer's hot
+    file: the copy must not read it (it is another database's memory) and a writer of the copy
+    must not remove it."""
+    import shutil
+    src, dst = str(tmp_path / "db"), str(tmp_path / "copy")
+    with tismet.Database(src) as db:
+        write_metrics(db, 5)
+        db.checkpoint()
+        write_metrics(db, 5, base=100.0)          # only in the hot file and the log
+        gen, path = superblock_hot(src)
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns("lock", "admin.sock"))
+        assert superblock_hot(dst) == (gen, path)
+        with tismet.Database(dst, readonly=True) as ro:
+            check_metrics(ro, 5)                  # the page file's (checkpointed) values
+        with tismet.Database(dst) as copy:        # recovery from the copied log
+            check_metrics(copy, 5, base=100.0)
+        assert os.path.exists(path)
+        with tismet.Database(src, readonly=True) as ro:
+            check_metrics(ro, 5, base=100.0)
