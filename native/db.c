@@ -515,11 +515,37 @@ static void stop_committer(tsm_db *db)
 typedef struct replay_ctx {
     tsm_db *db;
     uint64_t applied;
+    uint64_t allocs;      /* ALLOC records seen since the checkpoint */
 } replay_ctx;
+
+/* Whether a record naming page pno can be genuine.  The writer allocates a
+ * freed page or the one past its high-water mark, one per ALLOC record, so
+ * no page beyond the file (as its size or the superblock last knew it) plus
+ * the ALLOC records since the checkpoint, plus a growth step of slack, was
+ * ever allocated.  Anything past that is damage; growing the file to reach
+ * it made a single bad record cost terabytes (found by fuzzing). */
+static int page_plausible(tsm_db *db, uint64_t pno, uint64_t allocs, const char *file,
+                          uint64_t lsn)
+{
+    uint64_t have;
+    int rc = file_pages(db, &have);
+    if (rc)
+        return rc;
+    uint64_t sb_pages = atomic_load(&db->sb->npages);
+    if (sb_pages > have)
+        have = sb_pages;
+    if (pno < have + allocs + GROW_MIN_PAGES + have / 8)
+        return TSM_OK;
+    return tsm_fail(TSM_ECORRUPT, 0, file, file[0] ? 0 : -1,
+                    "record (LSN %llu) names page %llu, far past the end of %s (%llu pages)",
+                    (unsigned long long)lsn, (unsigned long long)pno, db->pages_path,
+                    (unsigned long long)have);
+}
 
 typedef struct replay_page {
     tsm_db *db;
     uint64_t lsn;
+    uint64_t allocs;    /* ALLOC records replayed so far (page_plausible) */
     uint8_t *page;      /* page of the current group */
     int apply;          /* the page is older than the record (I5) */
     int rc;
@@ -540,6 +566,16 @@ static int replay_group(void *arg, uint32_t pno)
 {
     replay_page *c = arg;
     replay_group_end(c);
+    /* page 0 is the superblock, and a page far past the file would make it
+     * grow to reach it (found by fuzzing; the catalog may already have
+     * dropped the page's owner, so the bound is page_plausible's) */
+    if (pno == 0) {
+        c->rc = tsm_fail(TSM_ECORRUPT, 0, "", -1, "update record (LSN %llu) names page 0",
+                         (unsigned long long)c->lsn);
+        return 1;
+    }
+    if ((c->rc = page_plausible(c->db, pno, c->allocs, "", c->lsn)))
+        return 1;
     if ((c->rc = ensure_page(c->db, pno)))
         return 1;
     c->page = tsm_db_page_ptr(c->db, pno);
@@ -564,9 +600,9 @@ static int replay_run(void *arg, uint16_t slot, uint16_t count, uint32_t tag,
     return 0;
 }
 
-static int replay_update(tsm_db *db, const tsm_rec *r)
+static int replay_update(tsm_db *db, const tsm_rec *r, uint64_t allocs)
 {
-    replay_page c = {db, r->lsn, NULL, 0, TSM_OK};
+    replay_page c = {db, r->lsn, allocs, NULL, 0, TSM_OK};
     int rc = tsm_update_walk(r, replay_group, replay_run, &c);
     replay_group_end(&c);
     return c.rc ? c.rc : rc;
@@ -606,15 +642,20 @@ static int replay_one(void *arg, const tsm_rec *r)
     c->applied++;
     int rc = TSM_OK;
     /* a page gets its identity before readers can learn of it (I6) */
-    if (r->type == TSM_REC_ALLOC)
-        rc = replay_alloc(db, r);
+    if (r->type == TSM_REC_ALLOC) {
+        uint32_t pno;
+        memcpy(&pno, r->body + 12, 4);
+        rc = page_plausible(db, pno, db->cat.nseen + ++c->allocs, "", r->lsn);
+        if (!rc)
+            rc = replay_alloc(db, r);
+    }
     if (!rc && r->type != TSM_REC_UPDATE && r->lsn > db->cat.max_lsn) {
         rc = tsm_catalog_apply(&db->cat, r, NULL, NULL);
         if (!rc)
             rc = publish_catalog(db, (const uint8_t *)r->body - TSM_REC_HDR, r->len);
     }
     if (!rc && r->type == TSM_REC_UPDATE)
-        rc = replay_update(db, r);
+        rc = replay_update(db, r, c->allocs);
     return rc;
 }
 
@@ -697,6 +738,15 @@ static int init_unsynced_pages(tsm_db *db)
 static int load_catalog(tsm_db *db, uint64_t upto)
 {
     uint64_t from = db->catalog_size;
+    if (upto <= from)
+        return TSM_OK;
+    /* a reader's upto is the superblock's catalog_len, which no checksum
+     * covers: never read past the end of the file (found by fuzzing) */
+    off_t csize;
+    if (db->io->size(db->catalog_fd, &csize) != 0)
+        return tsm_io_error(errno, db->catalog_path, "stat");
+    if (upto > (uint64_t)csize)
+        upto = (uint64_t)csize;
     if (upto <= from)
         return TSM_OK;
     size_t n = (size_t)(upto - from);
@@ -875,6 +925,8 @@ static int open_writer(tsm_db *db)
     rc = load_catalog(db, (uint64_t)csize);
     db->cat.watching = 0;
     if (!rc)
+        rc = page_plausible(db, max_owned_page(&db->cat), db->cat.nseen, db->catalog_path, 0);
+    if (!rc)
         rc = init_unsynced_pages(db);
     if (rc)
         return rc;
@@ -883,7 +935,7 @@ static int open_writer(tsm_db *db)
     if (db->cat.max_lsn >= db->next_lsn)
         db->next_lsn = db->cat.max_lsn + 1;
     atomic_store(&db->sb->catalog_len, db->catalog_size);
-    replay_ctx ctx = {db, 0};
+    replay_ctx ctx = {db, 0, 0};
     uint64_t last;
     rc = tsm_wal_scan(&db->wal, replay_one, &ctx, &last);
     if (rc)
