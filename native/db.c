@@ -769,8 +769,13 @@ static int load_catalog(tsm_db *db, uint64_t upto)
      * writeback before a power cut can leave holes in an unsynced tail and
      * the log holds every record of it; else up to a torn record's worth */
     uint64_t durable = db->has_wal ? db->wal.catalog_len : TSM_WAL_UNKNOWN;
-    int unsynced = durable != TSM_WAL_UNKNOWN && from + used >= durable;
-    if (used < n && (db->opts.readonly || (!unsynced && n - used > 3 * TSM_PAGE_SIZE)))
+    int known = durable != TSM_WAL_UNKNOWN;
+    int unsynced = known && from + used >= durable;
+    /* damage before the durable length cannot be a torn append: report it
+     * whatever follows (cutting it lost metrics, pages and deletes without a
+     * word: found by the corruption tests); with no durable length known
+     * (an older log), only a torn record's worth is taken for a torn tail */
+    if (used < n && (db->opts.readonly || (known ? !unsynced : n - used > 3 * TSM_PAGE_SIZE)))
         return tsm_fail(TSM_ECORRUPT, 0, db->catalog_path, (int64_t)(from + used),
                         "%s: damaged record at offset %llu", db->catalog_path,
                         (unsigned long long)(from + used));

@@ -45,7 +45,7 @@ extern "C" {
 #define TSM_EBADARCHIVES -30702 /* archive list refused (whisper's rules) */
 #define TSM_EBADAGG -30703     /* unknown aggregation method */
 #define TSM_EBADXFF -30704     /* xFilesFactor outside [0, 1] */
-#define TSM_EBADNAME -30705    /* metric name refused (empty, too long, control characters) */
+#define TSM_EBADNAME -30705    /* metric name refused (empty, too long, control characters, not UTF-8) */
 #define TSM_EBADPOINT -30706   /* NaN/inf value or timestamp out of range: nothing applied */
 #define TSM_EBADTIME -30707    /* from_time > until_time */
 #define TSM_ENOTFOUND -30708   /* no such metric */
