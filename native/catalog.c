@@ -136,6 +136,12 @@ static int apply_create(tsm_catalog *c, const tsm_rec *r)
 {
     tsm_create_body b;
     tsm_rec_decode_create(r, &b);
+    /* ids are handed out in sequence (a failed create may skip one): an id
+     * far ahead is damage, and would size the id table to it (found by
+     * fuzzing: a 32 GiB allocation) */
+    if (b.id == 0 || (b.id > c->next_id && b.id - c->next_id >= (1u << 16)))
+        return tsm_fail(TSM_ECORRUPT, 0, "", -1, "catalog creates metric id %u, out of "
+                        "sequence (next %u)", b.id, c->next_id);
     if (!create_ok(&b))
         return tsm_fail(TSM_ECORRUPT, 0, "", -1, "catalog creates metric id %u with an "
                         "invalid header (archives, aggregation or xFilesFactor)", b.id);

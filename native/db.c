@@ -1327,6 +1327,7 @@ int tsm_fetch_many(tsm_db *db, const char *names, const uint32_t *name_lens, siz
         return rc;
     size_t cap = 0, used = 0, off = 0;
     double *vals = NULL;
+    tsm_error first = {0};
     for (size_t i = 0; i < n && rc == TSM_OK; i++) {
         const char *nm = names + off;
         off += name_lens[i];
@@ -1356,12 +1357,19 @@ int tsm_fetch_many(tsm_db *db, const char *names, const uint32_t *name_lens, siz
         tsm_series_fetch(db, m, from, until, now, &out[i], vals + used, cap - used, &need);
         out[i].offset = used;
         used += need;
+        if (out[i].status < 0 && !first.code)
+            tsm_last_error(&first);
     }
     pthread_rwlock_unlock(&db->rw);
     if (rc) {
         free(vals);
         return rc;
     }
+    /* the details (file, offset) of the first series that failed, not of a
+     * later missing name (found by fuzzing: a corrupt page was reported with
+     * the message and no file of a lookup after it) */
+    if (first.code)
+        tsm_fail(first.code, first.sys_errno, first.file, first.offset, "%s", first.message);
     *values = vals;
     return TSM_OK;
 }

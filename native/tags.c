@@ -548,7 +548,9 @@ static int term_matches(const term *x, const tsm_metric *m)
     case OP_ABSENT:
         return !has;
     default: {
-        int in = has && bsearch(&v, x->vals, x->nvals, sizeof *x->vals, seg_val_cmp) != NULL;
+        /* no bsearch over an empty (NULL) array: undefined (found by fuzzing) */
+        int in = has && x->nvals &&
+                 bsearch(&v, x->vals, x->nvals, sizeof *x->vals, seg_val_cmp) != NULL;
         return x->op == OP_IN ? in : !in;
     }
     }
