@@ -298,7 +298,16 @@ int tsm_db_read_page(tsm_db *db, uint32_t pno, tsm_page_copy *copy)
      * page cannot change under the copy. */
     double deadline = 0;
     while ((rc = tsm_page_read(page, copy)) == TSM_EBUSY) {
-        if (db->opts.readonly && writer_gone_copy(db, page, copy)) {
+        /* a writer handle's own changes are excluded by its rwlock, so an odd
+         * seq it meets was left by a dead writer's page that recovery did not
+         * replay, or is damage: copy it as it is (its checksum decides)
+         * instead of waiting 2 s per read for PageBusy (found by fuzzing) */
+        if (!db->opts.readonly) {
+            tsm_page_read_abandoned(page, copy);
+            rc = TSM_OK;
+            break;
+        }
+        if (writer_gone_copy(db, page, copy)) {
             rc = TSM_OK;
             break;
         }

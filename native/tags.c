@@ -387,6 +387,8 @@ static int val_ptr_cmp(const void *a, const void *b)
 
 static int put(tsm_buf *b, const void *p, size_t n)
 {
+    if (n == 0)
+        return TSM_OK;     /* b->data may still be NULL (found by fuzzing) */
     int rc = tsm_buf_reserve(b, n);
     if (rc)
         return rc;
