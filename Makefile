@@ -7,13 +7,14 @@
 #   make dev        build the extensions in place (PYTHONPATH=. python -c 'import tismet')
 #   make bench      run the engine benchmark side by side with whisper
 #   make sanitize   run the engine tests under AddressSanitizer and UBSan
+#   make fuzz       libFuzzer on the decoders, FUZZ_SECONDS per target (needs clang: tools/sysdeps.sh --with-fuzz)
 
 PYTHON ?= python3.11
 VENV ?= .venv
 VPY = $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: test dev bench sanitize clean venv demo demo-cluster demo-venv sysdeps
+.PHONY: test dev bench sanitize fuzz clean venv demo demo-cluster demo-venv sysdeps
 
 $(VPY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; set PYTHON=/path/to/python3.11"; exit 1; }
@@ -39,6 +40,11 @@ bench: venv
 sanitize:
 	$(PYTHON) -m pip install -q tox
 	$(PYTHON) -m tox -e sanitize
+
+FUZZ_SECONDS ?= 60
+fuzz:
+	@tools/sysdeps.sh --with-fuzz
+	$(or $(shell command -v $(PYTHON)),python3) tools/fuzz.py run --seconds $(FUZZ_SECONDS)
 
 demo-venv: $(VPY) sysdeps
 	$(VPY) -m pip install -q ".[demo]"

@@ -115,10 +115,36 @@ static int set_by_id(tsm_catalog *c, uint32_t id, tsm_metric *m)
     return TSM_OK;
 }
 
+/* A CREATE record's header is what tsm_create accepts: archives sorted by
+ * precision and valid by whisper's rules, a known aggregation, an
+ * xFilesFactor in [0, 1].  A record with a valid checksum and anything else
+ * would divide by a zero step or overflow a retention (found by fuzzing). */
+static int create_ok(const tsm_create_body *b)
+{
+    tsm_archive a[TSM_MAX_ARCHIVES];
+    for (unsigned i = 0; i < b->narch; i++) {
+        memcpy(&a[i].seconds_per_point, b->archives + i * 8, 4);
+        memcpy(&a[i].points, b->archives + i * 8 + 4, 4);
+        if (i && a[i].seconds_per_point <= a[i - 1].seconds_per_point)
+            return 0;
+    }
+    return tsm_validate_archives(a, b->narch) == TSM_OK && b->agg >= TSM_AGG_AVERAGE &&
+           b->agg <= TSM_AGG_ABSMIN && b->xff >= 0.0f && b->xff <= 1.0f;
+}
+
 static int apply_create(tsm_catalog *c, const tsm_rec *r)
 {
     tsm_create_body b;
     tsm_rec_decode_create(r, &b);
+    /* ids are handed out in sequence (a failed create may skip one): an id
+     * far ahead is damage, and would size the id table to it (found by
+     * fuzzing: a 32 GiB allocation) */
+    if (b.id == 0 || (b.id > c->next_id && b.id - c->next_id >= (1u << 16)))
+        return tsm_fail(TSM_ECORRUPT, 0, "", -1, "catalog creates metric id %u, out of "
+                        "sequence (next %u)", b.id, c->next_id);
+    if (!create_ok(&b))
+        return tsm_fail(TSM_ECORRUPT, 0, "", -1, "catalog creates metric id %u with an "
+                        "invalid header (archives, aggregation or xFilesFactor)", b.id);
     if (tsm_catalog_get(c, b.name, b.name_len) || tsm_catalog_by_id(c, b.id))
         return tsm_fail(TSM_ECORRUPT, 0, "", -1, "catalog creates metric id %u twice", b.id);
     tsm_metric *m = calloc(1, sizeof *m);
@@ -237,8 +263,14 @@ int tsm_catalog_apply(tsm_catalog *c, const tsm_rec *r, tsm_page_sink freed, voi
         tsm_metric *m = tsm_catalog_by_id(c, id);
         if (!m)
             return tsm_fail(TSM_ECORRUPT, 0, "", -1, "catalog updates unknown metric %u", id);
+        float xff;
+        memcpy(&xff, r->body + 8, 4);
+        if (r->body[4] < TSM_AGG_AVERAGE || r->body[4] > TSM_AGG_ABSMIN ||
+            !(xff >= 0.0f && xff <= 1.0f))
+            return tsm_fail(TSM_ECORRUPT, 0, "", -1,
+                            "catalog sets an invalid aggregation for metric %u", id);
         m->agg = r->body[4];
-        memcpy(&m->xff, r->body + 8, 4);
+        m->xff = xff;
         break;
     }
     default:

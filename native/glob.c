@@ -616,11 +616,11 @@ static int add_variant(tsm_glob *g, const char *s, size_t n)
 
 static int set_has(const tsm_glob *g, const struct cset *cs, uint32_t ch)
 {
-    const struct range *r = g->ranges + cs->first;
     size_t i;
 
+    /* g->ranges is NULL when no set has a range: index, never offset, it */
     for (i = 0; i < cs->n; i++)
-        if (r[i].lo <= ch && ch <= r[i].hi)
+        if (g->ranges[cs->first + i].lo <= ch && ch <= g->ranges[cs->first + i].hi)
             return !cs->neg;
     return cs->neg;
 }

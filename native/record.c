@@ -233,6 +233,24 @@ static int check_tags(const char *name, size_t path_end, size_t len)
     return TSM_OK;
 }
 
+/* Length of the well-formed UTF-8 sequence at s[0..n) (RFC 3629: no
+ * overlong forms, no surrogates, nothing past U+10FFFF), or 0. */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    if (s[0] < 0x80)
+        return 1;
+    size_t len = s[0] >= 0xF0 ? 4 : s[0] >= 0xE0 ? 3 : s[0] >= 0xC2 ? 2 : 0;
+    if (len == 0 || s[0] > 0xF4 || len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++)
+        if ((s[i] & 0xC0) != 0x80)
+            return 0;
+    if ((s[0] == 0xE0 && s[1] < 0xA0) || (s[0] == 0xED && s[1] > 0x9F) ||
+        (s[0] == 0xF0 && s[1] < 0x90) || (s[0] == 0xF4 && s[1] > 0x8F))
+        return 0;
+    return len;
+}
+
 int tsm_check_name(const char *name, size_t len)
 {
     if (len == 0)
@@ -250,6 +268,11 @@ int tsm_check_name(const char *name, size_t len)
         if (c == ';' && path_end == len)
             path_end = i;
     }
+    for (size_t i = 0, k; i < len; i += k)
+        if ((k = utf8_seq((const unsigned char *)name + i, len - i)) == 0)
+            return tsm_fail(TSM_EBADNAME, 0, "", -1,
+                            "metric name is not valid UTF-8 (byte 0x%02x at %zu)",
+                            (unsigned char)name[i], i);
     if (path_end == 0 || name[0] == '.' || name[path_end - 1] == '.')
         return tsm_fail(TSM_EBADNAME, 0, "", -1,
                         "metric name has an empty path component (leading or trailing dot)");

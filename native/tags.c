@@ -387,6 +387,8 @@ static int val_ptr_cmp(const void *a, const void *b)
 
 static int put(tsm_buf *b, const void *p, size_t n)
 {
+    if (n == 0)
+        return TSM_OK;     /* b->data may still be NULL (found by fuzzing) */
     int rc = tsm_buf_reserve(b, n);
     if (rc)
         return rc;
@@ -548,7 +550,9 @@ static int term_matches(const term *x, const tsm_metric *m)
     case OP_ABSENT:
         return !has;
     default: {
-        int in = has && bsearch(&v, x->vals, x->nvals, sizeof *x->vals, seg_val_cmp) != NULL;
+        /* no bsearch over an empty (NULL) array: undefined (found by fuzzing) */
+        int in = has && x->nvals &&
+                 bsearch(&v, x->vals, x->nvals, sizeof *x->vals, seg_val_cmp) != NULL;
         return x->op == OP_IN ? in : !in;
     }
     }

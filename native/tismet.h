@@ -45,7 +45,7 @@ extern "C" {
 #define TSM_EBADARCHIVES -30702 /* archive list refused (whisper's rules) */
 #define TSM_EBADAGG -30703     /* unknown aggregation method */
 #define TSM_EBADXFF -30704     /* xFilesFactor outside [0, 1] */
-#define TSM_EBADNAME -30705    /* metric name refused (empty, too long, control characters) */
+#define TSM_EBADNAME -30705    /* metric name refused (empty, too long, control characters, not UTF-8) */
 #define TSM_EBADPOINT -30706   /* NaN/inf value or timestamp out of range: nothing applied */
 #define TSM_EBADTIME -30707    /* from_time > until_time */
 #define TSM_ENOTFOUND -30708   /* no such metric */
@@ -232,7 +232,8 @@ int tsm_read_archive(tsm_db *db, const char *name, size_t name_len, unsigned arc
  * out[i] is filled; values of all series are stored in one array allocated
  * by the engine, returned in *values (NaN for gaps), freed with tsm_free().
  * A missing metric gives out[i].status = TSM_ENOTFOUND; a corrupt page gives
- * TSM_ECORRUPT for that series only.  Returns TSM_OK, TSM_EBADTIME,
+ * TSM_ECORRUPT for that series only, and tsm_last_error() then describes the
+ * first series that failed.  Returns TSM_OK, TSM_EBADTIME,
  * TSM_ENOMEM, TSM_EINVAL. */
 int tsm_fetch_many(tsm_db *db, const char *names, const uint32_t *name_lens,
                    size_t n, int64_t from_time, int64_t until_time,

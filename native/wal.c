@@ -205,6 +205,16 @@ int tsm_wal_scan(tsm_wal *w, tsm_wal_visit visit, void *ctx, uint64_t *last_lsn)
         if (tsm_rec_parse(w->map + off, w->size - off, &r) != TSM_OK || r.lsn != expect)
             break;
         int rc = visit(ctx, &r);
+        if (rc == TSM_ECORRUPT) {
+            /* a record the catalog refuses (found by fuzzing): name the log
+             * and the record's offset unless the visitor named a file */
+            tsm_error e;
+            tsm_last_error(&e);
+            if (e.file[0] == 0)
+                rc = tsm_fail(TSM_ECORRUPT, 0, w->path, (int64_t)off,
+                              "%s: log record at offset %llu: %s", w->path,
+                              (unsigned long long)off, e.message);
+        }
         if (rc)
             return rc;
         off += r.len;

@@ -543,3 +543,50 @@ def test_bad_input_leaves_database_reopenable(db_dir):
         assert db.check() == []
         assert norm_fetch(db.fetch("keep.me", NOW - 120, NOW, now=NOW)) == norm_fetch(want)
         assert sorted(db.find("**")) == [("keep", False), ("keep.me", True)]
+
+
+# Names that are not valid UTF-8: as bytes (the binding passes bytes through)
+# and as a str that cannot be encoded.  Found by the bad-input work: bytes
+# names with invalid UTF-8 used to be stored, then find() returned them in a
+# form no other call accepted.
+BAD_UTF8_NAMES = {
+    "invalid byte": b"a.\xff",
+    "continuation first": b"a.\x80b",
+    "overlong slash": b"a.\xc0\xaf",
+    "overlong 3 bytes": b"a.\xe0\x80\xaf",
+    "surrogate": b"a.\xed\xa0\x80",
+    "truncated sequence": b"a.\xe2\x82",
+    "past U+10FFFF": b"a.\xf4\x90\x80\x80",
+    "5-byte form": b"a.\xf8\x88\x80\x80\x80",
+    "lone surrogate str": "a.\udcff",
+    "invalid tag value": b"cpu;dc=\xff",
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_UTF8_NAMES.values()), ids=list(BAD_UTF8_NAMES))
+def test_invalid_utf8_names_rejected(db, name):
+    want = seed(db)
+    with pytest.raises(tismet.InvalidName) as ei:
+        db.create(name, [(60, 10)])
+    assert "UTF-8" in str(ei.value)
+    with pytest.raises(tismet.InvalidName):
+        tismet.check_name(name)
+    assert sorted(db.find("**")) == [("keep", False), ("keep.me", True)]
+    assert norm_fetch(db.fetch("keep.me", NOW - 120, NOW, now=NOW)) == norm_fetch(want)
+    assert db.check() == []
+
+
+VALID_BYTE_NAMES = [b"caf\xc3\xa9.x", b"a.\xf0\x9f\x98\x80", b"a.\xef\xbf\xbf", b"a.\xf4\x8f\xbf\xbf",
+                    b"slash/in.name", b"dot/./x.name"]
+
+
+@pytest.mark.parametrize("name", VALID_BYTE_NAMES, ids=range(len(VALID_BYTE_NAMES)))
+def test_valid_utf8_and_slash_names_round_trip(db, name):
+    """Well-formed UTF-8 up to U+10FFFF is accepted, and '/' is an ordinary byte of a
+    name (there are no files per metric; export-whisper refuses such names itself)."""
+    db.create(name, [(1, 60)])
+    db.update_many(name, [(NOW, 2.5)], now=NOW)
+    text = name.decode("utf-8")
+    assert db.exists(text)
+    assert db.fetch(text, NOW - 1, NOW, now=NOW)[1] == [2.5]
+    assert (text, True) in set(db.find("**"))

@@ -5,10 +5,15 @@
 #   fonts-dejavu-core  a font for the renderer's and the browser's text
 #   chromium           headless browser of tests/test_browser.py (graphite-web's UI);
 #                      only with --with-browser (make test), not for make demo
+#   clang, libclang-rt-dev  libFuzzer for tools/fuzz.py run (make fuzz, tox -e fuzz);
+#                      only with --with-fuzz (the default tests replay the corpus with gcc)
 set -euo pipefail
 PACKAGES=(libcairo2 fonts-dejavu-core)
 if [ "${1:-}" = "--with-browser" ]; then
     PACKAGES+=(chromium)
+fi
+if [ "${1:-}" = "--with-fuzz" ]; then
+    PACKAGES=(clang libclang-rt-dev)
 fi
 
 missing=()

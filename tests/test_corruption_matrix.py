@@ -1,0 +1,222 @@
+"""Corruption of every file of a database, by every kind of damage.
+
+One database is built (tests/corruption_probe.py build: writes before and
+after a checkpoint, the process ending as a kill -9 would), then for each
+case a copy is damaged and probed in a subprocess (a crash is a failed
+case, not a dead test run): opened read-only, then as the writer
+(recovery), reading every metric each time and running check().
+
+Where: `lock`; `pages` (superblock header, superblock live fields, a data
+page's header, a data page's slots, a free page); `catalog` (first, middle
+and last record); `wal` (each header slot, records after the checkpoint,
+the zero-filled rest). How: a flipped random byte, a zeroed 4 KiB block,
+truncation, appended garbage, and random bytes over the log's tail.
+
+Every case must hold:
+* no crash, no hang (60 s);
+* no value that was never written (the probe compares with the model);
+* every CorruptDatabase names the file and an offset.
+Each case is then classed: *detected* (an error or a check() problem names
+it), *harmless* (every point and name intact, check clean: the damage hit
+bytes nothing reads, or recovery repaired it from the log) or *lost
+silently* (points or names missing with no error). Cases where the design
+accepts silent loss are listed in SILENT_OK with the reason; any other one
+fails. The counts go to $TISMET_CORRUPTION_REPORT (JSON lines) for
+RELIABILITY.md.
+
+Repair: `tismet check --repair` (being written) will salvage what these
+cases damage; REPAIR_HOOK below is where its assertions go.
+"""
+
+import json
+import os
+import random
+import shutil
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from tismet_testutil import SOAK, TESTS, subprocess_env
+
+PAGE = 4096
+PROBE = str(TESTS / "corruption_probe.py")
+SEEDS = 3 if SOAK else 1
+
+# Regions where damage can be returned as data: a page changed since the last
+# checkpoint (DIRTY, left so by the kill) carries no valid checksum until the
+# next checkpoint seals it (DESIGN.md I4), and recovery seals it as it is,
+# since every change to it is older than its LSN (I5).  A known limit,
+# recorded, not hidden: the cases run and are counted, but may fail the
+# value check.
+KNOWN_LIMITS = {"pages.dirty_slots": "a DIRTY page has no checksum until the next checkpoint"}
+
+# (file region, kind) pairs whose damage may lose data without an error, and why
+SILENT_OK = {
+    # the log ends at the first record that fails its checksum: records after
+    # damage inside the log look like a torn tail and are not replayed; their
+    # points were never checkpointed (an unsynced tail and a damaged record
+    # are indistinguishable without a second copy)
+    ("wal.records", "flip"): "a damaged record ends the log (torn-tail rule)",
+    ("wal.records", "zero"): "a zeroed record ends the log (torn-tail rule)",
+    ("wal.records", "truncate"): "a cut log loses the records after the cut",
+    ("wal.records", "garble"): "random bytes over records end the log",
+}
+
+
+def run_probe(cmd, dbdir, model):
+    r = subprocess.run([sys.executable, PROBE, cmd, str(dbdir), str(model)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=subprocess_env(),
+                       timeout=60)
+    return r
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    base = tmp_path_factory.mktemp("corruption")
+    dbdir, model = base / "db", base / "model.json"
+    r = run_probe("build", dbdir, model)
+    assert r.returncode == 0, r.stderr.decode()[-3000:]
+    return dbdir, model, layout(dbdir)
+
+
+def layout(dbdir):
+    """Byte ranges (file, start, end) of each region of the template."""
+    cat = (dbdir / "catalog").read_bytes()
+    records, off, data_pages = [], 0, []
+    while off + 24 <= len(cat):
+        length = struct.unpack_from("<I", cat, off + 4)[0]
+        if length < 24:
+            break
+        records.append((off, off + length))
+        if cat[off + 16] == 4:
+            data_pages.append(struct.unpack_from("<I", cat, off + 24 + 12)[0])
+        off += length
+    pages = (dbdir / "pages").read_bytes()
+    used = {p for p in data_pages if pages[p * PAGE + 8] == 1}
+    # a page of the deleted metric, or else one past every used page
+    free = [p for p in data_pages if p not in used] or [max(used) + 1]
+    wal = (dbdir / "wal").read_bytes()
+    end = 4096
+    while end + 24 <= len(wal) and struct.unpack_from("<I", wal, end + 4)[0] >= 24:
+        end += struct.unpack_from("<I", wal, end + 4)[0]
+    clean = sorted(p for p in used if not pages[p * PAGE + 10] & 1)
+    dirty = sorted(p for p in used if pages[p * PAGE + 10] & 1)
+    assert clean and dirty, (clean, dirty)
+    d0, d1 = clean[0] * PAGE, dirty[0] * PAGE
+    mid = records[len(records) // 2]
+    return {
+        "lock": ("lock", 0, max(1, os.path.getsize(dbdir / "lock"))),
+        "pages.super": ("pages", 0, 28),
+        "pages.super_live": ("pages", 64, 104),
+        "pages.data_header": ("pages", d0, d0 + 64),
+        "pages.data_slots": ("pages", d0 + 64, d0 + PAGE),
+        "pages.dirty_slots": ("pages", d1 + 64, d1 + PAGE),
+        "pages.free": ("pages", free[0] * PAGE, free[0] * PAGE + PAGE),
+        "catalog.first": ("catalog", records[0][0], records[0][1]),
+        "catalog.middle": ("catalog", mid[0], mid[1]),
+        "catalog.last": ("catalog", records[-1][0], records[-1][1]),
+        "wal.header0": ("wal", 0, 88),
+        "wal.header1": ("wal", 2048, 2048 + 88),
+        "wal.records": ("wal", 4096, end),
+        "wal.rest": ("wal", end, len(wal)),
+    }
+
+
+def damage(path, kind, start, end, rng):
+    size = os.path.getsize(path)
+    off = rng.randrange(start, max(start + 1, end))
+    with open(path, "r+b") as f:
+        if kind == "flip":
+            f.seek(off)
+            b = f.read(1) or b"\0"
+            f.seek(off)
+            f.write(bytes([b[0] ^ rng.randrange(1, 256)]))
+        elif kind == "zero":
+            block = off - off % PAGE
+            f.seek(block)
+            f.write(b"\0" * min(PAGE, max(0, size - block)))
+        elif kind == "truncate":
+            f.truncate(off)
+        elif kind == "append":
+            f.seek(0, 2)
+            f.write(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 5000))))
+        elif kind == "garble":
+            f.seek(off)
+            f.write(bytes(rng.randrange(256) for _ in range(rng.randrange(8, 600))))
+    return off
+
+
+KINDS = ["flip", "zero", "truncate", "append", "garble"]
+REGIONS = ["lock", "pages.super", "pages.super_live", "pages.data_header", "pages.data_slots",
+           "pages.dirty_slots", "pages.free", "catalog.first", "catalog.middle", "catalog.last", "wal.header0",
+           "wal.header1", "wal.records", "wal.rest"]
+CASES = [(r, k) for r in REGIONS for k in KINDS
+         if not (k == "append" and r not in ("lock", "pages.free", "catalog.last", "wal.rest"))
+         and not (k == "garble" and not r.startswith("wal"))]
+
+
+def classify(result):
+    phases = result.values()
+    errors = [e for p in phases for e in p["errors"]]
+    errors += [p["open"] for p in phases if p["open"] != "ok"]
+    problems = [c for p in phases for c in p["check"]]
+    lost = any(p["missing_points"] or p["missing_names"] for p in phases if p["open"] == "ok")
+    if errors or problems:
+        return "detected", errors, problems
+    return ("lost silently" if lost else "harmless"), errors, problems
+
+
+def REPAIR_HOOK(dbdir, model, region, kind, outcome):
+    """`tismet check --repair` goes here once it lands (tismet/repair.py, CLI
+    engineer): run it on dbdir, then require a clean check and every point
+    of the model outside the damaged pages back."""
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("region,kind", CASES, ids=["%s-%s" % c for c in CASES])
+def test_corruption_is_detected_never_returned(template, tmp_path, region, kind):
+    src, model, regions = template
+    file, start, end = regions[region]
+    for seed in range(SEEDS):
+        rng = random.Random("%s-%s-%d" % (region, kind, seed))
+        dbdir = tmp_path / ("db%d" % seed)
+        shutil.copytree(src, dbdir)
+        off = damage(dbdir / file, kind, start, end, rng)
+        r = run_probe("probe", dbdir, model)
+        where = "%s %s at %s:%d" % (kind, region, file, off)
+        assert r.returncode == 0, "%s: the probe died (%d): %s" % (
+            where, r.returncode, r.stderr.decode()[-3000:])
+        result = json.loads(r.stdout.decode().strip().splitlines()[-1])
+        wrong = {phase: out["wrong"][:3] for phase, out in result.items() if out["wrong"]}
+        if region in KNOWN_LIMITS and wrong:
+            outcome = "wrong value (known limit)"
+            record(region, kind, off, outcome, [], [])
+            continue
+        assert wrong == {}, "%s: returned values never written: %r" % (where, wrong)
+        for phase, out in result.items():
+            assert out["extra_names"] == [] if out["open"] == "ok" else True, (where, out)
+        outcome, errors, problems = classify(result)
+        for e in errors:
+            if e["class"] == "CorruptDatabase":
+                assert e["file"] and e["offset"] is not None and e["offset"] >= 0, (where, e)
+        if outcome == "lost silently" and region in KNOWN_LIMITS:
+            outcome = "lost silently (known limit)"
+        elif outcome == "lost silently":
+            assert (region, kind) in SILENT_OK, "%s: points lost without an error: %r" % (
+                where, {p: (o["missing_points"], o["missing_names"])
+                        for p, o in result.items()})
+        REPAIR_HOOK(dbdir, model, region, kind, outcome)
+        record(region, kind, off, outcome, errors, problems)
+        shutil.rmtree(dbdir)
+
+
+def record(region, kind, off, outcome, errors, problems):
+    report = os.environ.get("TISMET_CORRUPTION_REPORT")
+    if report:
+        with open(report, "a") as f:
+            f.write(json.dumps({"region": region, "kind": kind, "offset": off,
+                                "outcome": outcome,
+                                "errors": [e["class"] for e in errors][:3],
+                                "problems": len(problems)}) + "\n")
