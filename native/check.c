@@ -50,6 +50,7 @@ typedef struct scan {
     int wal_ok;
     uint64_t wal_seq, start_lsn, checkpoint_lsn, wal_catalog_len;
     uint64_t log_end, last_lsn, log_records;
+    uint64_t points;              /* known slots in the pages checked */
     int writer_live;
     tsm_hot hot;                  /* the writer's hot file, when there is one (I14) */
     uint8_t *live_alloc;          /* pno -> ALLOCed by a record past the checkpoint */
@@ -418,6 +419,12 @@ static void check_one_page(scan *s, const tsm_metric *m, unsigned a, uint32_t r,
                 type, id.metric_id, id.archive, id.ring_page);
         return;
     }
+    const uint32_t *tags = tsm_page_tags(&copy);
+    uint32_t first = r * TSM_SLOTS, n = TSM_SLOTS;
+    if (first + n > m->arch[a].points)
+        n = m->arch[a].points > first ? m->arch[a].points - first : 0;
+    for (uint32_t j = 0; j < n; j++)
+        s->points += tags[j] != 0;
     if (!tsm_page_dirty(copy.bytes)) {
         if (tsm_page_verify(&copy, s->pages_path, pno) != TSM_OK) {
             tsm_error e;
@@ -558,6 +565,7 @@ int tsm_check_deep(const char *path, unsigned flags, tsm_check_figures *fig,
         fig->log_bytes = s->log_end > TSM_WAL_DATA ? s->log_end - TSM_WAL_DATA : 0;
         fig->checkpoint_lsn = s->checkpoint_lsn;
         fig->last_lsn = s->wal_ok ? s->last_lsn : 0;
+        fig->points = s->points;
         fig->writer_live = s->writer_live;
         *problems = s->probs;
         *count = s->nprobs;

@@ -377,6 +377,7 @@ typedef struct tsm_check_figures {
     uint64_t log_bytes;
     uint64_t checkpoint_lsn;
     uint64_t last_lsn;          /* of the last valid log record (checkpoint_lsn if none) */
+    uint64_t points;            /* values stored in the pages checked (known slots) */
     int writer_live;            /* a process held the writer lock during the check */
 } tsm_check_figures;
 

@@ -284,8 +284,17 @@ def test_info(imported, capsys):
     report = json.loads(out)
     assert report["stats"]["metrics"] == len(NAMES) and report["stats"]["disk_bytes"] > 0
     assert report["files"] and all(v >= 0 for v in report["files"].values())
+    with tismet.Database(str(dbdir), readonly=True) as db:
+        stored = sum(len(db.read_archive(n, a)) for n in NAMES
+                     for a in range(len(db.info(n)["archives"])))
+    summary = report["summary"]
+    assert summary["points"] == stored > 0
+    assert summary["bytes_per_point"] == round(summary["disk_bytes"] / stored, 3)
+    assert summary["log_file_bytes"] > 0 and summary["writer_running"] is False
+    assert summary["last_lsn"] >= summary["last_checkpoint_lsn"] > 0
     code, out, err = main(capsys, "info", dbdir)
     assert code == 0 and "metrics: %d" % len(NAMES) in out
+    assert "points: %d" % stored in out and "bytes_per_point: " in out
     code, out, err = main(capsys, "info", dbdir, "servers.web1.cpu", "--json")
     assert code == 0
     with tismet.Database(str(dbdir), readonly=True) as db:

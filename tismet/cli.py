@@ -167,7 +167,6 @@ class _Progress:
 # figures about the database itself; the other stats (wal_bytes_written, wal_syncs,
 # checkpoints, points_written) count what this handle did, always 0 read-only, and a
 # read-only handle reports pages_data/pages_free as 0: they stay in --json only
-_DB_FIGURES = ("metrics", "pages_total", "disk_bytes", "last_lsn")
 
 
 def _file_sizes(path):
@@ -187,18 +186,36 @@ def cmd_info(args):
         if args.name is None:
             stats = db.stats()
             files = _file_sizes(args.db_dir)
+            # points stored, log and checkpoint come from a file-level pass over every
+            # page (tismet.repair.deep_check), which also serves a database a writer holds
+            from tismet import repair
+            figs = repair.deep_check(args.db_dir)["figures"]
+            summary = {
+                "metrics": stats["metrics"],
+                "points": figs["points"],
+                "disk_bytes": stats["disk_bytes"],
+                "bytes_per_point": (round(stats["disk_bytes"] / figs["points"], 3)
+                                    if figs["points"] else None),
+                "log_file_bytes": files.get("wal", 0),
+                "log_live_bytes": figs["log_bytes"],
+                "log_records_since_checkpoint": figs["log_records"],
+                "last_checkpoint_lsn": figs["checkpoint_lsn"],
+                "last_lsn": figs["last_lsn"],
+                "pages_total": stats["pages_total"],
+                "writer_running": figs["writer_live"],
+            }
             if args.json:
-                print(json.dumps({"path": os.path.abspath(args.db_dir), "stats": stats,
-                                  "files": files}, indent=2, sort_keys=True))
+                print(json.dumps({"path": os.path.abspath(args.db_dir), "summary": summary,
+                                  "stats": stats, "files": files}, indent=2, sort_keys=True))
                 return EXIT_OK
             print("path: %s" % os.path.abspath(args.db_dir))
-            for key in _DB_FIGURES:
-                if key in stats:
-                    value = stats[key]
-                    if key.endswith("bytes"):
-                        print("%s: %d (%s)" % (key, value, _human(value)))
-                    else:
-                        print("%s: %d" % (key, value))
+            for key, value in summary.items():
+                if key.endswith("bytes") and value is not None:
+                    print("%s: %d (%s)" % (key, value, _human(value)))
+                elif value is None:
+                    print("%s: -" % key)
+                else:
+                    print("%s: %s" % (key, value))
             for fname, size in sorted(files.items()):
                 print("file %s: %d (%s)" % (fname, size, _human(size)))
             return EXIT_OK
@@ -921,8 +938,10 @@ def build_parser():
     sub.required = True
 
     s = sub.add_parser("info", help="database figures, or one metric's whisper-style info",
-                       description="Without NAME: the database's figures (metrics, pages, disk "
-                       "bytes, log bytes, checkpoints, ...). With NAME: the metric's header as "
+                       description="Without NAME: the database's figures: metrics, points "
+                       "stored, disk bytes, bytes per point, log size, last checkpoint (LSN and "
+                       "records since), whether a writer runs, file sizes; reading every page "
+                       "to count points. With NAME: the metric's header as "
                        "whisper-info.py prints it. Opens the database read-only (safe while "
                        "carbon writes). Exit 1 when NAME is not a metric.")
     s.add_argument("db_dir", metavar="DB_DIR")
