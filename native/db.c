@@ -107,8 +107,34 @@ uint8_t *tsm_db_page_ptr(tsm_db *db, uint32_t pno)
     return k ? tsm_hot_slot(&db->hot, k - 1) : db->base + (size_t)pno * TSM_PAGE_SIZE;
 }
 
+/* Writer: make page pno hot before changing it, refusing a page whose
+ * page-file copy is damaged: a clean data page must carry its checksum, and
+ * changing a damaged one would seal the damage in at the next checkpoint.
+ * Room was made by tsm_db_hot_reserve. */
+int tsm_db_page_prepare(tsm_db *db, uint32_t pno, uint8_t **out)
+{
+    uint32_t k = tsm_hot_lookup(&db->hot, pno);
+    if (k) {
+        *out = tsm_hot_slot(&db->hot, k - 1);
+        return TSM_OK;
+    }
+    const uint8_t *file = db->base + (size_t)pno * TSM_PAGE_SIZE;
+    tsm_page_id id;
+    uint8_t type;
+    tsm_page_get_id(file, &id, &type);
+    if (type == TSM_PAGE_DATA && !tsm_page_dirty(file)) {
+        tsm_page_copy copy;
+        memcpy(copy.bytes, file, TSM_PAGE_SIZE);
+        int rc = tsm_page_verify(&copy, db->pages_path, pno);
+        if (rc)
+            return rc;
+    }
+    *out = tsm_hot_promote(&db->hot, pno, file);
+    return TSM_OK;
+}
+
 /* Writer: the working copy of page pno, made hot if it is not (room was
- * made by tsm_db_hot_reserve).  Pages are changed only here, never through
+ * made by tsm_db_hot_reserve), for pages about to be initialised.  Pages are changed only here, never through
  * the page file's mapping (I14). */
 uint8_t *tsm_db_page_w(tsm_db *db, uint32_t pno)
 {
@@ -473,6 +499,20 @@ int tsm_db_alloc_page(tsm_db *db, tsm_metric *m, uint16_t archive, uint32_t ring
     tsm_page_write_begin(page);
     tsm_page_init(page, &id, m->arch[archive].seconds_per_point, m->arch[archive].points, r.lsn);
     tsm_page_write_end(page);
+    /* The page file gets the empty page at once (sealed): a reader without
+     * the hot file (a dead writer's gone with a reboot, a copied directory)
+     * then finds the page with its identity and no points, never a page
+     * that fails its checksum.  Nobody reads it yet: it is not published. */
+    uint8_t buf[TSM_PAGE_SIZE] __attribute__((aligned(64)));
+    memcpy(buf, page, TSM_PAGE_SIZE);
+    tsm_page_seal(buf);
+    uint32_t seq;
+    memcpy(&seq, db->base + (size_t)pno * TSM_PAGE_SIZE + 4, 4);
+    seq = (seq | 1u) + 1u;
+    memcpy(buf + 4, &seq, 4);
+    if ((rc = tsm_io_write_full(db->io, db->pages_fd, buf, TSM_PAGE_SIZE,
+                                (off_t)pno * TSM_PAGE_SIZE, db->pages_path)))
+        return set_fatal(db, rc);
     if ((rc = catalog_commit(db, &r)))
         return rc;
     *out = pno;
@@ -692,7 +732,9 @@ static int replay_group(void *arg, uint32_t pno)
         return 1;
     if ((c->rc = ensure_page(c->db, pno)) || (c->rc = tsm_db_hot_reserve(c->db, 1)))
         return 1;
-    c->page = tsm_db_page_w(c->db, pno);     /* a copy: the file's seq word stays behind */
+    /* a copy (the file's seq word stays behind), of a page that is not damaged */
+    if ((c->rc = tsm_db_page_prepare(c->db, pno, &c->page)))
+        return 1;
     c->apply = tsm_page_lsn(c->page) < c->lsn;
     if (c->apply)
         tsm_page_write_begin(c->page);

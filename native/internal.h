@@ -385,6 +385,7 @@ int tsm_db_log(struct tsm_db *db, tsm_buf *rec, bool catalog);
 /* Writer: the working (hot) copy of a page to change, and making room
  * for n pages to become hot before a record is logged (I14). */
 uint8_t *tsm_db_page_w(struct tsm_db *db, uint32_t pno);
+int tsm_db_page_prepare(struct tsm_db *db, uint32_t pno, uint8_t **out);
 int tsm_db_hot_reserve(struct tsm_db *db, size_t n);
 /* Scratch buffers owned by the writer (valid under the write lock). */
 tsm_buf *tsm_db_scratch(struct tsm_db *db, int which);

@@ -443,6 +443,16 @@ static int commit(struct tsm_db *db, tsm_metric *m, wset *w)
      * record is logged (a checkpoint may be needed to make it) */
     if ((rc = tsm_db_hot_reserve(db, ngroups)))
         return rc;
+    /* every page of the record hot and undamaged before it is logged: after
+     * that, nothing may fail */
+    for (size_t i = 0; i < w->n;) {
+        uint32_t a = w->e[i].archive, ring = w->e[i].idx / TSM_SLOTS;
+        uint8_t *page;
+        if ((rc = tsm_db_page_prepare(db, m->pages[a][ring], &page)))
+            return rc;
+        while (i < w->n && w->e[i].archive == a && w->e[i].idx / TSM_SLOTS == ring)
+            i++;
+    }
     if ((rc = tsm_db_log(db, rec, false)))
         return rc;
     for (size_t i = 0; i < w->n;) {

@@ -202,8 +202,21 @@ int tsm_wal_scan(tsm_wal *w, tsm_wal_visit visit, void *ctx, uint64_t *last_lsn)
     uint64_t off = TSM_WAL_DATA, expect = w->start_lsn;
     while (off < w->size) {
         tsm_rec r;
-        if (tsm_rec_parse(w->map + off, w->size - off, &r) != TSM_OK || r.lsn != expect)
+        if (tsm_rec_parse(w->map + off, w->size - off, &r) != TSM_OK)
             break;
+        if (r.lsn != expect) {
+            /* The header is durable before its cycle's first record (I8), so
+             * a first record newer than the header says means the newest
+             * header was lost (damage, not a crash): its records would be
+             * skipped without a word. */
+            if (off == TSM_WAL_DATA && r.lsn > expect)
+                return tsm_fail(TSM_ECORRUPT, 0, w->path, 0,
+                                "%s: the log holds records from LSN %llu but its valid header "
+                                "starts at LSN %llu: the newest log header is damaged; "
+                                "`tismet check --repair` salvages", w->path,
+                                (unsigned long long)r.lsn, (unsigned long long)expect);
+            break;
+        }
         int rc = visit(ctx, &r);
         if (rc == TSM_ECORRUPT) {
             /* a record the catalog refuses (found by fuzzing): name the log
