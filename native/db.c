@@ -93,6 +93,8 @@ void tsm_options_init(tsm_options *o)
 
 tsm_buf *tsm_db_scratch(tsm_db *db, int which) { return &db->scratch[which]; }
 
+const tsm_catalog *tsm_db_catalog(tsm_db *db) { return &db->cat; }
+
 tsm_update_scratch **tsm_db_update_scratch(tsm_db *db) { return &db->upd; }
 
 uint64_t tsm_db_next_lsn(tsm_db *db) { return db->next_lsn; }
@@ -618,40 +620,16 @@ static int replay_one(void *arg, const tsm_rec *r)
     return rc;
 }
 
-/* Free list: every page below the high-water mark that no metric owns. */
+/* Free list: every page below the high-water mark that no metric owns
+ * (the catalog keeps a bitmap of owned pages as it applies records). */
 static int build_free_list(tsm_db *db)
 {
-    uint8_t *used = calloc(db->next_page + 1, 1);
-    if (!used)
-        return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
-    used[0] = 1;
-    for (size_t i = 0; i < db->cat.by_id_cap; i++) {
-        tsm_metric *m = db->cat.by_id[i];
-        for (unsigned a = 0; m && a < m->narch; a++)
-            for (uint32_t r = 0; m->pages[a] && r < tsm_ring_pages(&m->arch[a]); r++)
-                if (m->pages[a][r] && m->pages[a][r] < db->next_page)
-                    used[m->pages[a][r]] = 1;
-    }
     db->nfree = 0;
     int rc = TSM_OK;
     for (uint32_t p = db->next_page; p-- > 1 && !rc;)
-        if (!used[p])
+        if (!tsm_catalog_owns(&db->cat, p))
             rc = push_u32(&db->free_pages, &db->nfree, &db->free_cap, p);
-    free(used);
     return rc;
-}
-
-static uint32_t max_owned_page(const tsm_catalog *c)
-{
-    uint32_t hi = 0;
-    for (size_t i = 0; i < c->by_id_cap; i++) {
-        tsm_metric *m = c->by_id[i];
-        for (unsigned a = 0; m && a < m->narch; a++)
-            for (uint32_t r = 0; m->pages[a] && r < tsm_ring_pages(&m->arch[a]); r++)
-                if (m->pages[a][r] > hi)
-                    hi = m->pages[a][r];
-    }
-    return hi;
 }
 
 /* Pages allocated after the last checkpoint by ALLOC records found in the
@@ -693,21 +671,58 @@ static int init_unsynced_pages(tsm_db *db)
     return rc;
 }
 
+/* The largest valid catalog record (a CREATE with 32 archives and a name of
+ * TSM_MAX_NAME bytes) is well under this: unparsed bytes this long are
+ * damage, not a record cut by the end of a read. */
+#define CATALOG_REC_MAX 8192u
+#define CATALOG_READ (4u << 20)
+
+/* Apply catalog bytes [from, upto) through a reused 4 MiB buffer (a fresh
+ * buffer as large as the catalog costs more in page faults than the
+ * records cost to apply).  *used gets the bytes applied: up to the first
+ * record that does not parse. */
+static int apply_catalog_range(tsm_db *db, uint64_t from, uint64_t upto, size_t *used)
+{
+    size_t total = (size_t)(upto - from), cap = total < CATALOG_READ ? total : CATALOG_READ;
+    size_t done = 0, have = 0, readpos = 0;
+    *used = 0;
+    if (cap < CATALOG_REC_MAX)
+        cap = CATALOG_REC_MAX;
+    uint8_t *buf = malloc(cap);
+    if (!buf)
+        return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+    int rc = TSM_OK;
+    while (readpos < total) {
+        size_t k = cap - have < total - readpos ? cap - have : total - readpos;
+        rc = tsm_io_read_full(db->io, db->catalog_fd, buf + have, k, (off_t)(from + readpos),
+                              db->catalog_path);
+        if (rc)
+            break;
+        have += k;
+        readpos += k;
+        size_t u = 0;
+        rc = tsm_catalog_load(&db->cat, buf, have, &u, NULL, NULL);
+        done += u;
+        if (rc)
+            break;
+        memmove(buf, buf + u, have - u);
+        have -= u;
+        if (have >= CATALOG_REC_MAX)
+            break;              /* damage: the caller decides from *used */
+    }
+    free(buf);
+    *used = done;
+    return rc;
+}
+
 /* Read the catalog file and apply it; a torn tail is cut off (writer). */
 static int load_catalog(tsm_db *db, uint64_t upto)
 {
     uint64_t from = db->catalog_size;
     if (upto <= from)
         return TSM_OK;
-    size_t n = (size_t)(upto - from);
-    uint8_t *buf = malloc(n ? n : 1);
-    if (!buf)
-        return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
-    int rc = tsm_io_read_full(db->io, db->catalog_fd, buf, n, (off_t)from, db->catalog_path);
-    size_t used = 0;
-    if (!rc)
-        rc = tsm_catalog_load(&db->cat, buf, n, &used, NULL, NULL);
-    free(buf);
+    size_t n = (size_t)(upto - from), used = 0;
+    int rc = apply_catalog_range(db, from, upto, &used);
     if (rc)
         return rc == TSM_ECORRUPT
                    ? tsm_fail(TSM_ECORRUPT, 0, db->catalog_path, (int64_t)(from + used),
@@ -878,7 +893,7 @@ static int open_writer(tsm_db *db)
         rc = init_unsynced_pages(db);
     if (rc)
         return rc;
-    db->next_page = max_owned_page(&db->cat) + 1;
+    db->next_page = tsm_catalog_max_owned(&db->cat) + 1;
     db->next_lsn = db->wal.start_lsn;
     if (db->cat.max_lsn >= db->next_lsn)
         db->next_lsn = db->cat.max_lsn + 1;
@@ -1513,8 +1528,8 @@ int tsm_stats(tsm_db *db, tsm_db_stats *out)
     if (db->opts.readonly) {
         /* a reader has no free list: count the pages metrics own */
         out->pages_data = 0;
-        for (size_t i = 0; i < db->cat.by_id_cap; i++) {
-            const tsm_metric *m = db->cat.by_id[i];
+        for (uint32_t i = 1; i < db->cat.next_id; i++) {
+            const tsm_metric *m = tsm_catalog_by_id(&db->cat, i);
             for (unsigned a = 0; m && a < m->narch; a++)
                 for (uint32_t r = 0; m->pages[a] && r < tsm_ring_pages(&m->arch[a]); r++)
                     out->pages_data += m->pages[a][r] != 0;
@@ -1526,6 +1541,10 @@ int tsm_stats(tsm_db *db, tsm_db_stats *out)
     out->wal_syncs = db->has_wal ? db->wal.syncs : 0;
     out->disk_bytes = allocated(db, db->pages_path) + allocated(db, db->catalog_path) +
                       allocated(db, db->wal_path) + allocated(db, db->lock_path);
+    size_t nodes = 0;
+    out->index_bytes = tsm_index_memory(db->cat.index, &nodes);
+    out->index_nodes = nodes;
+    out->catalog_bytes = tsm_catalog_memory(&db->cat);
     pthread_rwlock_unlock(&db->rw);
     return TSM_OK;
 }
@@ -1555,9 +1574,11 @@ static void check_metric_pages(tsm_db *db, const tsm_metric *m, checker *c)
             if (tsm_db_read_owned_page(db, m, a, r, &copy, &owned) != TSM_OK) {
                 problem(c);
             } else if (!owned) {
+                char name[TSM_MAX_NAME + 1];
                 tsm_fail(TSM_ECORRUPT, 0, db->pages_path, (int64_t)pno * TSM_PAGE_SIZE,
                          "page %u of %s does not belong to metric '%s' archive %u as the "
-                         "catalog says", pno, db->pages_path, m->name, a);
+                         "catalog says", pno, db->pages_path,
+                         tsm_catalog_name(&db->cat, m, name, sizeof name), a);
                 problem(c);
             }
         }
@@ -1571,9 +1592,11 @@ int tsm_check(tsm_db *db, uint64_t *problems)
     checker c = {0};
     if (tsm_sb_check(db->sb, db->pages_path) != TSM_OK)
         problem(&c);
-    for (size_t i = 0; i < db->cat.by_id_cap; i++)
-        if (db->cat.by_id[i])
-            check_metric_pages(db, db->cat.by_id[i], &c);
+    for (uint32_t i = 1; i < db->cat.next_id; i++) {
+        const tsm_metric *m = tsm_catalog_by_id(&db->cat, i);
+        if (m)
+            check_metric_pages(db, m, &c);
+    }
     off_t csize;
     if (db->io->size(db->catalog_fd, &csize) == 0 && (uint64_t)csize > db->catalog_size &&
         !db->opts.readonly) {

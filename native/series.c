@@ -552,9 +552,11 @@ int tsm_series_update(struct tsm_db *db, tsm_metric *m, const void *points,
 int tsm_series_write_archive(struct tsm_db *db, tsm_metric *m, unsigned archive,
                              const void *points, size_t n)
 {
+    char nb[TSM_MAX_NAME + 1];
     if (archive >= m->narch)
         return tsm_fail(TSM_EINVAL, 0, "", -1, "metric '%s' has no archive %u (it has %u)",
-                        m->name, archive, m->narch);
+                        tsm_catalog_name(tsm_db_catalog(db), m, nb, sizeof nb), archive,
+                        m->narch);
     if (n == 0)
         return TSM_OK;
     if (n > TSM_MAX_POINTS)
@@ -584,9 +586,11 @@ int tsm_series_read_archive(struct tsm_db *db, const tsm_metric *m, unsigned arc
 {
     *points = NULL;
     *npoints = 0;
+    char nb[TSM_MAX_NAME + 1];
     if (archive >= m->narch)
         return tsm_fail(TSM_EINVAL, 0, "", -1, "metric '%s' has no archive %u (it has %u)",
-                        m->name, archive, m->narch);
+                        tsm_catalog_name(tsm_db_catalog(db), m, nb, sizeof nb), archive,
+                        m->narch);
     const tsm_archive *ar = &m->arch[archive];
     double *out = malloc((size_t)ar->points * 2 * sizeof *out);
     if (!out)
