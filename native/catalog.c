@@ -23,10 +23,6 @@
  * metric lives.  A chunk is freed when its last metric is deleted. */
 #define CHUNK (1u << TSM_CHUNK_BITS)
 
-/* The page table of a metric that has no page yet: every archive NULL.
- * Shared and never written (apply_alloc gives the metric its own first). */
-static uint32_t *no_pages[TSM_MAX_ARCHIVES];
-
 typedef struct tsm_schema {
     uint64_t hash;
     uint32_t narch;
@@ -48,11 +44,7 @@ int tsm_catalog_init(tsm_catalog *c)
 
 static void metric_clear(tsm_metric *m)
 {
-    if (m->pages != no_pages) {
-        for (unsigned a = 0; a < m->narch; a++)
-            free(m->pages[a]);
-        free(m->pages);
-    }
+    free(m->pages);
     free(m->name);
     memset(m, 0, sizeof *m);
 }
@@ -303,7 +295,7 @@ static int apply_create(tsm_catalog *c, const tsm_rec *r)
         return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
     }
     *m = (tsm_metric){.id = b.id, .agg = b.agg, .xff = b.xff, .narch = (uint8_t)b.narch,
-                      .name_len = b.name_len, .arch = arch, .pages = no_pages};
+                      .name_len = b.name_len, .arch = arch};
     for (unsigned a = 0; a < b.narch; a++) {
         uint32_t ret = arch[a].seconds_per_point * arch[a].points;
         if (ret > m->max_retention)
@@ -350,13 +342,13 @@ static int apply_delete(tsm_catalog *c, uint32_t id, tsm_page_sink freed, void *
         tsm_tags_remove(c->tags, m);
         tagged_del(c, m);
     }
-    for (unsigned a = 0; a < m->narch; a++)
-        for (uint32_t r = 0; m->pages[a] && r < tsm_ring_pages(&m->arch[a]); r++)
-            if (m->pages[a][r]) {
-                own_clear(c, m->pages[a][r]);
-                if (freed)
-                    freed(ctx, m->pages[a][r]);
-            }
+    for (uint32_t i = 0; i < tsm_metric_npages(m); i++) {
+        unsigned a;
+        uint32_t r, pno = tsm_metric_page_at(m, i, &a, &r);
+        own_clear(c, pno);
+        if (freed)
+            freed(ctx, pno);
+    }
     metric_clear(m);
     c->chunk_live[id >> TSM_CHUNK_BITS]--;
     slot_release(c, id);
@@ -380,12 +372,8 @@ size_t tsm_catalog_memory(const tsm_catalog *c)
                 continue;
             if (m->name)
                 bytes += m->name_len + 1;
-            if (m->pages == no_pages)
-                continue;
-            bytes += m->narch * sizeof *m->pages;
-            for (unsigned a = 0; a < m->narch; a++)
-                if (m->pages[a])
-                    bytes += tsm_ring_pages(&m->arch[a]) * sizeof(uint32_t);
+            if (m->pages)
+                bytes += sizeof *m->pages + m->pages->cap * 2 * sizeof(uint32_t);
         }
     }
     for (size_t i = 0; i < c->schemas_cap; i++)
@@ -394,32 +382,58 @@ size_t tsm_catalog_memory(const tsm_catalog *c)
     return bytes;
 }
 
+/* Set ring page `ring` of archive a to pno in the metric's sorted map; *old
+ * gets the page it replaces (0 if none). */
+static int pagemap_set(tsm_metric *m, unsigned a, uint32_t ring, uint32_t pno, uint32_t *old)
+{
+    uint32_t key = TSM_PAGEMAP_KEY(a, ring);
+    tsm_pagemap *pm = m->pages;
+    uint32_t lo = 0, hi = pm ? pm->n : 0;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (pm->e[2 * mid] < key)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *old = 0;
+    if (pm && lo < pm->n && pm->e[2 * lo] == key) {
+        *old = pm->e[2 * lo + 1];
+        pm->e[2 * lo + 1] = pno;
+        return TSM_OK;
+    }
+    if (!pm || pm->n == pm->cap) {
+        /* most metrics own a handful of pages: grow by one up to 8, then by a quarter */
+        uint32_t n = pm ? pm->n : 0, cap = n < 8 ? n + 1 : n + n / 4;
+        tsm_pagemap *p = realloc(pm, sizeof *p + (size_t)cap * 2 * sizeof(uint32_t));
+        if (!p)
+            return TSM_ENOMEM;
+        if (!pm)
+            p->n = 0;
+        p->cap = cap;
+        m->pages = pm = p;
+    }
+    memmove(&pm->e[2 * lo + 2], &pm->e[2 * lo], (size_t)(pm->n - lo) * 2 * sizeof(uint32_t));
+    pm->e[2 * lo] = key;
+    pm->e[2 * lo + 1] = pno;
+    pm->n++;
+    return TSM_OK;
+}
+
 static int apply_alloc(tsm_catalog *c, const tsm_rec *r)
 {
     tsm_alloc_body al;
     tsm_rec_decode_alloc(r, &al);
-    uint32_t id = al.id, ring = al.ring_page, pno = al.pno;
+    uint32_t id = al.id, ring = al.ring_page, pno = al.pno, old = 0;
     uint16_t a = al.archive;
     tsm_metric *m = tsm_catalog_by_id(c, id);
     if (!m || a >= m->narch || ring >= tsm_ring_pages(&m->arch[a]) || pno == 0)
         return tsm_fail(TSM_ECORRUPT, 0, "", -1,
                         "catalog page record for unknown metric %u/archive %u/ring %u", id, a, ring);
-    if (m->pages == no_pages) {
-        uint32_t **t = calloc(m->narch, sizeof *t);
-        if (!t)
-            return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
-        m->pages = t;
-    }
-    if (!m->pages[a]) {
-        m->pages[a] = calloc(tsm_ring_pages(&m->arch[a]), sizeof(uint32_t));
-        if (!m->pages[a])
-            return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
-    }
-    if (own_set(c, pno))
-        return TSM_ENOMEM;
-    if (m->pages[a][ring] && m->pages[a][ring] != pno)
-        own_clear(c, m->pages[a][ring]);
-    m->pages[a][ring] = pno;
+    if (pagemap_set(m, a, ring, pno, &old) != TSM_OK || own_set(c, pno) != TSM_OK)
+        return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+    if (old && old != pno)
+        own_clear(c, old);
     if (c->watching && r->lsn > c->watch_lsn) {
         if (c->nseen == c->seen_cap) {
             size_t cap = c->seen_cap ? c->seen_cap * 2 : 64;

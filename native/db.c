@@ -321,7 +321,7 @@ int tsm_db_read_owned_page(tsm_db *db, const tsm_metric *m, unsigned archive, ui
                            tsm_page_copy *copy, int *owned)
 {
     *owned = 0;
-    int rc = tsm_db_read_page(db, m->pages[archive][ring], copy);
+    int rc = tsm_db_read_page(db, tsm_metric_page(m, archive, ring), copy);
     if (rc)
         return rc;
     tsm_page_id id;
@@ -645,8 +645,8 @@ static int init_unsynced_pages(tsm_db *db)
     for (size_t i = 0; i < db->cat.nseen && rc == TSM_OK; i++) {
         const tsm_alloc_seen *s = &db->cat.seen[i];
         tsm_metric *m = tsm_catalog_by_id(&db->cat, s->a.id);
-        if (!m || s->a.archive >= m->narch || !m->pages[s->a.archive] ||
-            m->pages[s->a.archive][s->a.ring_page] != s->a.pno)
+        if (!m || s->a.archive >= m->narch ||
+            tsm_metric_page(m, s->a.archive, s->a.ring_page) != s->a.pno)
             continue;                       /* deleted or moved since */
         if ((rc = ensure_page(db, s->a.pno)))
             break;
@@ -1530,9 +1530,7 @@ int tsm_stats(tsm_db *db, tsm_db_stats *out)
         out->pages_data = 0;
         for (uint32_t i = 1; i < db->cat.next_id; i++) {
             const tsm_metric *m = tsm_catalog_by_id(&db->cat, i);
-            for (unsigned a = 0; m && a < m->narch; a++)
-                for (uint32_t r = 0; m->pages[a] && r < tsm_ring_pages(&m->arch[a]); r++)
-                    out->pages_data += m->pages[a][r] != 0;
+            out->pages_data += m ? tsm_metric_npages(m) : 0;
         }
     } else {
         out->pages_data = db->next_page - 1 - db->nfree - db->nfreed;
@@ -1565,23 +1563,21 @@ static void problem(checker *c)
 static void check_metric_pages(tsm_db *db, const tsm_metric *m, checker *c)
 {
     tsm_page_copy copy;
-    for (unsigned a = 0; a < m->narch; a++)
-        for (uint32_t r = 0; m->pages[a] && r < tsm_ring_pages(&m->arch[a]); r++) {
-            uint32_t pno = m->pages[a][r];
-            int owned;
-            if (!pno)
-                continue;
-            if (tsm_db_read_owned_page(db, m, a, r, &copy, &owned) != TSM_OK) {
-                problem(c);
-            } else if (!owned) {
-                char name[TSM_MAX_NAME + 1];
-                tsm_fail(TSM_ECORRUPT, 0, db->pages_path, (int64_t)pno * TSM_PAGE_SIZE,
-                         "page %u of %s does not belong to metric '%s' archive %u as the "
-                         "catalog says", pno, db->pages_path,
-                         tsm_catalog_name(&db->cat, m, name, sizeof name), a);
-                problem(c);
-            }
+    for (uint32_t i = 0; i < tsm_metric_npages(m); i++) {
+        unsigned a;
+        uint32_t r, pno = tsm_metric_page_at(m, i, &a, &r);
+        int owned;
+        if (tsm_db_read_owned_page(db, m, a, r, &copy, &owned) != TSM_OK) {
+            problem(c);
+        } else if (!owned) {
+            char name[TSM_MAX_NAME + 1];
+            tsm_fail(TSM_ECORRUPT, 0, db->pages_path, (int64_t)pno * TSM_PAGE_SIZE,
+                     "page %u of %s does not belong to metric '%s' archive %u as the "
+                     "catalog says", pno, db->pages_path,
+                     tsm_catalog_name(&db->cat, m, name, sizeof name), a);
+            problem(c);
         }
+    }
 }
 
 int tsm_check(tsm_db *db, uint64_t *problems)

@@ -232,14 +232,57 @@ typedef struct tsm_metric {
     uint8_t narch;
     uint8_t tagged;             /* indexed in the tag index (tagged names) */
     const tsm_archive *arch;    /* narch, sorted by precision; shared by equal schemas */
-    uint32_t **pages;           /* per archive: ring page -> page number, NULL until
-                                 * used; a shared all-NULL table until the first page */
+    struct tsm_pagemap *pages;  /* the pages it owns (tsm_metric_page), NULL until one */
     char *name;                 /* tagged names only (NUL-terminated), else NULL */
 } tsm_metric;
 
 static inline uint32_t tsm_ring_pages(const tsm_archive *a)
 {
     return (a->points + TSM_SLOTS - 1) / TSM_SLOTS;
+}
+
+/* The pages a metric owns, as pairs (key, page number) sorted by key =
+ * archive << 24 | ring page (ring pages < 2^32 / 336 < 2^24).  Sparse: a
+ * long archive (10m:5y is 783 ring pages) costs 8 bytes per page written,
+ * not 4 bytes per ring page. */
+typedef struct tsm_pagemap {
+    uint32_t n, cap;
+    uint32_t e[];               /* 2 * cap: key, page number */
+} tsm_pagemap;
+
+#define TSM_PAGEMAP_KEY(a, r) ((uint32_t)(a) << 24 | (uint32_t)(r))
+
+/* Page number of ring page r of archive a, 0 when none is allocated. */
+static inline uint32_t tsm_metric_page(const tsm_metric *m, unsigned a, uint32_t r)
+{
+    const tsm_pagemap *pm = m->pages;
+    if (!pm)
+        return 0;
+    uint32_t key = TSM_PAGEMAP_KEY(a, r), lo = 0, hi = pm->n;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (pm->e[2 * mid] < key)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < pm->n && pm->e[2 * lo] == key ? pm->e[2 * lo + 1] : 0;
+}
+
+/* Visit every page a metric owns: for (i < tsm_metric_npages(m)) with
+ * tsm_metric_page_at(m, i, &archive, &ring) returning the page number. */
+static inline uint32_t tsm_metric_npages(const tsm_metric *m)
+{
+    return m->pages ? m->pages->n : 0;
+}
+
+static inline uint32_t tsm_metric_page_at(const tsm_metric *m, uint32_t i, unsigned *archive,
+                                          uint32_t *ring)
+{
+    uint32_t key = m->pages->e[2 * i];
+    *archive = key >> 24;
+    *ring = key & 0xFFFFFFu;
+    return m->pages->e[2 * i + 1];
 }
 
 /* An ALLOC applied from the catalog file during recovery (see watching). */
