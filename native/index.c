@@ -16,8 +16,10 @@
  *               first child, siblings, component, leaf metric id); node 0 is
  *               the root, and a link of 0 means none (the root is nobody's
  *               child or sibling); freed nodes are reused;
- *   children    one open-addressing hash of node ids keyed by (parent,
- *               component): a literal glob component costs one probe;
+ *   children    one open-addressing hash keyed by (parent, component),
+ *               each entry the node id and the key's 32-bit hash, so a probe
+ *               touches a node only when the hashes agree (and growing or
+ *               deleting never does): a literal glob component costs one;
  *   postings    per component, the ids of the nodes that carry it (each node
  *               knows its position, so removal is O(1)).
  *
@@ -32,13 +34,15 @@
  * When a pattern starts with wildcards (`*.*.*.cpu.0.user`, `**.user`), the
  * search may instead start from a literal component's postings (the
  * "pivot") and check each candidate's ancestors against the components
- * before it, then walk down from it as before.  Both give the same set:
+ * before it, then walk down from it as before (pivot_cost says which
+ * literal).  Both give the same set:
  * with no "**" before the pivot, the pivot's depth is fixed, and a node is
  * found top down exactly when each ancestor matches its component; with
  * only "**" before it, every node below the root is reached.  The search
  * tries the top-down walk with a budget of the pivot's cost and falls back
  * to the pivot when the walk runs out, so it costs at most about twice the
- * cheaper of the two.
+ * cheaper of the two.  Postings are in creation order, so are node ids: a
+ * pivot pass streams through the node array.
  *
  * The tree is rebuilt from the catalog at open (O(names)); components stay
  * interned until the handle closes, even when no node uses them any more.
@@ -72,7 +76,7 @@ typedef struct comp {
 struct tsm_index {
     inode *nodes;
     uint32_t nnodes, node_cap, free_head, live;
-    uint32_t *kids;            /* child hash: node id, 0 = empty */
+    uint64_t *kids;            /* child hash: key hash << 32 | node id, 0 = empty */
     uint32_t kids_cap, nkids;  /* power of two */
     comp *comps;
     uint32_t ncomps, comp_cap;
@@ -86,6 +90,8 @@ struct tsm_index {
     char *last;
     size_t last_len;
     uint32_t *last_nodes;
+    uint32_t *at_depth;        /* live nodes per depth (root = 0): search planning */
+    uint32_t depth_cap;
 };
 
 /* ------------------------------------------------------------ growth */
@@ -118,9 +124,9 @@ static inline uint64_t mix(uint64_t x)
     return x ^ (x >> 33);
 }
 
-static inline uint32_t kid_slot(const tsm_index *ix, uint32_t parent, uint32_t cid)
+static inline uint32_t kid_hash(uint32_t parent, uint32_t cid)
 {
-    return (uint32_t)mix(((uint64_t)parent << 32) | cid) & (ix->kids_cap - 1);
+    return (uint32_t)mix(((uint64_t)parent << 32) | cid);
 }
 
 /* ------------------------------------------------------------ components */
@@ -196,52 +202,52 @@ static int comp_intern(tsm_index *ix, const char *s, size_t len, uint32_t *out)
 
 static uint32_t child_find(const tsm_index *ix, uint32_t parent, uint32_t cid)
 {
-    uint32_t mask = ix->kids_cap - 1;
-    for (uint32_t i = kid_slot(ix, parent, cid); ix->kids[i]; i = (i + 1) & mask) {
-        const inode *n = &ix->nodes[ix->kids[i]];
-        if (n->parent == parent && n->comp == cid)
-            return ix->kids[i];
+    uint32_t mask = ix->kids_cap - 1, h = kid_hash(parent, cid);
+    for (uint32_t i = h & mask; ix->kids[i]; i = (i + 1) & mask) {
+        if ((uint32_t)(ix->kids[i] >> 32) != h)
+            continue;
+        uint32_t id = (uint32_t)ix->kids[i];
+        if (ix->nodes[id].parent == parent && ix->nodes[id].comp == cid)
+            return id;
     }
     return 0;
 }
 
-static void kids_put(tsm_index *ix, uint32_t id)
+static void kids_put(uint64_t *kids, uint32_t cap, uint64_t entry)
 {
-    uint32_t mask = ix->kids_cap - 1, i = kid_slot(ix, ix->nodes[id].parent, ix->nodes[id].comp);
-    while (ix->kids[i])
-        i = (i + 1) & mask;
-    ix->kids[i] = id;
+    uint32_t i = (uint32_t)(entry >> 32) & (cap - 1);
+    while (kids[i])
+        i = (i + 1) & (cap - 1);
+    kids[i] = entry;
 }
 
 static int kids_reserve(tsm_index *ix)
 {
     if ((uint64_t)(ix->nkids + 1) * 4 <= (uint64_t)ix->kids_cap * 3)
         return TSM_OK;
-    uint32_t *old = ix->kids, oldcap = ix->kids_cap;
-    if ((uint64_t)oldcap * 2 > UINT32_MAX)
+    if ((uint64_t)ix->kids_cap * 2 > UINT32_MAX)
         return TSM_ENOMEM;
-    ix->kids = calloc((size_t)oldcap * 2, sizeof *ix->kids);
-    if (!ix->kids) {
-        ix->kids = old;
+    uint64_t *kids = calloc((size_t)ix->kids_cap * 2, sizeof *kids);
+    if (!kids)
         return TSM_ENOMEM;
-    }
-    ix->kids_cap = oldcap * 2;
-    for (uint32_t i = 0; i < oldcap; i++)
-        if (old[i])
-            kids_put(ix, old[i]);
-    free(old);
+    for (uint32_t i = 0; i < ix->kids_cap; i++)
+        if (ix->kids[i])
+            kids_put(kids, ix->kids_cap * 2, ix->kids[i]);
+    free(ix->kids);
+    ix->kids = kids;
+    ix->kids_cap *= 2;
     return TSM_OK;
 }
 
 /* Linear probing deletion by backward shift: no tombstones. */
 static void kids_del(tsm_index *ix, uint32_t id)
 {
-    uint32_t mask = ix->kids_cap - 1, i = kid_slot(ix, ix->nodes[id].parent, ix->nodes[id].comp);
-    while (ix->kids[i] != id)
+    uint32_t mask = ix->kids_cap - 1;
+    uint32_t i = kid_hash(ix->nodes[id].parent, ix->nodes[id].comp) & mask;
+    while ((uint32_t)ix->kids[i] != id)
         i = (i + 1) & mask;
     for (uint32_t j = (i + 1) & mask; ix->kids[j]; j = (j + 1) & mask) {
-        const inode *n = &ix->nodes[ix->kids[j]];
-        uint32_t home = kid_slot(ix, n->parent, n->comp);
+        uint32_t home = (uint32_t)(ix->kids[j] >> 32) & mask;
         /* move j into the hole at i unless its home lies in (i, j] */
         if (((j - home) & mask) >= ((j - i) & mask)) {
             ix->kids[i] = ix->kids[j];
@@ -288,6 +294,7 @@ void tsm_index_free(tsm_index *ix)
     free(ix->nodes);
     free(ix->last);
     free(ix->last_nodes);
+    free(ix->at_depth);
     free(ix);
 }
 
@@ -309,10 +316,16 @@ static void post_del(tsm_index *ix, uint32_t id)
     ix->nodes[last].post_pos = pos;
 }
 
-static int child_add(tsm_index *ix, uint32_t parent, uint32_t cid, uint32_t *out)
+static int child_add(tsm_index *ix, uint32_t parent, uint32_t cid, uint32_t depth, uint32_t *out)
 {
     if (kids_reserve(ix))
         return TSM_ENOMEM;
+    if (depth >= ix->depth_cap) {
+        uint32_t cap = ix->depth_cap;
+        if (grow_array(&ix->at_depth, &ix->depth_cap, depth + 1, sizeof *ix->at_depth, 16))
+            return TSM_ENOMEM;
+        memset(ix->at_depth + cap, 0, (ix->depth_cap - cap) * sizeof *ix->at_depth);
+    }
     uint32_t id = ix->free_head;
     if (id) {
         ix->free_head = ix->nodes[id].next_sibling;
@@ -338,9 +351,10 @@ static int child_add(tsm_index *ix, uint32_t parent, uint32_t cid, uint32_t *out
         ix->free_head = id;
         return TSM_ENOMEM;
     }
-    kids_put(ix, id);
+    kids_put(ix->kids, ix->kids_cap, (uint64_t)kid_hash(parent, cid) << 32 | id);
     ix->nkids++;
     ix->live++;
+    ix->at_depth[depth]++;
     *out = id;
     return TSM_OK;
 }
@@ -358,6 +372,10 @@ static void node_unlink(tsm_index *ix, uint32_t id)
     p->nchildren--;
     kids_del(ix, id);
     post_del(ix, id);
+    uint32_t depth = 1;
+    for (uint32_t a = n->parent; a != ROOT; a = ix->nodes[a].parent)
+        depth++;
+    ix->at_depth[depth]--;
     n->parent = FREE_MARK;
     n->next_sibling = ix->free_head;
     ix->free_head = id;
@@ -387,7 +405,7 @@ int tsm_index_add(tsm_index *ix, tsm_metric *m, const char *name, size_t len)
             if (comp_intern(ix, name + start, i - start, &cid))
                 goto nomem;
             c = child_find(ix, cur, cid);
-            if (!c && child_add(ix, cur, cid, &c))
+            if (!c && child_add(ix, cur, cid, depth + 1, &c))
                 goto nomem;
         }
         ix->last_nodes[depth++] = c;
@@ -439,19 +457,23 @@ uint32_t tsm_index_lookup(const tsm_index *ix, const char *name, size_t len)
 
 size_t tsm_index_name(const tsm_index *ix, uint32_t node, char *buf, size_t cap)
 {
-    size_t len = 0;
-    for (uint32_t p = node; p != ROOT; p = ix->nodes[p].parent)
-        len += ix->comps[ix->nodes[p].comp].len + (len ? 1 : 0);
-    if (len + 1 > cap)
-        return len;
-    char *end = buf + len;
-    *end = 0;
+    /* one pass up the tree, spelling from the end of a scratch buffer */
+    char tmp[TSM_MAX_NAME + 1];
+    size_t pos = sizeof tmp, len = 0;
     for (uint32_t p = node; p != ROOT; p = ix->nodes[p].parent) {
         const comp *c = &ix->comps[ix->nodes[p].comp];
-        end -= c->len;
-        memcpy(end, ix->chars + c->off, c->len);
-        if (ix->nodes[p].parent != ROOT)
-            *--end = '.';
+        size_t need = c->len + (len ? 1 : 0);
+        if (need > pos)                  /* longer than any valid name: count only */
+            return len + need + tsm_index_name(ix, ix->nodes[p].parent, NULL, 0) + 1;
+        if (len)
+            tmp[--pos] = '.';
+        pos -= c->len;
+        memcpy(tmp + pos, ix->chars + c->off, c->len);
+        len += need;
+    }
+    if (len + 1 <= cap) {
+        memcpy(buf, tmp + pos, len);
+        buf[len] = 0;
     }
     return len;
 }
@@ -492,6 +514,9 @@ typedef struct search {
     const tsm_index *ix;
     level *lv;
     size_t n;
+    tsm_buf *out;              /* direct: hits are emitted here as found */
+    size_t *count;
+    int direct;                /* no "**" can reach a node twice: no dedup */
     uint32_t *hits;
     size_t nhits, cap;
     size_t budget;             /* nodes the top-down walk may still visit */
@@ -515,11 +540,20 @@ static int level_match(search *s, size_t i, uint32_t cid)
     return l->memo[cid] == 2;
 }
 
+static int emit(const tsm_index *ix, tsm_buf *out, uint32_t id);
+
 static void add_hit(search *s, uint32_t id)
 {
     const inode *n = &s->ix->nodes[id];
     if (s->rc || (!n->leaf && !n->nchildren))
         return;
+    if (s->direct) {           /* emitted while its nodes are in the cache */
+        if (emit(s->ix, s->out, id))
+            s->rc = TSM_ENOMEM;
+        else
+            (*s->count)++;
+        return;
+    }
     if (s->nhits == s->cap) {
         size_t cap = s->cap ? s->cap * 2 : 64;
         uint32_t *h = realloc(s->hits, cap * sizeof *h);
@@ -533,13 +567,15 @@ static void add_hit(search *s, uint32_t id)
     s->hits[s->nhits++] = id;
 }
 
-static int spend(search *s)
+/* Charge the top-down walk `units` (1 per child visited, 4 per hash probe,
+ * the units of pivot_cost); 0 when the budget is spent. */
+static int spend(search *s, size_t units)
 {
-    if (s->budget == 0) {
+    if (s->budget < units) {
         s->rc = SEARCH_OUT_OF_BUDGET;
         return 0;
     }
-    s->budget--;
+    s->budget -= units;
     return 1;
 }
 
@@ -559,7 +595,7 @@ static void globstar(search *s, uint32_t node, size_t i)
     const inode *nodes = s->ix->nodes;
     walk(s, node, i + 1);
     for (uint32_t c = nodes[node].first_child; c && !s->rc; c = nodes[c].next_sibling)
-        if (spend(s) && nodes[c].nchildren)
+        if (spend(s, 1) && nodes[c].nchildren)
             globstar(s, c, i);
 }
 
@@ -569,7 +605,7 @@ static void walk(search *s, uint32_t node, size_t i)
     if (i == s->n) {
         /* only reached after a trailing "**": behave as "*" here */
         for (uint32_t c = nodes[node].first_child; c && !s->rc; c = nodes[c].next_sibling)
-            if (spend(s))
+            if (spend(s, 1))
                 add_hit(s, c);
         return;
     }
@@ -578,14 +614,14 @@ static void walk(search *s, uint32_t node, size_t i)
         globstar(s, node, i);
     if (l->kind == K_LITERAL || l->kind == K_GLOBLIT) {
         for (size_t k = 0; k < l->nlits && !s->rc; k++) {
-            uint32_t c = spend(s) ? child_find(s->ix, node, l->lits[k]) : 0;
+            uint32_t c = spend(s, 4) ? child_find(s->ix, node, l->lits[k]) : 0;
             if (c)
                 visit(s, c, i);
         }
         return;
     }
     for (uint32_t c = nodes[node].first_child; c && !s->rc; c = nodes[c].next_sibling)
-        if (spend(s) && level_match(s, i, nodes[c].comp))
+        if (spend(s, 1) && level_match(s, i, nodes[c].comp))
             visit(s, c, i);
 }
 
@@ -593,7 +629,10 @@ static void walk(search *s, uint32_t node, size_t i)
 
 /* Can component p start the search?  It must be literal, and the components
  * before it all plain (no "**": fixed depth) or all exactly "**".  Returns
- * its cost (candidates), or SIZE_MAX. */
+ * its cost, or SIZE_MAX.  A candidate costs one unit to check upwards (its
+ * ancestors are nearby in the node array: created just before it) and four
+ * per component below it (a hash probe each, or a walk of the children):
+ * so the deepest literal wins unless it has many more postings. */
 static size_t pivot_cost(const search *s, size_t p, int *under_globstar)
 {
     if (s->lv[p].kind != K_LITERAL)
@@ -611,7 +650,7 @@ static size_t pivot_cost(const search *s, size_t p, int *under_globstar)
     size_t cost = 0;
     for (size_t k = 0; k < s->lv[p].nlits; k++)
         cost += s->ix->comps[s->lv[p].lits[k]].npost;
-    return cost;
+    return cost * (1 + 4 * (s->n - 1 - p));
 }
 
 /* Do node c's ancestors match components 0..p-1, with the root above? */
@@ -633,6 +672,11 @@ static void from_pivot(search *s, size_t p, int under_globstar)
     for (size_t k = 0; k < l->nlits && !s->rc; k++) {
         const comp *cm = &s->ix->comps[l->lits[k]];
         for (uint32_t j = 0; j < cm->npost && !s->rc; j++) {
+            /* candidates are far apart in the node array: fetch ahead */
+            if (j + 16 < cm->npost)
+                __builtin_prefetch(&s->ix->nodes[cm->post[j + 16]]);
+            if (j + 8 < cm->npost)
+                __builtin_prefetch(&s->ix->nodes[s->ix->nodes[cm->post[j + 8]].parent]);
             uint32_t c = cm->post[j];
             if (under_globstar || ancestors_match(s, c, p))
                 visit(s, c, p);
@@ -650,15 +694,50 @@ static int emit(const tsm_index *ix, tsm_buf *out, uint32_t id)
 {
     const inode *n = &ix->nodes[id];
     uint8_t flags = (n->leaf ? TSM_FIND_LEAF : 0) | (n->nchildren ? TSM_FIND_BRANCH : 0);
-    size_t len = tsm_index_name(ix, id, NULL, 0);
-    int rc = tsm_buf_reserve(out, len + 2);
+    int rc = tsm_buf_reserve(out, TSM_MAX_NAME + 3);
     if (rc)
         return rc;
+    char *dst = (char *)out->data + out->len + 1;
+    size_t len = tsm_index_name(ix, id, dst, TSM_MAX_NAME + 1);
+    if (len > TSM_MAX_NAME) {       /* cannot happen: names are checked at create */
+        if ((rc = tsm_buf_reserve(out, len + 3)))
+            return rc;
+        dst = (char *)out->data + out->len + 1;
+        tsm_index_name(ix, id, dst, len + 1);
+    }
     out->data[out->len] = flags;
-    tsm_index_name(ix, id, (char *)out->data + out->len + 1, len + 1);
-    out->data[out->len + 1 + len] = '\n';
+    dst[len] = '\n';
     out->len += len + 2;
     return TSM_OK;
+}
+
+/* Emit each hit once: a small set sorted, a large one through a bitmap of
+ * node ids (sorting 50,000 hits would cost more than finding them). */
+static int emit_all(const tsm_index *ix, search *s, tsm_buf *out, size_t *count)
+{
+    int rc = TSM_OK;
+    if (s->nhits < 1024) {
+        qsort(s->hits, s->nhits, sizeof *s->hits, hit_cmp);
+        for (size_t k = 0; k < s->nhits && rc == TSM_OK; k++)
+            if (!k || s->hits[k] != s->hits[k - 1]) {
+                rc = emit(ix, out, s->hits[k]);
+                (*count)++;
+            }
+        return rc;
+    }
+    uint64_t *seen = calloc(((size_t)ix->nnodes + 63) / 64, sizeof *seen);
+    if (!seen)
+        return TSM_ENOMEM;
+    for (size_t k = 0; k < s->nhits && rc == TSM_OK; k++) {
+        uint32_t id = s->hits[k];
+        if (seen[id >> 6] & (1ull << (id & 63)))
+            continue;
+        seen[id >> 6] |= 1ull << (id & 63);
+        rc = emit(ix, out, id);
+        (*count)++;
+    }
+    free(seen);
+    return rc;
 }
 
 static int compile_all(search *s, const char *pat, size_t len)
@@ -712,6 +791,36 @@ static void search_free(search *s)
     free(s->hits);
 }
 
+/* Units (pivot_cost's) the top-down walk spends at least: every node down to
+ * the last of the leading "*" components, then a probe or a pass over the
+ * children below each; "**" first visits every branch (more than any
+ * literal's postings: each has a distinct branch parent). */
+static size_t topdown_floor(const search *s)
+{
+    if (s->lv[0].pure_globstar)
+        return SIZE_MAX;
+    const uint32_t *cnt = s->ix->at_depth;
+    size_t d = 0, units = 0;
+    while (d < s->n && s->lv[d].kind == K_STAR && d + 1 < s->ix->depth_cap)
+        units += cnt[++d];
+    if (d < s->n && d < s->ix->depth_cap) {
+        if (s->lv[d].kind == K_LITERAL || s->lv[d].kind == K_GLOBLIT)
+            units += 4 * (size_t)(d ? cnt[d] : 1);
+        else if (d + 1 < s->ix->depth_cap)
+            units += cnt[d + 1];
+    }
+    return units;
+}
+
+/* Whether a component from `from` on has a "**" variant. */
+static int any_globstar(const search *s, size_t from)
+{
+    for (size_t k = from; k < s->n; k++)
+        if (tsm_glob_has_globstar(s->lv[k].g))
+            return 1;
+    return 0;
+}
+
 /* Run the search: top down, or from the cheapest pivot when that is cheaper. */
 static int run(search *s)
 {
@@ -726,13 +835,20 @@ static int run(search *s)
             best_gs = gs;
         }
     }
-    s->budget = best == SIZE_MAX ? SIZE_MAX : 2 * best + 64;
-    walk(s, ROOT, 0);
-    if (s->rc != SEARCH_OUT_OF_BUDGET)
-        return s->rc;
-    s->rc = TSM_OK;
+    s->budget = best == SIZE_MAX ? SIZE_MAX : best + 64;
+    size_t out_len = s->out->len;
+    if (best == SIZE_MAX || topdown_floor(s) < best) {
+        s->direct = !any_globstar(s, 0);
+        walk(s, ROOT, 0);
+        if (s->rc != SEARCH_OUT_OF_BUDGET)
+            return s->rc;
+    }
+    s->rc = TSM_OK;             /* start again from the pivot */
     s->nhits = 0;
+    s->out->len = out_len;
+    *s->count = 0;
     s->budget = SIZE_MAX;
+    s->direct = !any_globstar(s, bp + 1);
     from_pivot(s, bp, best_gs);
     return s->rc;
 }
@@ -772,19 +888,12 @@ int tsm_index_find(tsm_index *ix, const tsm_catalog *c, const char *pattern,
         free(pat);
         return rc ? tsm_fail(rc, 0, "", -1, "out of memory") : TSM_OK;
     }
-    search s = {.ix = ix};
+    search s = {.ix = ix, .out = out, .count = count};
     int rc = compile_all(&s, pat, plen);
     if (rc == TSM_OK && s.n)
         rc = run(&s);
-    if (rc == TSM_OK && s.nhits) {
-        qsort(s.hits, s.nhits, sizeof *s.hits, hit_cmp);
-        for (size_t k = 0; k < s.nhits && rc == TSM_OK; k++) {
-            if (k && s.hits[k] == s.hits[k - 1])
-                continue;
-            rc = emit(ix, out, s.hits[k]);
-            (*count)++;
-        }
-    }
+    if (rc == TSM_OK && s.nhits)
+        rc = emit_all(ix, &s, out, count);
     search_free(&s);
     free(pat);
     if (rc == TSM_ETOOBIG)
