@@ -382,6 +382,20 @@ static void node_unlink(tsm_index *ix, uint32_t id)
     ix->live--;
 }
 
+/* child_find for an insert: a parent with few children was usually just
+ * added to (a replay adds a host's names together), so its children are in
+ * the cache and scanning them beats a probe into the (large) hash. */
+static uint32_t find_for_add(const tsm_index *ix, uint32_t parent, uint32_t cid)
+{
+    const inode *p = &ix->nodes[parent];
+    if (p->nchildren > 8)
+        return child_find(ix, parent, cid);
+    for (uint32_t c = p->first_child; c; c = ix->nodes[c].next_sibling)
+        if (ix->nodes[c].comp == cid)
+            return c;
+    return 0;
+}
+
 int tsm_index_add(tsm_index *ix, tsm_metric *m, const char *name, size_t len)
 {
     if (len > TSM_MAX_NAME)
@@ -404,7 +418,7 @@ int tsm_index_add(tsm_index *ix, tsm_metric *m, const char *name, size_t len)
             uint32_t cid;
             if (comp_intern(ix, name + start, i - start, &cid))
                 goto nomem;
-            c = child_find(ix, cur, cid);
+            c = find_for_add(ix, cur, cid);
             if (!c && child_add(ix, cur, cid, depth + 1, &c))
                 goto nomem;
         }
