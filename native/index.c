@@ -469,6 +469,14 @@ uint32_t tsm_index_lookup(const tsm_index *ix, const char *name, size_t len)
     return ix->nodes[cur].leaf;
 }
 
+static size_t name_length(const tsm_index *ix, uint32_t node)
+{
+    size_t len = 0;
+    for (uint32_t p = node; p != ROOT; p = ix->nodes[p].parent)
+        len += ix->comps[ix->nodes[p].comp].len + (len ? 1 : 0);
+    return len;
+}
+
 size_t tsm_index_name(const tsm_index *ix, uint32_t node, char *buf, size_t cap)
 {
     /* one pass up the tree, spelling from the end of a scratch buffer */
@@ -478,7 +486,7 @@ size_t tsm_index_name(const tsm_index *ix, uint32_t node, char *buf, size_t cap)
         const comp *c = &ix->comps[ix->nodes[p].comp];
         size_t need = c->len + (len ? 1 : 0);
         if (need > pos)                  /* longer than any valid name: count only */
-            return len + need + tsm_index_name(ix, ix->nodes[p].parent, NULL, 0) + 1;
+            return name_length(ix, node);
         if (len)
             tmp[--pos] = '.';
         pos -= c->len;
@@ -711,14 +719,10 @@ static int emit(const tsm_index *ix, tsm_buf *out, uint32_t id)
     int rc = tsm_buf_reserve(out, TSM_MAX_NAME + 3);
     if (rc)
         return rc;
+    /* every name in the tree came from a record, which holds at most
+     * TSM_MAX_NAME bytes (record.c), so it fits */
     char *dst = (char *)out->data + out->len + 1;
     size_t len = tsm_index_name(ix, id, dst, TSM_MAX_NAME + 1);
-    if (len > TSM_MAX_NAME) {       /* cannot happen: names are checked at create */
-        if ((rc = tsm_buf_reserve(out, len + 3)))
-            return rc;
-        dst = (char *)out->data + out->len + 1;
-        tsm_index_name(ix, id, dst, len + 1);
-    }
     out->data[out->len] = flags;
     dst[len] = '\n';
     out->len += len + 2;
