@@ -16,10 +16,12 @@
  *               first child, siblings, component, leaf metric id); node 0 is
  *               the root, and a link of 0 means none (the root is nobody's
  *               child or sibling); freed nodes are reused;
- *   children    one open-addressing hash keyed by (parent, component),
- *               each entry the node id and the key's 32-bit hash, so a probe
- *               touches a node only when the hashes agree (and growing or
- *               deleting never does): a literal glob component costs one;
+ *   children    a family of up to 8 is scanned; the children of larger ones
+ *               are in one open-addressing hash keyed by (parent,
+ *               component), each entry the node id and the key's 32-bit
+ *               hash, so a probe touches a node only when the hashes agree
+ *               (and growing or deleting never does): a literal glob
+ *               component costs one probe or a short scan;
  *   postings    per component, the ids of the nodes that carry it (each node
  *               knows its position, so removal is O(1)).
  *
@@ -221,9 +223,9 @@ static void kids_put(uint64_t *kids, uint32_t cap, uint64_t entry)
     kids[i] = entry;
 }
 
-static int kids_reserve(tsm_index *ix)
+static int kids_reserve(tsm_index *ix, uint32_t more)
 {
-    if ((uint64_t)(ix->nkids + 1) * 4 <= (uint64_t)ix->kids_cap * 3)
+    if ((uint64_t)(ix->nkids + more) * 4 <= (uint64_t)ix->kids_cap * 3)
         return TSM_OK;
     if ((uint64_t)ix->kids_cap * 2 > UINT32_MAX)
         return TSM_ENOMEM;
@@ -256,6 +258,31 @@ static void kids_del(tsm_index *ix, uint32_t id)
     }
     ix->kids[i] = 0;
     ix->nkids--;
+}
+
+/* Only the children of a parent with more than SMALL children are in the
+ * hash: a small family is found by scanning it (its nodes were created
+ * together, so they share a cache line or two), which keeps most leaves
+ * (cpu.0.{user,system,...}) out of the hash: less memory, and no cache
+ * miss per name when the catalog is replayed. */
+#define SMALL 8u
+
+static void kids_put_node(tsm_index *ix, uint32_t id)
+{
+    kids_put(ix->kids, ix->kids_cap,
+             (uint64_t)kid_hash(ix->nodes[id].parent, ix->nodes[id].comp) << 32 | id);
+    ix->nkids++;
+}
+
+static uint32_t child_get(const tsm_index *ix, uint32_t parent, uint32_t cid)
+{
+    const inode *p = &ix->nodes[parent];
+    if (p->nchildren > SMALL)
+        return child_find(ix, parent, cid);
+    for (uint32_t c = p->first_child; c; c = ix->nodes[c].next_sibling)
+        if (ix->nodes[c].comp == cid)
+            return c;
+    return 0;
 }
 
 /* ------------------------------------------------------------ nodes */
@@ -318,7 +345,7 @@ static void post_del(tsm_index *ix, uint32_t id)
 
 static int child_add(tsm_index *ix, uint32_t parent, uint32_t cid, uint32_t depth, uint32_t *out)
 {
-    if (kids_reserve(ix))
+    if (kids_reserve(ix, SMALL + 1))   /* room for a family that grows past SMALL */
         return TSM_ENOMEM;
     if (depth >= ix->depth_cap) {
         uint32_t cap = ix->depth_cap;
@@ -351,8 +378,11 @@ static int child_add(tsm_index *ix, uint32_t parent, uint32_t cid, uint32_t dept
         ix->free_head = id;
         return TSM_ENOMEM;
     }
-    kids_put(ix->kids, ix->kids_cap, (uint64_t)kid_hash(parent, cid) << 32 | id);
-    ix->nkids++;
+    if (p->nchildren == SMALL + 1)          /* the family leaves the scan: hash it all */
+        for (uint32_t c = p->first_child; c; c = ix->nodes[c].next_sibling)
+            kids_put_node(ix, c);
+    else if (p->nchildren > SMALL + 1)
+        kids_put_node(ix, id);
     ix->live++;
     ix->at_depth[depth]++;
     *out = id;
@@ -369,8 +399,12 @@ static void node_unlink(tsm_index *ix, uint32_t id)
         p->first_child = n->next_sibling;
     if (n->next_sibling)
         ix->nodes[n->next_sibling].prev_sibling = n->prev_sibling;
+    if (p->nchildren > SMALL)
+        kids_del(ix, id);
     p->nchildren--;
-    kids_del(ix, id);
+    if (p->nchildren == SMALL)              /* back to a scanned family */
+        for (uint32_t c = p->first_child; c; c = ix->nodes[c].next_sibling)
+            kids_del(ix, c);
     post_del(ix, id);
     uint32_t depth = 1;
     for (uint32_t a = n->parent; a != ROOT; a = ix->nodes[a].parent)
@@ -380,20 +414,6 @@ static void node_unlink(tsm_index *ix, uint32_t id)
     n->next_sibling = ix->free_head;
     ix->free_head = id;
     ix->live--;
-}
-
-/* child_find for an insert: a parent with few children was usually just
- * added to (a replay adds a host's names together), so its children are in
- * the cache and scanning them beats a probe into the (large) hash. */
-static uint32_t find_for_add(const tsm_index *ix, uint32_t parent, uint32_t cid)
-{
-    const inode *p = &ix->nodes[parent];
-    if (p->nchildren > 8)
-        return child_find(ix, parent, cid);
-    for (uint32_t c = p->first_child; c; c = ix->nodes[c].next_sibling)
-        if (ix->nodes[c].comp == cid)
-            return c;
-    return 0;
 }
 
 int tsm_index_add(tsm_index *ix, tsm_metric *m, const char *name, size_t len)
@@ -418,7 +438,7 @@ int tsm_index_add(tsm_index *ix, tsm_metric *m, const char *name, size_t len)
             uint32_t cid;
             if (comp_intern(ix, name + start, i - start, &cid))
                 goto nomem;
-            c = find_for_add(ix, cur, cid);
+            c = child_get(ix, cur, cid);
             if (!c && child_add(ix, cur, cid, depth + 1, &c))
                 goto nomem;
         }
@@ -462,7 +482,7 @@ uint32_t tsm_index_lookup(const tsm_index *ix, const char *name, size_t len)
         if (i < len && name[i] != '.')
             continue;
         uint32_t cid = comp_find(ix, name + start, i - start);
-        if (cid == UINT32_MAX || !(cur = child_find(ix, cur, cid)))
+        if (cid == UINT32_MAX || !(cur = child_get(ix, cur, cid)))
             return 0;
         start = i + 1;
     }
@@ -636,7 +656,7 @@ static void walk(search *s, uint32_t node, size_t i)
         globstar(s, node, i);
     if (l->kind == K_LITERAL || l->kind == K_GLOBLIT) {
         for (size_t k = 0; k < l->nlits && !s->rc; k++) {
-            uint32_t c = spend(s, 4) ? child_find(s->ix, node, l->lits[k]) : 0;
+            uint32_t c = spend(s, 4) ? child_get(s->ix, node, l->lits[k]) : 0;
             if (c)
                 visit(s, c, i);
         }

@@ -392,3 +392,31 @@ def test_wide_tree_after_deletes(tmp_path):
     with tismet.Database(str(tmp_path / "db"), readonly=True) as ro:
         for pattern in WIDE_PATTERNS:
             assert engine_find(ro, pattern) == reference_find(root, pattern), pattern
+
+
+def test_families_crossing_the_scan_threshold(db):
+    """Families of up to 8 children are scanned, larger ones hashed (index.c): children
+    must stay findable while a family grows past that size and shrinks below it."""
+    alive = set()
+
+    def check_all():
+        for i in range(20):
+            name = "f.c%02d" % i
+            assert db.exists(name) == (name in alive), name
+            assert engine_find(db, name) == ({(name, True)} if name in alive else set())
+        assert engine_find(db, "f.*") == {(n, True) for n in alive}
+        assert engine_find(db, "*.c0[0-9]") == {(n, True) for n in alive if n < "f.c10"}
+
+    for i in range(12):
+        db.create("f.c%02d" % i, ARCH)
+        alive.add("f.c%02d" % i)
+        check_all()
+    for i in range(10):
+        db.delete("f.c%02d" % i)
+        alive.discard("f.c%02d" % i)
+        check_all()
+    for i in range(20):
+        if "f.c%02d" % i not in alive:
+            db.create("f.c%02d" % i, ARCH)
+            alive.add("f.c%02d" % i)
+            check_all()
