@@ -20,7 +20,8 @@ Measured, in this order:
   disk        every byte under the directory after close (st_blocks), per point written,
               with and without the log file
   open        writer and read-only opens in fresh processes, the files' page cache dropped
-              first (posix_fadvise DONTNEED: "cold-ish"), then warm; the RSS growth of the
+              first (posix_fadvise DONTNEED: "cold-ish"), then warm, 3 times each (median
+              reported); the RSS growth of the
               read-only open and the engine's own accounting of its memory, per name
   find        p50/p99 in the engine (the tsm_find C call timed alone) and through
               Database.find, for anchored, mid-wildcard, leading-wildcard, globstar and
@@ -655,13 +656,17 @@ def run(a, tismet, tdir, wdir, r):
     say("close %.1f s; disk %.2f GB (%.2f B/point; %.2f without the log)" % (
         r["close_s"], total / 1e9, r["bytes_per_point"], r["bytes_per_point_nolog"]))
 
+    # each open 3 times in a fresh process, the median kept (the machine is shared)
     r["open"] = {}
-    drop_cache(tdir)
-    r["open"]["writer_cold"] = run_probe("open-writer", tdir)
-    r["open"]["writer_warm"] = run_probe("open-writer", tdir)
-    drop_cache(tdir)
-    r["open"]["reader_cold"] = run_probe("open-reader", tdir)
-    r["open"]["reader_warm"] = run_probe("open-reader", tdir)
+    for kind, probe in (("writer", "open-writer"), ("reader", "open-reader")):
+        for temp in ("cold", "warm"):
+            runs = []
+            for _ in range(3):
+                if temp == "cold":
+                    drop_cache(tdir)
+                runs.append(run_probe(probe, tdir))
+            runs.sort(key=lambda x: x["open_s"])
+            r["open"]["%s_%s" % (kind, temp)] = dict(runs[1], all_s=[x["open_s"] for x in runs])
     say("open: " + ", ".join("%s %.3f s" % (k, v["open_s"]) for k, v in r["open"].items()))
 
     queries = find_queries(mix, a.queries, a.seed)
