@@ -6,8 +6,8 @@
  * node is a leaf when a metric has exactly that name and a branch when it
  * has children; it can be both (graphite-web yields it twice then).
  *
- * Layout, chosen for a million names and more (DESIGN.md section 8: at most
- * 100 bytes per name for the whole metric table and index):
+ * Layout, chosen for a million names and more (native/DESIGN.md section 8;
+ * the aim is at most 100 bytes per name, about 40 per node here):
  *
  *   components  every distinct path component ("cpu", "host-0042") is stored
  *               once in a character arena and named by a u32 id, found
@@ -40,11 +40,14 @@
  * literal).  Both give the same set:
  * with no "**" before the pivot, the pivot's depth is fixed, and a node is
  * found top down exactly when each ancestor matches its component; with
- * only "**" before it, every node below the root is reached.  The search
- * tries the top-down walk with a budget of the pivot's cost and falls back
- * to the pivot when the walk runs out, so it costs at most about twice the
- * cheaper of the two.  Postings are in creation order, so are node ids: a
- * pivot pass streams through the node array.
+ * only "**" before it, every node below the root is reached.  When the
+ * per-depth node counts do not rule it out, the top-down walk runs first
+ * with a budget of the pivot's cost and the pivot takes over when the walk
+ * runs out, so a query costs at most about twice the cheaper way.  Postings
+ * are in creation order, as node ids mostly are (freed ids are reused), so
+ * a pivot pass streams through the node array.  Hits are written out as
+ * they are found, unless a "**" could reach a node twice (then they are
+ * collected and deduplicated first).
  *
  * The tree is rebuilt from the catalog at open (O(names)); components stay
  * interned until the handle closes, even when no node uses them any more.
