@@ -3,8 +3,12 @@
  *
  * The catalog file is an append-only sequence of records (record.c):
  * CREATE, DELETE, SETAGG and ALLOC.  Replaying it from the start rebuilds
- * the in-memory table kept here: a name hash, an id array, each metric's
- * archives and ring page tables, and the name tree (index.c).  The writer
+ * the in-memory table kept here: 48-byte metric records in id-indexed
+ * chunks, each metric's ring page tables, the name tree (index.c, which
+ * also answers name lookups and spells untagged names: they are stored only
+ * there), a hash of the tagged names (tags.c indexes their tags), one
+ * shared copy of each distinct archive list, and a bitmap of the pages
+ * live metrics own (the writer's free list at open).  The writer
  * appends a record before anything refers to it; readers apply the records
  * up to the length the writer has published in the superblock, so a reader
  * never parses a half-written record (DESIGN.md I6).
@@ -14,105 +18,265 @@
 
 #include "internal.h"
 
+/* Metrics live in chunks of 2^TSM_CHUNK_BITS, indexed by id: no per-metric
+ * allocation, no id -> pointer array, and pointers stay valid while the
+ * metric lives.  A chunk is freed when its last metric is deleted. */
+#define CHUNK (1u << TSM_CHUNK_BITS)
+
+typedef struct tsm_schema {
+    uint64_t hash;
+    uint32_t narch;
+    tsm_archive arch[];
+} tsm_schema;
+
 int tsm_catalog_init(tsm_catalog *c)
 {
     memset(c, 0, sizeof *c);
-    c->nbuckets = 1024;
-    c->buckets = calloc(c->nbuckets, sizeof *c->buckets);
     c->next_id = 1;
-    if (!c->buckets || tsm_index_new(&c->index) != TSM_OK ||
-        tsm_tags_new(&c->tags) != TSM_OK) {
+    if (tsm_index_new(&c->index) != TSM_OK || tsm_tags_new(&c->tags) != TSM_OK) {
         if (c->index)
             tsm_index_free(c->index);
-        free(c->buckets);
+        c->index = NULL;
         return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
     }
     return TSM_OK;
 }
 
-static void metric_free(tsm_metric *m)
+static void metric_clear(tsm_metric *m)
 {
-    if (!m)
-        return;
-    if (m->pages)
-        for (unsigned a = 0; a < m->narch; a++)
-            free(m->pages[a]);
     free(m->pages);
-    free(m->arch);
     free(m->name);
-    free(m);
+    memset(m, 0, sizeof *m);
 }
 
 void tsm_catalog_free(tsm_catalog *c)
 {
-    for (size_t i = 0; i < c->nbuckets; i++) {
-        tsm_metric *m = c->buckets ? c->buckets[i] : NULL;
-        while (m) {
-            tsm_metric *next = m->hnext;
-            metric_free(m);
-            m = next;
-        }
+    for (size_t k = 0; k < c->nchunks; k++) {
+        tsm_metric *ch = c->chunks[k];
+        for (size_t i = 0; ch && i < CHUNK; i++)
+            if (ch[i].id)
+                metric_clear(&ch[i]);
+        free(ch);
     }
-    free(c->buckets);
-    free(c->by_id);
+    free(c->chunks);
+    free(c->chunk_live);
+    free(c->tagged);
+    for (size_t i = 0; i < c->schemas_cap; i++)
+        free(c->schemas ? c->schemas[i] : NULL);
+    free(c->schemas);
+    free(c->owned);
     free(c->seen);
     if (c->index)
         tsm_index_free(c->index);
-    tsm_tags_free(c->tags);
+    if (c->tags)
+        tsm_tags_free(c->tags);
     memset(c, 0, sizeof *c);
-}
-
-tsm_metric *tsm_catalog_get(const tsm_catalog *c, const char *name, size_t len)
-{
-    size_t b = tsm_hash_bytes(name, len) & (c->nbuckets - 1);
-    for (tsm_metric *m = c->buckets[b]; m; m = m->hnext)
-        if (m->name_len == len && memcmp(m->name, name, len) == 0)
-            return m;
-    return NULL;
 }
 
 tsm_metric *tsm_catalog_by_id(const tsm_catalog *c, uint32_t id)
 {
-    return id < c->by_id_cap ? c->by_id[id] : NULL;
+    size_t k = id >> TSM_CHUNK_BITS;
+    if (k >= c->nchunks || !c->chunks[k])
+        return NULL;
+    tsm_metric *m = &c->chunks[k][id & (CHUNK - 1)];
+    return m->id == id && id ? m : NULL;
 }
 
-static int grow_buckets(tsm_catalog *c)
+/* ---- tagged names: open addressing by name hash ---- */
+
+static size_t tagged_home(const tsm_catalog *c, const char *name, size_t len)
 {
-    size_t n = c->nbuckets * 2;
-    tsm_metric **nb = calloc(n, sizeof *nb);
-    if (!nb)
-        return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
-    for (size_t i = 0; i < c->nbuckets; i++) {
-        tsm_metric *m = c->buckets[i];
-        while (m) {
-            tsm_metric *next = m->hnext;
-            size_t b = tsm_hash_bytes(m->name, m->name_len) & (n - 1);
-            m->hnext = nb[b];
-            nb[b] = m;
-            m = next;
+    return (size_t)tsm_hash_bytes(name, len) & (c->tagged_cap - 1);
+}
+
+static tsm_metric *tagged_get(const tsm_catalog *c, const char *name, size_t len)
+{
+    if (!c->tagged_cap)
+        return NULL;
+    for (size_t i = tagged_home(c, name, len); c->tagged[i]; i = (i + 1) & (c->tagged_cap - 1)) {
+        tsm_metric *m = c->tagged[i];
+        if (m->name_len == len && memcmp(m->name, name, len) == 0)
+            return m;
+    }
+    return NULL;
+}
+
+static void tagged_put(tsm_catalog *c, tsm_metric *m)
+{
+    size_t i = tagged_home(c, m->name, m->name_len);
+    while (c->tagged[i])
+        i = (i + 1) & (c->tagged_cap - 1);
+    c->tagged[i] = m;
+}
+
+static int tagged_add(tsm_catalog *c, tsm_metric *m)
+{
+    if ((c->ntagged + 1) * 4 > c->tagged_cap * 3) {
+        size_t cap = c->tagged_cap ? c->tagged_cap * 2 : 64;
+        tsm_metric **old = c->tagged;
+        size_t oldcap = c->tagged_cap;
+        if (!(c->tagged = calloc(cap, sizeof *c->tagged))) {
+            c->tagged = old;
+            return TSM_ENOMEM;
+        }
+        c->tagged_cap = cap;
+        for (size_t i = 0; i < oldcap; i++)
+            if (old[i])
+                tagged_put(c, old[i]);
+        free(old);
+    }
+    tagged_put(c, m);
+    c->ntagged++;
+    return TSM_OK;
+}
+
+static void tagged_del(tsm_catalog *c, const tsm_metric *m)
+{
+    size_t mask = c->tagged_cap - 1, i = tagged_home(c, m->name, m->name_len);
+    while (c->tagged[i] != m)
+        i = (i + 1) & mask;
+    for (size_t j = (i + 1) & mask; c->tagged[j]; j = (j + 1) & mask) {
+        size_t home = tagged_home(c, c->tagged[j]->name, c->tagged[j]->name_len);
+        if (((j - home) & mask) >= ((j - i) & mask)) {
+            c->tagged[i] = c->tagged[j];
+            i = j;
         }
     }
-    free(c->buckets);
-    c->buckets = nb;
-    c->nbuckets = n;
+    c->tagged[i] = NULL;
+    c->ntagged--;
+}
+
+tsm_metric *tsm_catalog_get(const tsm_catalog *c, const char *name, size_t len)
+{
+    if (memchr(name, ';', len))
+        return tagged_get(c, name, len);
+    return tsm_catalog_by_id(c, tsm_index_lookup(c->index, name, len));
+}
+
+const char *tsm_catalog_name(const tsm_catalog *c, const tsm_metric *m, char *buf, size_t cap)
+{
+    if (m->name)
+        return m->name;
+    if (cap == 0)
+        return "";
+    if (tsm_index_name(c->index, m->node, buf, cap) + 1 > cap)
+        buf[0] = 0;
+    return buf;
+}
+
+/* ---- archive lists: one shared copy per distinct list ---- */
+
+static const tsm_archive *schema_intern(tsm_catalog *c, const uint8_t *raw, uint32_t narch)
+{
+    uint64_t h = tsm_hash_bytes(raw, (size_t)narch * 8);
+    if ((c->nschemas + 1) * 2 > c->schemas_cap) {
+        size_t cap = c->schemas_cap ? c->schemas_cap * 2 : 16;
+        tsm_schema **t = calloc(cap, sizeof *t);
+        if (!t)
+            return NULL;
+        for (size_t i = 0; i < c->schemas_cap; i++) {
+            tsm_schema *x = c->schemas[i];
+            if (!x)
+                continue;
+            size_t k = (size_t)x->hash & (cap - 1);
+            while (t[k])
+                k = (k + 1) & (cap - 1);
+            t[k] = x;
+        }
+        free(c->schemas);
+        c->schemas = t;
+        c->schemas_cap = cap;
+    }
+    size_t k = (size_t)h & (c->schemas_cap - 1);
+    for (; c->schemas[k]; k = (k + 1) & (c->schemas_cap - 1)) {
+        tsm_schema *x = c->schemas[k];
+        if (x->hash == h && x->narch == narch && memcmp(x->arch, raw, (size_t)narch * 8) == 0)
+            return x->arch;
+    }
+    tsm_schema *x = malloc(sizeof *x + (size_t)narch * sizeof(tsm_archive));
+    if (!x)
+        return NULL;
+    x->hash = h;
+    x->narch = narch;
+    for (uint32_t a = 0; a < narch; a++) {
+        memcpy(&x->arch[a].seconds_per_point, raw + a * 8, 4);
+        memcpy(&x->arch[a].points, raw + a * 8 + 4, 4);
+    }
+    c->schemas[k] = x;
+    c->nschemas++;
+    return x->arch;
+}
+
+/* ---- page ownership bitmap ---- */
+
+static int own_set(tsm_catalog *c, uint32_t pno)
+{
+    size_t w = pno >> 6;
+    if (w >= c->owned_words) {
+        size_t n = c->owned_words ? c->owned_words : 64;
+        while (n <= w)
+            n *= 2;
+        uint64_t *p = realloc(c->owned, n * sizeof *p);
+        if (!p)
+            return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+        memset(p + c->owned_words, 0, (n - c->owned_words) * sizeof *p);
+        c->owned = p;
+        c->owned_words = n;
+    }
+    c->owned[w] |= 1ull << (pno & 63);
+    if (pno > c->max_pno)
+        c->max_pno = pno;
     return TSM_OK;
 }
 
-static int set_by_id(tsm_catalog *c, uint32_t id, tsm_metric *m)
+static void own_clear(tsm_catalog *c, uint32_t pno)
 {
-    if (id >= c->by_id_cap) {
-        size_t cap = c->by_id_cap ? c->by_id_cap : 1024;
-        while (cap <= id)
-            cap *= 2;
-        tsm_metric **p = realloc(c->by_id, cap * sizeof *p);
+    if ((size_t)(pno >> 6) < c->owned_words)
+        c->owned[pno >> 6] &= ~(1ull << (pno & 63));
+}
+
+uint32_t tsm_catalog_max_owned(const tsm_catalog *c)
+{
+    for (size_t w = c->owned_words; w-- > 0;)
+        if (c->owned[w])
+            return (uint32_t)(w * 64 + 63 - (size_t)__builtin_clzll(c->owned[w]));
+    return 0;
+}
+
+/* ---- applying records ---- */
+
+/* The free slot for id, its chunk allocated if needed. */
+static tsm_metric *slot_for(tsm_catalog *c, uint32_t id)
+{
+    size_t k = id >> TSM_CHUNK_BITS;
+    if (k >= c->nchunks) {
+        size_t n = c->nchunks ? c->nchunks * 2 : 16;
+        while (n <= k)
+            n *= 2;
+        tsm_metric **p = realloc(c->chunks, n * sizeof *p);
         if (!p)
-            return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
-        memset(p + c->by_id_cap, 0, (cap - c->by_id_cap) * sizeof *p);
-        c->by_id = p;
-        c->by_id_cap = cap;
+            return NULL;
+        c->chunks = p;
+        uint32_t *live = realloc(c->chunk_live, n * sizeof *live);
+        if (!live)
+            return NULL;
+        c->chunk_live = live;
+        memset(c->chunks + c->nchunks, 0, (n - c->nchunks) * sizeof *c->chunks);
+        memset(c->chunk_live + c->nchunks, 0, (n - c->nchunks) * sizeof *live);
+        c->nchunks = n;
     }
-    c->by_id[id] = m;
-    return TSM_OK;
+    if (!c->chunks[k] && !(c->chunks[k] = calloc(CHUNK, sizeof(tsm_metric))))
+        return NULL;
+    return &c->chunks[k][id & (CHUNK - 1)];
+}
+
+static void slot_release(tsm_catalog *c, uint32_t id)
+{
+    size_t k = id >> TSM_CHUNK_BITS;
+    if (c->chunk_live[k] == 0) {
+        free(c->chunks[k]);
+        c->chunks[k] = NULL;
+    }
 }
 
 /* A CREATE record's header is what tsm_create accepts: archives sorted by
@@ -145,50 +309,48 @@ static int apply_create(tsm_catalog *c, const tsm_rec *r)
     if (!create_ok(&b))
         return tsm_fail(TSM_ECORRUPT, 0, "", -1, "catalog creates metric id %u with an "
                         "invalid header (archives, aggregation or xFilesFactor)", b.id);
-    if (tsm_catalog_get(c, b.name, b.name_len) || tsm_catalog_by_id(c, b.id))
+    /* an untagged name created twice is caught by tsm_index_add */
+    int tagged = memchr(b.name, ';', b.name_len) != NULL;
+    if (b.id == 0 || tsm_catalog_by_id(c, b.id) || (tagged && tagged_get(c, b.name, b.name_len)))
         return tsm_fail(TSM_ECORRUPT, 0, "", -1, "catalog creates metric id %u twice", b.id);
-    tsm_metric *m = calloc(1, sizeof *m);
-    if (!m)
-        return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
-    m->id = b.id;
-    m->agg = b.agg;
-    m->xff = b.xff;
-    m->narch = (uint8_t)b.narch;
-    m->name_len = b.name_len;
-    m->name = malloc(b.name_len + 1);
-    m->arch = calloc(b.narch, sizeof *m->arch);
-    m->pages = calloc(b.narch, sizeof *m->pages);
-    if (!m->name || !m->arch || !m->pages) {
-        metric_free(m);
+    tsm_metric *m = slot_for(c, b.id);
+    const tsm_archive *arch = m ? schema_intern(c, b.archives, b.narch) : NULL;
+    if (!m || !arch) {
+        if (m)
+            slot_release(c, b.id);
         return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
     }
-    memcpy(m->name, b.name, b.name_len);
-    m->name[b.name_len] = 0;
+    *m = (tsm_metric){.id = b.id, .agg = b.agg, .xff = b.xff, .narch = (uint8_t)b.narch,
+                      .name_len = b.name_len, .arch = arch};
     for (unsigned a = 0; a < b.narch; a++) {
-        memcpy(&m->arch[a].seconds_per_point, b.archives + a * 8, 4);
-        memcpy(&m->arch[a].points, b.archives + a * 8 + 4, 4);
-        uint32_t ret = m->arch[a].seconds_per_point * m->arch[a].points;
+        uint32_t ret = arch[a].seconds_per_point * arch[a].points;
         if (ret > m->max_retention)
             m->max_retention = ret;
     }
-    if (c->count >= c->nbuckets && grow_buckets(c) != TSM_OK) {
-        metric_free(m);
-        return TSM_ENOMEM;
+    int rc;
+    if (!tagged) {
+        rc = tsm_index_add(c->index, m, b.name, b.name_len);
+    } else if (!(m->name = malloc(b.name_len + 1))) {
+        rc = tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+    } else {
+        memcpy(m->name, b.name, b.name_len);
+        m->name[b.name_len] = 0;
+        if (tagged_add(c, m) != TSM_OK) {
+            rc = tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+        } else if ((rc = tsm_tags_add(c->tags, m)) != TSM_OK) {
+            tagged_del(c, m);
+        } else {
+            m->tagged = 1;
+        }
     }
-    int rc = set_by_id(c, m->id, m);
-    int tagged = memchr(m->name, ';', m->name_len) != NULL;
-    if (rc == TSM_OK && !tagged)
-        rc = tsm_index_add(c->index, m);
-    if (rc == TSM_OK && tagged && (rc = tsm_tags_add(c->tags, m)) == TSM_OK)
-        m->tagged = 1;
     if (rc != TSM_OK) {
-        set_by_id(c, m->id, NULL);
-        metric_free(m);
+        if (m->node)
+            tsm_index_remove(c->index, m);
+        metric_clear(m);
+        slot_release(c, b.id);
         return rc;
     }
-    size_t bk = tsm_hash_bytes(m->name, m->name_len) & (c->nbuckets - 1);
-    m->hnext = c->buckets[bk];
-    c->buckets[bk] = m;
+    c->chunk_live[b.id >> TSM_CHUNK_BITS]++;
     c->count++;
     if (m->id >= c->next_id)
         c->next_id = m->id + 1;
@@ -200,23 +362,87 @@ static int apply_delete(tsm_catalog *c, uint32_t id, tsm_page_sink freed, void *
     tsm_metric *m = tsm_catalog_by_id(c, id);
     if (!m)
         return tsm_fail(TSM_ECORRUPT, 0, "", -1, "catalog deletes unknown metric %u", id);
-    size_t bk = tsm_hash_bytes(m->name, m->name_len) & (c->nbuckets - 1);
-    for (tsm_metric **pp = &c->buckets[bk]; *pp; pp = &(*pp)->hnext)
-        if (*pp == m) {
-            *pp = m->hnext;
-            break;
-        }
     if (m->node)
         tsm_index_remove(c->index, m);
-    if (m->tagged)
+    if (m->tagged) {
         tsm_tags_remove(c->tags, m);
-    for (unsigned a = 0; a < m->narch; a++)
-        for (uint32_t r = 0; m->pages[a] && r < tsm_ring_pages(&m->arch[a]); r++)
-            if (m->pages[a][r] && freed)
-                freed(ctx, m->pages[a][r]);
-    c->by_id[id] = NULL;
+        tagged_del(c, m);
+    }
+    for (uint32_t i = 0; i < tsm_metric_npages(m); i++) {
+        unsigned a;
+        uint32_t r, pno = tsm_metric_page_at(m, i, &a, &r);
+        own_clear(c, pno);
+        if (freed)
+            freed(ctx, pno);
+    }
+    metric_clear(m);
+    c->chunk_live[id >> TSM_CHUNK_BITS]--;
+    slot_release(c, id);
     c->count--;
-    metric_free(m);
+    return TSM_OK;
+}
+
+size_t tsm_catalog_memory(const tsm_catalog *c)
+{
+    size_t bytes = c->nchunks * (sizeof *c->chunks + sizeof *c->chunk_live) +
+                   c->tagged_cap * sizeof *c->tagged + c->schemas_cap * sizeof *c->schemas +
+                   c->owned_words * 8;
+    for (size_t k = 0; k < c->nchunks; k++) {
+        const tsm_metric *ch = c->chunks[k];
+        if (!ch)
+            continue;
+        bytes += CHUNK * sizeof *ch;
+        for (size_t i = 0; i < CHUNK; i++) {
+            const tsm_metric *m = &ch[i];
+            if (!m->id)
+                continue;
+            if (m->name)
+                bytes += m->name_len + 1;
+            if (m->pages)
+                bytes += sizeof *m->pages + m->pages->cap * 2 * sizeof(uint32_t);
+        }
+    }
+    for (size_t i = 0; i < c->schemas_cap; i++)
+        if (c->schemas[i])
+            bytes += sizeof(tsm_schema) + c->schemas[i]->narch * sizeof(tsm_archive);
+    return bytes;
+}
+
+/* Set ring page `ring` of archive a to pno in the metric's sorted map; *old
+ * gets the page it replaces (0 if none). */
+static int pagemap_set(tsm_metric *m, unsigned a, uint32_t ring, uint32_t pno, uint32_t *old)
+{
+    uint32_t key = TSM_PAGEMAP_KEY(a, ring);
+    tsm_pagemap *pm = m->pages;
+    uint32_t lo = 0, hi = pm ? pm->n : 0;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (pm->e[2 * mid] < key)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *old = 0;
+    if (pm && lo < pm->n && pm->e[2 * lo] == key) {
+        *old = pm->e[2 * lo + 1];
+        pm->e[2 * lo + 1] = pno;
+        return TSM_OK;
+    }
+    if (!pm || pm->n == pm->cap) {
+        /* most metrics own a handful of pages: grow by one up to 8, then by a quarter */
+        uint32_t n = pm ? pm->n : 0, cap = n < 8 ? n + 1 : n + n / 4;
+        tsm_pagemap *p = realloc(pm, sizeof *p + (size_t)cap * 2 * sizeof(uint32_t));
+        if (!p)
+            return TSM_ENOMEM;
+        if (!pm)
+            p->n = 0;
+        p->cap = cap;
+        m->pages = pm = p;
+    }
+    memmove(&pm->e[2 * lo + 2], &pm->e[2 * lo], (size_t)(pm->n - lo) * 2 * sizeof(uint32_t));
+    pm->e[2 * lo] = key;
+    pm->e[2 * lo + 1] = pno;
+    pm->n++;
     return TSM_OK;
 }
 
@@ -224,18 +450,16 @@ static int apply_alloc(tsm_catalog *c, const tsm_rec *r)
 {
     tsm_alloc_body al;
     tsm_rec_decode_alloc(r, &al);
-    uint32_t id = al.id, ring = al.ring_page, pno = al.pno;
+    uint32_t id = al.id, ring = al.ring_page, pno = al.pno, old = 0;
     uint16_t a = al.archive;
     tsm_metric *m = tsm_catalog_by_id(c, id);
     if (!m || a >= m->narch || ring >= tsm_ring_pages(&m->arch[a]) || pno == 0)
         return tsm_fail(TSM_ECORRUPT, 0, "", -1,
                         "catalog page record for unknown metric %u/archive %u/ring %u", id, a, ring);
-    if (!m->pages[a]) {
-        m->pages[a] = calloc(tsm_ring_pages(&m->arch[a]), sizeof(uint32_t));
-        if (!m->pages[a])
-            return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
-    }
-    m->pages[a][ring] = pno;
+    if (pagemap_set(m, a, ring, pno, &old) != TSM_OK || own_set(c, pno) != TSM_OK)
+        return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+    if (old && old != pno)
+        own_clear(c, old);
     if (c->watching && r->lsn > c->watch_lsn) {
         if (c->nseen == c->seen_cap) {
             size_t cap = c->seen_cap ? c->seen_cap * 2 : 64;

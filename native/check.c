@@ -57,6 +57,7 @@ typedef struct scan {
     size_t live_alloc_cap;
     tsm_catalog cat;
     int cat_ok;
+    char names[2][TSM_MAX_NAME + 1]; /* metric names spelled for messages (mname) */
     uint64_t skipped;             /* catalog bytes passed over */
     uint64_t catalog_records;
     int collect;                  /* record findings (the check) */
@@ -69,6 +70,14 @@ typedef struct scan {
     tsm_metric **list;
     size_t nlist;
 } scan;
+
+/* Metric m's name for a message; which (0 or 1) picks the buffer, so one
+ * message can name two metrics (untagged names are spelled from the tree). */
+static const char *mname(scan *s, const tsm_metric *m, int which)
+{
+    return tsm_catalog_name(&s->cat, m, s->names[which], sizeof s->names[which]);
+}
+
 
 static void finding(scan *s, int code, const char *file, int64_t off, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
@@ -415,7 +424,7 @@ static void check_one_page(scan *s, const tsm_metric *m, unsigned a, uint32_t r,
         finding(s, TSM_ECORRUPT, s->pages_path, off,
                 "page %u at offset %lld does not carry the identity the catalog gives it "
                 "(metric '%s' id %u archive %u ring page %u; the page says type %u, metric "
-                "%u, archive %u, ring page %u)", pno, (long long)off, m->name, m->id, a, r,
+                "%u, archive %u, ring page %u)", pno, (long long)off, mname(s, m, 0), m->id, a, r,
                 type, id.metric_id, id.archive, id.ring_page);
         return;
     }
@@ -430,7 +439,7 @@ static void check_one_page(scan *s, const tsm_metric *m, unsigned a, uint32_t r,
             tsm_error e;
             tsm_last_error(&e);
             finding(s, TSM_ECORRUPT, s->pages_path, off, "%s (metric '%s' archive %u)",
-                    e.message, m->name, a);
+                    e.message, mname(s, m, 0), a);
         }
         return;
     }
@@ -441,7 +450,7 @@ static void check_one_page(scan *s, const tsm_metric *m, unsigned a, uint32_t r,
                 "page %u at offset %lld (metric '%s' archive %u) is marked as changed since "
                 "the last checkpoint but the log does not hold that change (page LSN %llu, "
                 "log LSN %llu..%llu): its checksum cannot be verified and recovery cannot "
-                "redo it", pno, (long long)off, m->name, a, (unsigned long long)lsn,
+                "redo it", pno, (long long)off, mname(s, m, 0), a, (unsigned long long)lsn,
                 (unsigned long long)s->start_lsn, (unsigned long long)s->last_lsn);
 }
 
@@ -453,35 +462,36 @@ static void check_pages(scan *s, tsm_check_figures *fig)
         return;
     }
     uint64_t high = 1;
-    for (size_t i = 0; i < s->cat.by_id_cap; i++) {
-        const tsm_metric *m = s->cat.by_id[i];
-        for (unsigned a = 0; m && a < m->narch; a++)
-            for (uint32_t r = 0; m->pages[a] && r < tsm_ring_pages(&m->arch[a]); r++) {
-                uint32_t pno = m->pages[a][r];
-                if (!pno)
-                    continue;
-                fig->pages_referenced++;
-                int64_t off = (int64_t)pno * TSM_PAGE_SIZE;
-                if (pno >= s->npages) {
-                    finding(s, TSM_ECORRUPT, s->pages_path, off,
-                            "page %u (metric '%s' archive %u ring page %u) is past the end of "
-                            "%s (%llu pages): the file was truncated", pno, m->name, a, r,
-                            s->pages_path, (unsigned long long)s->npages);
-                    continue;
-                }
-                if (pno + 1 > high)
-                    high = pno + 1;
-                if (own[pno].used) {
-                    const tsm_metric *o = tsm_catalog_by_id(&s->cat, own[pno].metric_id);
-                    finding(s, TSM_ECORRUPT, s->pages_path, off,
-                            "page %u is referenced twice: by metric '%s' archive %u ring page "
-                            "%u and by metric '%s' archive %u ring page %u", pno,
-                            o ? o->name : "?", own[pno].archive, own[pno].ring, m->name, a, r);
-                    continue;
-                }
-                own[pno] = (owner){m->id, (uint16_t)a, r, 1};
-                check_one_page(s, m, a, r, pno, &fig->pages_dirty);
+    for (uint32_t id = 1; id < s->cat.next_id; id++) {
+        const tsm_metric *m = tsm_catalog_by_id(&s->cat, id);
+        for (uint32_t i = 0; m && i < tsm_metric_npages(m); i++) {
+            unsigned a;
+            uint32_t r, pno = tsm_metric_page_at(m, i, &a, &r);
+            if (!pno)
+                continue;
+            fig->pages_referenced++;
+            int64_t off = (int64_t)pno * TSM_PAGE_SIZE;
+            if (pno >= s->npages) {
+                finding(s, TSM_ECORRUPT, s->pages_path, off,
+                        "page %u (metric '%s' archive %u ring page %u) is past the end of "
+                        "%s (%llu pages): the file was truncated", pno, mname(s, m, 0), a, r,
+                        s->pages_path, (unsigned long long)s->npages);
+                continue;
             }
+            if (pno + 1 > high)
+                high = pno + 1;
+            if (own[pno].used) {
+                const tsm_metric *o = tsm_catalog_by_id(&s->cat, own[pno].metric_id);
+                finding(s, TSM_ECORRUPT, s->pages_path, off,
+                        "page %u is referenced twice: by metric '%s' archive %u ring page "
+                        "%u and by metric '%s' archive %u ring page %u", pno,
+                        o ? mname(s, o, 1) : "?", own[pno].archive, own[pno].ring,
+                        mname(s, m, 0), a, r);
+                continue;
+            }
+            own[pno] = (owner){m->id, (uint16_t)a, r, 1};
+            check_one_page(s, m, a, r, pno, &fig->pages_dirty);
+        }
     }
     for (uint64_t p = 1; p < high; p++)
         fig->pages_unreferenced += !own[p].used;
@@ -493,9 +503,9 @@ static void check_pages(scan *s, tsm_check_figures *fig)
 static void check_indexes(scan *s)
 {
     uint64_t untagged = 0, tagged = 0;
-    for (size_t i = 0; i < s->cat.by_id_cap; i++) {
-        const tsm_metric *m = s->cat.by_id[i];
-        if (m && memchr(m->name, ';', m->name_len))
+    for (uint32_t id = 1; id < s->cat.next_id; id++) {
+        const tsm_metric *m = tsm_catalog_by_id(&s->cat, id);
+        if (m && m->tagged)
             tagged++;
         else if (m)
             untagged++;
@@ -710,9 +720,9 @@ int tsm_salvage_open(const char *path, unsigned flags, tsm_salvage **out,
         tsm_salvage_close(sv);
         return rc;
     }
-    for (size_t i = 0; i < s->cat.by_id_cap; i++)
-        if (s->cat.by_id[i])
-            s->list[s->nlist++] = s->cat.by_id[i];
+    for (uint32_t id = 1; id < s->cat.next_id; id++)
+        if (tsm_catalog_by_id(&s->cat, id))
+            s->list[s->nlist++] = tsm_catalog_by_id(&s->cat, id);
     qsort(s->list, s->nlist, sizeof *s->list, cmp_id);
     info->metrics = s->nlist;
     info->catalog_bytes_skipped = s->skipped;
@@ -727,7 +737,7 @@ int tsm_salvage_metric(tsm_salvage *sv, size_t i, const char **name, size_t *nam
     if (i >= sv->s.nlist)
         return tsm_fail(TSM_EINVAL, 0, "", -1, "no metric %zu", i);
     const tsm_metric *m = sv->s.list[i];
-    *name = m->name;
+    *name = mname(&sv->s, m, 0);
     *name_len = m->name_len;
     memset(info, 0, sizeof *info);
     info->aggregation = m->agg;
@@ -742,7 +752,7 @@ int tsm_salvage_metric(tsm_salvage *sv, size_t i, const char **name, size_t *nam
 static const tsm_page_copy *salvage_page(scan *s, const tsm_metric *m, unsigned a, uint32_t r,
                                          tsm_page_copy *tmp)
 {
-    uint32_t pno = m->pages[a][r];
+    uint32_t pno = tsm_metric_page(m, a, r);
     const tsm_page_copy *c = overlay_get(s, pno, 0);
     if (!c) {
         if (pno >= s->npages || copy_page(s, pno, tmp) != TSM_OK)
@@ -770,7 +780,7 @@ int tsm_salvage_read_archive(tsm_salvage *sv, size_t i, unsigned archive, double
         return tsm_fail(TSM_EINVAL, 0, "", -1, "no metric %zu archive %u", i, archive);
     const tsm_metric *m = s->list[i];
     const tsm_archive *ar = &m->arch[archive];
-    if (!m->pages[archive])
+    if (!tsm_metric_npages(m))
         return TSM_OK;
     double *out = malloc((size_t)ar->points * 2 * sizeof *out);
     if (!out)
@@ -778,7 +788,7 @@ int tsm_salvage_read_archive(tsm_salvage *sv, size_t i, unsigned archive, double
     size_t n = 0;
     tsm_page_copy tmp;
     for (uint32_t r = 0; r < tsm_ring_pages(ar); r++) {
-        if (!m->pages[archive][r])
+        if (!tsm_metric_page(m, archive, r))
             continue;
         const tsm_page_copy *c = salvage_page(s, m, archive, r, &tmp);
         if (!c) {

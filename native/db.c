@@ -95,6 +95,8 @@ void tsm_options_init(tsm_options *o)
 
 tsm_buf *tsm_db_scratch(tsm_db *db, int which) { return &db->scratch[which]; }
 
+const tsm_catalog *tsm_db_catalog(tsm_db *db) { return &db->cat; }
+
 tsm_update_scratch **tsm_db_update_scratch(tsm_db *db) { return &db->upd; }
 
 uint64_t tsm_db_next_lsn(tsm_db *db) { return db->next_lsn; }
@@ -396,7 +398,7 @@ int tsm_db_read_owned_page(tsm_db *db, const tsm_metric *m, unsigned archive, ui
                            tsm_page_copy *copy, int *owned)
 {
     *owned = 0;
-    int rc = tsm_db_read_page(db, m->pages[archive][ring], copy);
+    int rc = tsm_db_read_page(db, tsm_metric_page(m, archive, ring), copy);
     if (rc)
         return rc;
     tsm_page_id id;
@@ -813,40 +815,16 @@ static int replay_one(void *arg, const tsm_rec *r)
     return rc;
 }
 
-/* Free list: every page below the high-water mark that no metric owns. */
+/* Free list: every page below the high-water mark that no metric owns
+ * (the catalog keeps a bitmap of owned pages as it applies records). */
 static int build_free_list(tsm_db *db)
 {
-    uint8_t *used = calloc(db->next_page + 1, 1);
-    if (!used)
-        return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
-    used[0] = 1;
-    for (size_t i = 0; i < db->cat.by_id_cap; i++) {
-        tsm_metric *m = db->cat.by_id[i];
-        for (unsigned a = 0; m && a < m->narch; a++)
-            for (uint32_t r = 0; m->pages[a] && r < tsm_ring_pages(&m->arch[a]); r++)
-                if (m->pages[a][r] && m->pages[a][r] < db->next_page)
-                    used[m->pages[a][r]] = 1;
-    }
     db->nfree = 0;
     int rc = TSM_OK;
     for (uint32_t p = db->next_page; p-- > 1 && !rc;)
-        if (!used[p])
+        if (!tsm_catalog_owns(&db->cat, p))
             rc = push_u32(&db->free_pages, &db->nfree, &db->free_cap, p);
-    free(used);
     return rc;
-}
-
-static uint32_t max_owned_page(const tsm_catalog *c)
-{
-    uint32_t hi = 0;
-    for (size_t i = 0; i < c->by_id_cap; i++) {
-        tsm_metric *m = c->by_id[i];
-        for (unsigned a = 0; m && a < m->narch; a++)
-            for (uint32_t r = 0; m->pages[a] && r < tsm_ring_pages(&m->arch[a]); r++)
-                if (m->pages[a][r] > hi)
-                    hi = m->pages[a][r];
-    }
-    return hi;
 }
 
 /* Pages allocated after the last checkpoint by ALLOC records found in the
@@ -862,8 +840,8 @@ static int init_unsynced_pages(tsm_db *db)
     for (size_t i = 0; i < db->cat.nseen && rc == TSM_OK; i++) {
         const tsm_alloc_seen *s = &db->cat.seen[i];
         tsm_metric *m = tsm_catalog_by_id(&db->cat, s->a.id);
-        if (!m || s->a.archive >= m->narch || !m->pages[s->a.archive] ||
-            m->pages[s->a.archive][s->a.ring_page] != s->a.pno)
+        if (!m || s->a.archive >= m->narch ||
+            tsm_metric_page(m, s->a.archive, s->a.ring_page) != s->a.pno)
             continue;                       /* deleted or moved since */
         if ((rc = ensure_page(db, s->a.pno)) || (rc = tsm_db_hot_reserve(db, 1)))
             break;
@@ -887,6 +865,50 @@ static int init_unsynced_pages(tsm_db *db)
     return rc;
 }
 
+/* The largest valid catalog record (a CREATE with 32 archives and a name of
+ * TSM_MAX_NAME bytes) is well under this: unparsed bytes this long are
+ * damage, not a record cut by the end of a read. */
+#define CATALOG_REC_MAX 8192u
+#define CATALOG_READ (4u << 20)
+
+/* Apply catalog bytes [from, upto) through a reused 4 MiB buffer (a fresh
+ * buffer as large as the catalog costs more in page faults than the
+ * records cost to apply).  *used gets the bytes applied: up to the first
+ * record that does not parse. */
+static int apply_catalog_range(tsm_db *db, uint64_t from, uint64_t upto, size_t *used)
+{
+    size_t total = (size_t)(upto - from), cap = total < CATALOG_READ ? total : CATALOG_READ;
+    size_t done = 0, have = 0, readpos = 0;
+    *used = 0;
+    if (cap < CATALOG_REC_MAX)
+        cap = CATALOG_REC_MAX;
+    uint8_t *buf = malloc(cap);
+    if (!buf)
+        return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+    int rc = TSM_OK;
+    while (readpos < total) {
+        size_t k = cap - have < total - readpos ? cap - have : total - readpos;
+        rc = tsm_io_read_full(db->io, db->catalog_fd, buf + have, k, (off_t)(from + readpos),
+                              db->catalog_path);
+        if (rc)
+            break;
+        have += k;
+        readpos += k;
+        size_t u = 0;
+        rc = tsm_catalog_load(&db->cat, buf, have, &u, NULL, NULL);
+        done += u;
+        if (rc)
+            break;
+        memmove(buf, buf + u, have - u);
+        have -= u;
+        if (have >= CATALOG_REC_MAX)
+            break;              /* damage: the caller decides from *used */
+    }
+    free(buf);
+    *used = done;
+    return rc;
+}
+
 /* Read the catalog file and apply it; a torn tail is cut off (writer). */
 static int load_catalog(tsm_db *db, uint64_t upto)
 {
@@ -902,15 +924,8 @@ static int load_catalog(tsm_db *db, uint64_t upto)
         upto = (uint64_t)csize;
     if (upto <= from)
         return TSM_OK;
-    size_t n = (size_t)(upto - from);
-    uint8_t *buf = malloc(n ? n : 1);
-    if (!buf)
-        return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
-    int rc = tsm_io_read_full(db->io, db->catalog_fd, buf, n, (off_t)from, db->catalog_path);
-    size_t used = 0;
-    if (!rc)
-        rc = tsm_catalog_load(&db->cat, buf, n, &used, NULL, NULL);
-    free(buf);
+    size_t n = (size_t)(upto - from), used = 0;
+    int rc = apply_catalog_range(db, from, upto, &used);
     if (rc)
         return rc == TSM_ECORRUPT
                    ? tsm_fail(TSM_ECORRUPT, 0, db->catalog_path, (int64_t)(from + used),
@@ -1130,12 +1145,12 @@ static int open_writer(tsm_db *db)
     rc = load_catalog(db, (uint64_t)csize);
     db->cat.watching = 0;
     if (!rc)
-        rc = page_plausible(db, max_owned_page(&db->cat), db->cat.nseen, db->catalog_path, 0);
+        rc = page_plausible(db, tsm_catalog_max_owned(&db->cat), db->cat.nseen, db->catalog_path, 0);
     if (!rc)
         rc = init_unsynced_pages(db);
     if (rc)
         return rc;
-    db->next_page = max_owned_page(&db->cat) + 1;
+    db->next_page = tsm_catalog_max_owned(&db->cat) + 1;
     db->next_lsn = db->wal.start_lsn;
     if (db->cat.max_lsn >= db->next_lsn)
         db->next_lsn = db->cat.max_lsn + 1;
@@ -1809,11 +1824,9 @@ int tsm_stats(tsm_db *db, tsm_db_stats *out)
     if (db->opts.readonly) {
         /* a reader has no free list: count the pages metrics own */
         out->pages_data = 0;
-        for (size_t i = 0; i < db->cat.by_id_cap; i++) {
-            const tsm_metric *m = db->cat.by_id[i];
-            for (unsigned a = 0; m && a < m->narch; a++)
-                for (uint32_t r = 0; m->pages[a] && r < tsm_ring_pages(&m->arch[a]); r++)
-                    out->pages_data += m->pages[a][r] != 0;
+        for (uint32_t i = 1; i < db->cat.next_id; i++) {
+            const tsm_metric *m = tsm_catalog_by_id(&db->cat, i);
+            out->pages_data += m ? tsm_metric_npages(m) : 0;
         }
     } else {
         out->pages_data = db->next_page - 1 - db->nfree - db->nfreed;
@@ -1822,6 +1835,10 @@ int tsm_stats(tsm_db *db, tsm_db_stats *out)
     out->wal_syncs = db->has_wal ? db->wal.syncs : 0;
     out->disk_bytes = allocated(db, db->pages_path) + allocated(db, db->catalog_path) +
                       allocated(db, db->wal_path) + allocated(db, db->lock_path);
+    size_t nodes = 0;
+    out->index_bytes = tsm_index_memory(db->cat.index, &nodes);
+    out->index_nodes = nodes;
+    out->catalog_bytes = tsm_catalog_memory(&db->cat);
     pthread_rwlock_unlock(&db->rw);
     return TSM_OK;
 }
@@ -1842,21 +1859,21 @@ static void problem(checker *c)
 static void check_metric_pages(tsm_db *db, const tsm_metric *m, checker *c)
 {
     tsm_page_copy copy;
-    for (unsigned a = 0; a < m->narch; a++)
-        for (uint32_t r = 0; m->pages[a] && r < tsm_ring_pages(&m->arch[a]); r++) {
-            uint32_t pno = m->pages[a][r];
-            int owned;
-            if (!pno)
-                continue;
-            if (tsm_db_read_owned_page(db, m, a, r, &copy, &owned) != TSM_OK) {
-                problem(c);
-            } else if (!owned) {
-                tsm_fail(TSM_ECORRUPT, 0, db->pages_path, (int64_t)pno * TSM_PAGE_SIZE,
-                         "page %u of %s does not belong to metric '%s' archive %u as the "
-                         "catalog says", pno, db->pages_path, m->name, a);
-                problem(c);
-            }
+    for (uint32_t i = 0; i < tsm_metric_npages(m); i++) {
+        unsigned a;
+        uint32_t r, pno = tsm_metric_page_at(m, i, &a, &r);
+        int owned;
+        if (tsm_db_read_owned_page(db, m, a, r, &copy, &owned) != TSM_OK) {
+            problem(c);
+        } else if (!owned) {
+            char name[TSM_MAX_NAME + 1];
+            tsm_fail(TSM_ECORRUPT, 0, db->pages_path, (int64_t)pno * TSM_PAGE_SIZE,
+                     "page %u of %s does not belong to metric '%s' archive %u as the "
+                     "catalog says", pno, db->pages_path,
+                     tsm_catalog_name(&db->cat, m, name, sizeof name), a);
+            problem(c);
         }
+    }
 }
 
 int tsm_check(tsm_db *db, uint64_t *problems)
@@ -1867,9 +1884,11 @@ int tsm_check(tsm_db *db, uint64_t *problems)
     checker c = {0};
     if (tsm_sb_check(db->sb, db->pages_path) != TSM_OK)
         problem(&c);
-    for (size_t i = 0; i < db->cat.by_id_cap; i++)
-        if (db->cat.by_id[i])
-            check_metric_pages(db, db->cat.by_id[i], &c);
+    for (uint32_t i = 1; i < db->cat.next_id; i++) {
+        const tsm_metric *m = tsm_catalog_by_id(&db->cat, i);
+        if (m)
+            check_metric_pages(db, m, &c);
+    }
     off_t csize;
     if (db->io->size(db->catalog_fd, &csize) == 0 && (uint64_t)csize > db->catalog_size &&
         !db->opts.readonly) {

@@ -741,6 +741,12 @@ int tsm_glob_is_literal(const tsm_glob *g)
     return g->nwild == 0;
 }
 
+int tsm_glob_is_star(const tsm_glob *g)
+{
+    return !g->globstar && g->nlits == 0 && g->nwild == 1 && g->wild[0].len == 1 &&
+           g->toks[g->wild[0].off].kind == T_STAR;
+}
+
 size_t tsm_glob_nliterals(const tsm_glob *g)
 {
     return g->nlits;

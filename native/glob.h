@@ -40,6 +40,10 @@ int tsm_glob_has_globstar(const tsm_glob *g);
 /* 1 if every non-globstar variant is literal (contains none of '[', '*', '?'). */
 int tsm_glob_is_literal(const tsm_glob *g);
 
+/* 1 if the pattern is exactly "*" after brace expansion (one variant, a
+ * single star): it matches every name, so callers may skip matching. */
+int tsm_glob_is_star(const tsm_glob *g);
+
 /* Number of distinct literal variants. */
 size_t tsm_glob_nliterals(const tsm_glob *g);
 

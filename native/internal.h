@@ -265,24 +265,70 @@ int tsm_update_walk(const tsm_rec *r, tsm_update_group_fn group, tsm_update_run_
 
 /* ------------------------------------------------------------------ catalog */
 
+/* One metric: 48 bytes, kept in the catalog's id-indexed chunks (never
+ * moved while the metric lives).  An untagged name is not stored here: it
+ * is spelled from the name tree (tsm_catalog_name). */
 typedef struct tsm_metric {
-    uint32_t id;
-    uint32_t name_len;
-    char *name;
-    uint8_t agg;
-    uint8_t narch;
+    uint32_t id;                /* 0 in a free chunk slot */
+    uint32_t node;              /* leaf in the name tree (untagged names), else 0 */
     float xff;
     uint32_t max_retention;
-    tsm_archive *arch;          /* narch, sorted by precision */
-    uint32_t **pages;           /* per archive: ring page -> page number, NULL until used */
-    struct tsm_node *node;      /* leaf in the name tree (untagged names) */
+    uint32_t name_len;
+    uint8_t agg;
+    uint8_t narch;
     uint8_t tagged;             /* indexed in the tag index (tagged names) */
-    struct tsm_metric *hnext;   /* name hash chain */
+    const tsm_archive *arch;    /* narch, sorted by precision; shared by equal schemas */
+    struct tsm_pagemap *pages;  /* the pages it owns (tsm_metric_page), NULL until one */
+    char *name;                 /* tagged names only (NUL-terminated), else NULL */
 } tsm_metric;
 
 static inline uint32_t tsm_ring_pages(const tsm_archive *a)
 {
     return (a->points + TSM_SLOTS - 1) / TSM_SLOTS;
+}
+
+/* The pages a metric owns, as pairs (key, page number) sorted by key =
+ * archive << 24 | ring page (ring pages < 2^32 / 336 < 2^24).  Sparse: a
+ * long archive (10m:5y is 783 ring pages) costs 8 bytes per page written,
+ * not 4 bytes per ring page. */
+typedef struct tsm_pagemap {
+    uint32_t n, cap;
+    uint32_t e[];               /* 2 * cap: key, page number */
+} tsm_pagemap;
+
+#define TSM_PAGEMAP_KEY(a, r) ((uint32_t)(a) << 24 | (uint32_t)(r))
+
+/* Page number of ring page r of archive a, 0 when none is allocated. */
+static inline uint32_t tsm_metric_page(const tsm_metric *m, unsigned a, uint32_t r)
+{
+    const tsm_pagemap *pm = m->pages;
+    if (!pm)
+        return 0;
+    uint32_t key = TSM_PAGEMAP_KEY(a, r), lo = 0, hi = pm->n;
+    while (lo < hi) {
+        uint32_t mid = (lo + hi) / 2;
+        if (pm->e[2 * mid] < key)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < pm->n && pm->e[2 * lo] == key ? pm->e[2 * lo + 1] : 0;
+}
+
+/* Visit every page a metric owns: for (i < tsm_metric_npages(m)) with
+ * tsm_metric_page_at(m, i, &archive, &ring) returning the page number. */
+static inline uint32_t tsm_metric_npages(const tsm_metric *m)
+{
+    return m->pages ? m->pages->n : 0;
+}
+
+static inline uint32_t tsm_metric_page_at(const tsm_metric *m, uint32_t i, unsigned *archive,
+                                          uint32_t *ring)
+{
+    uint32_t key = m->pages->e[2 * i];
+    *archive = key >> 24;
+    *ring = key & 0xFFFFFFu;
+    return m->pages->e[2 * i + 1];
 }
 
 /* An ALLOC applied from the catalog file during recovery (see watching). */
@@ -292,14 +338,22 @@ typedef struct tsm_alloc_seen {
 } tsm_alloc_seen;
 
 typedef struct tsm_catalog {
-    tsm_metric **buckets;
-    size_t nbuckets, count;
-    tsm_metric **by_id;          /* id -> metric (NULL when deleted/unknown) */
-    size_t by_id_cap;
-    uint32_t next_id;
+    tsm_metric **chunks;         /* id >> TSM_CHUNK_BITS -> 2^TSM_CHUNK_BITS metrics, or NULL */
+    uint32_t *chunk_live;        /* live metrics per chunk (a chunk is freed at 0) */
+    size_t nchunks;
+    size_t count;                /* live metrics */
+    uint32_t next_id;            /* ids are below it; never reused */
     uint64_t max_lsn;            /* highest LSN applied from catalog records */
     struct tsm_index *index;
     struct tsm_tagindex *tags;
+    tsm_metric **tagged;         /* open-addressing hash of the tagged metrics by name */
+    size_t tagged_cap, ntagged;
+    struct tsm_schema **schemas; /* interned archive lists (open addressing) */
+    size_t schemas_cap, nschemas;
+    /* page ownership: bit p set when a live metric's table names page p */
+    uint64_t *owned;
+    size_t owned_words;
+    uint32_t max_pno;            /* highest page number any ALLOC named */
     /* recovery: ALLOC records with an LSN above watch_lsn are remembered */
     int watching;
     uint64_t watch_lsn;
@@ -307,10 +361,25 @@ typedef struct tsm_catalog {
     size_t nseen, seen_cap;
 } tsm_catalog;
 
+#define TSM_CHUNK_BITS 10
+
 int tsm_catalog_init(tsm_catalog *c);
 void tsm_catalog_free(tsm_catalog *c);
 tsm_metric *tsm_catalog_get(const tsm_catalog *c, const char *name, size_t len);
 tsm_metric *tsm_catalog_by_id(const tsm_catalog *c, uint32_t id);
+/* The metric's name in buf (cap bytes; TSM_MAX_NAME + 1 always fits), or the
+ * stored name of a tagged metric.  Returns a NUL-terminated string. */
+const char *tsm_catalog_name(const tsm_catalog *c, const tsm_metric *m, char *buf, size_t cap);
+/* Whether page pno is owned by a live metric (writer open: the free list). */
+static inline int tsm_catalog_owns(const tsm_catalog *c, uint32_t pno)
+{
+    return (size_t)(pno >> 6) < c->owned_words && (c->owned[pno >> 6] >> (pno & 63)) & 1;
+}
+/* The highest page number a live metric owns, 0 when none. */
+uint32_t tsm_catalog_max_owned(const tsm_catalog *c);
+/* Bytes of memory the metric table uses (chunks, page tables, tagged names
+ * and hash, schemas), for tsm_stats; the name tree is tsm_index_memory. */
+size_t tsm_catalog_memory(const tsm_catalog *c);
 /* Apply one catalog-type record (CREATE, DELETE, SETAGG, ALLOC).
  * freed_page (may be NULL) is called for each page released by DELETE. */
 typedef void (*tsm_page_sink)(void *ctx, uint32_t pno);
@@ -326,8 +395,16 @@ int tsm_catalog_load(tsm_catalog *c, const uint8_t *p, size_t len, size_t *used,
 typedef struct tsm_index tsm_index;
 int tsm_index_new(tsm_index **out);
 void tsm_index_free(tsm_index *ix);
-int tsm_index_add(tsm_index *ix, tsm_metric *m);
+/* Add untagged name (len bytes) as the leaf of m (sets m->node). */
+int tsm_index_add(tsm_index *ix, tsm_metric *m, const char *name, size_t len);
 void tsm_index_remove(tsm_index *ix, tsm_metric *m);
+/* The metric id whose name is name[0..len), or 0. */
+uint32_t tsm_index_lookup(const tsm_index *ix, const char *name, size_t len);
+/* Spell node's full name into buf (NUL-terminated) when it fits in cap
+ * bytes; returns its length either way. */
+size_t tsm_index_name(const tsm_index *ix, uint32_t node, char *buf, size_t cap);
+/* Bytes of memory the tree uses; *nodes (may be NULL) gets its node count. */
+size_t tsm_index_memory(const tsm_index *ix, size_t *nodes);
 int tsm_index_find(tsm_index *ix, const tsm_catalog *c, const char *pattern,
                    size_t len, tsm_buf *out, size_t *count);
 
@@ -387,6 +464,8 @@ int tsm_db_log(struct tsm_db *db, tsm_buf *rec, bool catalog);
 uint8_t *tsm_db_page_w(struct tsm_db *db, uint32_t pno);
 int tsm_db_page_prepare(struct tsm_db *db, uint32_t pno, uint8_t **out);
 int tsm_db_hot_reserve(struct tsm_db *db, size_t n);
+/* The handle's metric table (for names in messages: tsm_catalog_name). */
+const tsm_catalog *tsm_db_catalog(struct tsm_db *db);
 /* Scratch buffers owned by the writer (valid under the write lock). */
 tsm_buf *tsm_db_scratch(struct tsm_db *db, int which);
 struct tsm_update_scratch **tsm_db_update_scratch(struct tsm_db *db);

@@ -184,9 +184,10 @@ static inline int slot_get(struct tsm_db *db, const tsm_metric *m, const wset *w
         *v = e->value;
         return e->tag == tag;
     }
-    if (!m->pages[a] || !m->pages[a][idx / TSM_SLOTS])
+    uint32_t pno = tsm_metric_page(m, a, idx / TSM_SLOTS);
+    if (!pno)
         return 0;
-    const uint8_t *page = tsm_db_page_ptr(db, m->pages[a][idx / TSM_SLOTS]);
+    const uint8_t *page = tsm_db_page_ptr(db, pno);
     if (tsm_page_tag(page, idx % TSM_SLOTS) != tag)
         return 0;
     *v = tsm_page_value(page, idx % TSM_SLOTS);
@@ -363,7 +364,7 @@ static int alloc_pages(struct tsm_db *db, tsm_metric *m, const wset *w, size_t *
             if (i == first || w->e[i].idx != w->e[i - 1].idx + 1 || w->e[i].tag != w->e[i - 1].tag)
                 (*nruns)++;
         uint32_t pno;
-        if (!(m->pages[a] && m->pages[a][ring])) {
+        if (!tsm_metric_page(m, a, ring)) {
             int rc = tsm_db_alloc_page(db, m, (uint16_t)a, ring, &pno);
             if (rc)
                 return rc;
@@ -417,7 +418,7 @@ static int encode_update(tsm_buf *rec, const tsm_metric *m, const wset *w, size_
         size_t j = i;
         while (j < w->n && w->e[j].archive == a && w->e[j].idx / TSM_SLOTS == ring)
             j++;
-        p = encode_group(p, w->e, i, j, m->pages[a][ring]);
+        p = encode_group(p, w->e, i, j, tsm_metric_page(m, a, ring));
         i = j;
     }
     rec->len = (size_t)(p - rec->data);
@@ -448,7 +449,7 @@ static int commit(struct tsm_db *db, tsm_metric *m, wset *w)
     for (size_t i = 0; i < w->n;) {
         uint32_t a = w->e[i].archive, ring = w->e[i].idx / TSM_SLOTS;
         uint8_t *page;
-        if ((rc = tsm_db_page_prepare(db, m->pages[a][ring], &page)))
+        if ((rc = tsm_db_page_prepare(db, tsm_metric_page(m, a, ring), &page)))
             return rc;
         while (i < w->n && w->e[i].archive == a && w->e[i].idx / TSM_SLOTS == ring)
             i++;
@@ -457,7 +458,7 @@ static int commit(struct tsm_db *db, tsm_metric *m, wset *w)
         return rc;
     for (size_t i = 0; i < w->n;) {
         uint32_t a = w->e[i].archive, ring = w->e[i].idx / TSM_SLOTS;
-        uint32_t pno = m->pages[a][ring];
+        uint32_t pno = tsm_metric_page(m, a, ring);
         uint8_t *page = tsm_db_page_w(db, pno);
         tsm_page_write_begin(page);
         tsm_page_mark_dirty(page);          /* before any slot: see page.c */
@@ -565,9 +566,11 @@ int tsm_series_update(struct tsm_db *db, tsm_metric *m, const void *points,
 int tsm_series_write_archive(struct tsm_db *db, tsm_metric *m, unsigned archive,
                              const void *points, size_t n)
 {
+    char nb[TSM_MAX_NAME + 1];
     if (archive >= m->narch)
         return tsm_fail(TSM_EINVAL, 0, "", -1, "metric '%s' has no archive %u (it has %u)",
-                        m->name, archive, m->narch);
+                        tsm_catalog_name(tsm_db_catalog(db), m, nb, sizeof nb), archive,
+                        m->narch);
     if (n == 0)
         return TSM_OK;
     if (n > TSM_MAX_POINTS)
@@ -597,17 +600,19 @@ int tsm_series_read_archive(struct tsm_db *db, const tsm_metric *m, unsigned arc
 {
     *points = NULL;
     *npoints = 0;
+    char nb[TSM_MAX_NAME + 1];
     if (archive >= m->narch)
         return tsm_fail(TSM_EINVAL, 0, "", -1, "metric '%s' has no archive %u (it has %u)",
-                        m->name, archive, m->narch);
+                        tsm_catalog_name(tsm_db_catalog(db), m, nb, sizeof nb), archive,
+                        m->narch);
     const tsm_archive *ar = &m->arch[archive];
     double *out = malloc((size_t)ar->points * 2 * sizeof *out);
     if (!out)
         return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
     size_t n = 0;
     tsm_page_copy copy;
-    for (uint32_t r = 0; m->pages[archive] && r < tsm_ring_pages(ar); r++) {
-        if (!m->pages[archive][r])
+    for (uint32_t r = 0; m->pages && r < tsm_ring_pages(ar); r++) {
+        if (!tsm_metric_page(m, archive, r))
             continue;
         int owned, rc = tsm_db_read_owned_page(db, m, archive, r, &copy, &owned);
         if (rc) {
@@ -673,10 +678,9 @@ static void make_plan(const tsm_metric *m, int64_t from, int64_t until, int64_t 
 static int fill_segment(struct tsm_db *db, const tsm_metric *m, uint32_t archive,
                         uint32_t ring, uint32_t j, uint64_t len, uint32_t tag, double *out)
 {
-    const uint32_t *tbl = m->pages[archive];
     for (uint64_t s = 0; s < len; s++)
         out[s] = NAN;
-    if (!tbl || !tbl[ring])
+    if (!tsm_metric_page(m, archive, ring))
         return TSM_OK;
     tsm_page_copy copy;
     int owned, rc = tsm_db_read_owned_page(db, m, archive, ring, &copy, &owned);

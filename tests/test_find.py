@@ -304,3 +304,119 @@ def test_find_follows_create_and_delete(db):
     assert engine_find(db, "**") == set()
     db.create("p", ARCH)
     assert engine_find(db, "*") == {("p", True)}
+
+
+# --------------------------------------------------------------------------- a wide tree
+
+# Patterns that start with wildcards may be answered from a literal component's postings
+# instead of top down (index.c, "pivot"); that happens only when the top-down walk would
+# visit about twice as many nodes as the literal has postings, so it needs a tree wider than
+# the ones above: 2 data centres x 150 hosts x a few plugins, with components that also
+# occur at other depths, leaf-and-branch nodes and rare literals.
+
+def wide_names():
+    names = []
+    for dc in ("dc1", "dc2"):
+        for h in range(150):
+            host = "%s.h%03d" % (dc, h)
+            names += [host + ".cpu.0.user", host + ".cpu.0.idle", host + ".cpu.1.user",
+                      host + ".mem.used", host + ".mem.free"]
+    names += ["dc2.h077.disk.sda.reads", "dc1.h010.disk.sdb.reads", "dc1.h005.cpu",
+              "dc1.user", "user", "dc2.h001.user", "dc1.h002.cpu.0.user.x", "reads.cpu"]
+    return names
+
+
+WIDE_PATTERNS = [
+    "*.*.cpu.0.user", "*.*.disk.*.reads", "**.reads", "**.user", "**.cpu.*", "**.cpu",
+    "*.h0[0-4]?.cpu.{0,1}.user", "**.disk.**", "*.*.{disk,mem}.*", "**.**.sda.*", "*.*.cpu",
+    "*.h01*.mem.used", "*.user", "**.h005.cpu", "*.*.cpu.*.user.*", "*.*.*.*.reads",
+    "*.*.nothing.*", "**.nothing", "*.{h001,h002}.*", "?c?.*.mem.{used,free,gone}",
+    "*.*.cpu.0.{user,idle}", "**.0.user", "**.**.user", "*.*.cpu.**", "**.cpu.**.user",
+    "dc1.*.cpu.0.user", "*.h150.cpu.0.user", "*.*.disk.sd[a-z].reads", "reads.*", "**.sda",
+]
+
+WIDE_GLOBS = ["*", "**", "h00?", "h1*", "[!h]*", "{cpu,mem}", "{0,1}", "*u*", "?"]
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    base = tmp_path_factory.mktemp("wide")
+    root = str(base / "tree")
+    names = wide_names()
+    build_tree(root, names)
+    db = tismet.Database(str(base / "db"), durability="none")
+    for n in names:
+        db.create(n, ARCH)
+    yield db, root, names
+    db.close()
+
+
+@pytest.mark.parametrize("pattern", WIDE_PATTERNS)
+def test_wide_tree_patterns(wide, pattern):
+    db, root, _ = wide
+    assert engine_find(db, pattern) == reference_find(root, pattern), pattern
+
+
+@settings(max_examples=1000 if SOAK else 150, deadline=None)
+@given(st.data())
+def test_wide_tree_generated_patterns(wide, data):
+    db, root, names = wide
+    comps = sorted({c for n in names for c in n.split(".")} - {"h%03d" % i for i in range(150)})
+    comps += ["h000", "h077", "h149"]
+    depth = data.draw(st.integers(1, 6), label="depth")
+    parts = [data.draw(st.one_of(st.sampled_from(WIDE_GLOBS), st.sampled_from(comps)))
+             for _ in range(depth)]
+    pattern = ".".join(parts)
+    assert engine_find(db, pattern) == reference_find(root, pattern), pattern
+
+
+def test_wide_tree_after_deletes(tmp_path):
+    """Postings follow deletes and re-creates (nodes are reused from a free list)."""
+    names = wide_names()
+    db = tismet.Database(str(tmp_path / "db"), durability="none")
+    for n in names:
+        db.create(n, ARCH)
+    gone = names[::3]
+    for n in gone:
+        db.delete(n)
+    kept = [n for n in names if n not in set(gone)]
+    again = ["dc3.h%03d.cpu.0.user" % i for i in range(100)] + gone[:50]
+    for n in again:
+        db.create(n, ARCH)
+    root = str(tmp_path / "tree")
+    build_tree(root, kept + again)
+    for pattern in WIDE_PATTERNS + ["dc3.*.cpu.0.user", "*.*.cpu.0.*"]:
+        assert engine_find(db, pattern) == reference_find(root, pattern), pattern
+    db.close()
+    # and after a reopen (the index rebuilt from the catalog)
+    with tismet.Database(str(tmp_path / "db"), readonly=True) as ro:
+        for pattern in WIDE_PATTERNS:
+            assert engine_find(ro, pattern) == reference_find(root, pattern), pattern
+
+
+def test_families_crossing_the_scan_threshold(db):
+    """Families of up to 8 children are scanned, larger ones hashed (index.c): children
+    must stay findable while a family grows past that size and shrinks below it."""
+    alive = set()
+
+    def check_all():
+        for i in range(20):
+            name = "f.c%02d" % i
+            assert db.exists(name) == (name in alive), name
+            assert engine_find(db, name) == ({(name, True)} if name in alive else set())
+        assert engine_find(db, "f.*") == {(n, True) for n in alive}
+        assert engine_find(db, "*.c0[0-9]") == {(n, True) for n in alive if n < "f.c10"}
+
+    for i in range(12):
+        db.create("f.c%02d" % i, ARCH)
+        alive.add("f.c%02d" % i)
+        check_all()
+    for i in range(10):
+        db.delete("f.c%02d" % i)
+        alive.discard("f.c%02d" % i)
+        check_all()
+    for i in range(20):
+        if "f.c%02d" % i not in alive:
+            db.create("f.c%02d" % i, ARCH)
+            alive.add("f.c%02d" % i)
+            check_all()
