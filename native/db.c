@@ -78,6 +78,7 @@ struct tsm_db {
     int committer_running;
     pthread_mutex_t commit_mu;
     pthread_cond_t commit_cv;
+    uint64_t grow_asked;          /* writer: log size at which it last woke the committer to grow */
     int stopping;
     /* online backup (backup.c): set and cleared under the write lock */
     struct tsm_backup *backup;
@@ -449,6 +450,15 @@ static int log_append(tsm_db *db, tsm_buf *b, tsm_rec *r)
         return set_fatal(db, rc);
     db->next_lsn++;
     db->st.wal_bytes_written += r->len;
+    /* past half the log: wake the group-commit thread to grow it ahead */
+    uint64_t size = atomic_load_explicit(&db->wal.size, memory_order_relaxed);
+    if (db->committer_running && size != db->grow_asked && size < db->wal.max_size &&
+        atomic_load_explicit(&db->wal.write_off, memory_order_relaxed) > size / 2) {
+        db->grow_asked = size;
+        pthread_mutex_lock(&db->commit_mu);
+        pthread_cond_signal(&db->commit_cv);
+        pthread_mutex_unlock(&db->commit_mu);
+    }
     atomic_store_explicit(&db->sb->last_lsn, r->lsn, memory_order_relaxed);
     return TSM_OK;
 }
@@ -478,7 +488,11 @@ int tsm_db_log(tsm_db *db, tsm_buf *b, bool catalog)
 int tsm_db_alloc_page(tsm_db *db, tsm_metric *m, uint16_t archive, uint32_t ring,
                       uint32_t *out)
 {
+    /* a page past every page a catalog names was never read by anyone: its
+     * file copy needs no reading (on a fresh extent that read costs a fault
+     * that zero-fills a readahead window) */
     uint32_t pno;
+    int fresh = !db->nfree;
     if (db->nfree)
         pno = db->free_pages[--db->nfree];
     else
@@ -496,7 +510,9 @@ int tsm_db_alloc_page(tsm_db *db, tsm_metric *m, uint16_t archive, uint32_t ring
     tsm_rec r;
     if ((rc = tsm_rec_encode_alloc(b, db->next_lsn, &al)) || (rc = log_append(db, b, &r)))
         return rc;
-    uint8_t *page = tsm_db_page_w(db, pno);
+    uint8_t *page = fresh && !tsm_hot_lookup(&db->hot, pno)
+                        ? tsm_hot_promote(&db->hot, pno, NULL)
+                        : tsm_db_page_w(db, pno);
     tsm_page_id id = {m->id, archive, ring};
     tsm_page_write_begin(page);
     tsm_page_init(page, &id, m->arch[archive].seconds_per_point, m->arch[archive].points, r.lsn);
@@ -508,8 +524,9 @@ int tsm_db_alloc_page(tsm_db *db, tsm_metric *m, uint16_t archive, uint32_t ring
     uint8_t buf[TSM_PAGE_SIZE] __attribute__((aligned(64)));
     memcpy(buf, page, TSM_PAGE_SIZE);
     tsm_page_seal(buf);
-    uint32_t seq;
-    memcpy(&seq, db->base + (size_t)pno * TSM_PAGE_SIZE + 4, 4);
+    uint32_t seq = 0;
+    if (!fresh)
+        memcpy(&seq, db->base + (size_t)pno * TSM_PAGE_SIZE + 4, 4);
     seq = (seq | 1u) + 1u;
     memcpy(buf + 4, &seq, 4);
     if ((rc = tsm_io_write_full(db->io, db->pages_fd, buf, TSM_PAGE_SIZE,
@@ -645,6 +662,8 @@ static void *committer_main(void *arg)
         pthread_mutex_unlock(&db->commit_mu);
         if (!atomic_load(&db->fatal)) {
             int rc = tsm_wal_sync(&db->wal);
+            if (!rc)
+                rc = tsm_wal_grow_ahead(&db->wal);
             if (rc)
                 set_fatal(db, rc);
         }

@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/vfs.h>
@@ -192,16 +193,35 @@ uint32_t tsm_hot_owner(const tsm_hot *hot, uint32_t slot)
     return atomic_load_explicit(&hot->owner[slot], memory_order_acquire);
 }
 
+/* Slots given memory at a time, ahead of use: one call instead of a page
+ * fault per slot (a fault on a tmpfs page that was never touched is the
+ * dearest part of making a page hot, on virtual machines most of all). */
+#define POPULATE_SLOTS 512u
+
+static void populate_ahead(tsm_hot *hot, uint32_t k)
+{
+    uint32_t end = k + POPULATE_SLOTS < hot->cap ? k + POPULATE_SLOTS : hot->cap;
+#ifdef MADV_POPULATE_WRITE
+    /* best effort: without it (older kernels) the first touch faults */
+    (void)madvise(tsm_hot_slot(hot, k), (size_t)(end - k) * TSM_PAGE_SIZE, MADV_POPULATE_WRITE);
+#endif
+    hot->populated = end;
+}
+
 uint8_t *tsm_hot_promote(tsm_hot *hot, uint32_t pno, const uint8_t *file_page)
 {
     uint32_t k = hot->used++;
+    if (k >= hot->populated)
+        populate_ahead(hot, k);
     uint8_t *slot = tsm_hot_slot(hot, k);
     /* the slot keeps its own seq word; a reader holding a stale slot number
      * sees it move and retries (db.c checks index and owner after a copy) */
-    tsm_page_write_begin(slot);
-    memcpy(slot, file_page, 4);
-    memcpy(slot + 8, file_page + 8, TSM_PAGE_SIZE - 8);
-    tsm_page_write_end(slot);
+    if (file_page) {
+        tsm_page_write_begin(slot);
+        memcpy(slot, file_page, 4);
+        memcpy(slot + 8, file_page + 8, TSM_PAGE_SIZE - 8);
+        tsm_page_write_end(slot);
+    }
     atomic_store_explicit(&hot->owner[k], pno + 1, memory_order_release);
     atomic_store_explicit(&hot->index[pno], k + 1, memory_order_release);
     return slot;

@@ -172,6 +172,7 @@ typedef struct tsm_hot {
     _Atomic uint32_t *owner;       /* slot -> page number + 1 */
     uint8_t *slots;
     uint32_t used;                 /* writer: slots handed out since the last checkpoint */
+    uint32_t populated;            /* writer: slots below it have memory (hot.c, promote) */
 } tsm_hot;
 
 /* Writer: create and map a new hot file in hot_dir (NULL: /dev/shm when it is
@@ -191,6 +192,8 @@ uint8_t *tsm_hot_slot(const tsm_hot *hot, uint32_t slot);
 uint32_t tsm_hot_owner(const tsm_hot *hot, uint32_t slot);
 /* Writer: next slot becomes the working copy of page pno (a copy of
  * file_page), published in the index.  The caller made room (used < cap). */
+/* Give page pno a slot, with a copy of file_page; with file_page NULL the
+ * slot keeps what it held and the caller initialises it (a new page). */
 uint8_t *tsm_hot_promote(tsm_hot *hot, uint32_t pno, const uint8_t *file_page);
 /* Writer: after the hot pages reached the page file, readers go back to it. */
 void tsm_hot_demote_all(tsm_hot *hot);

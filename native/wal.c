@@ -107,46 +107,61 @@ static int write_header(tsm_wal *w, uint64_t checkpoint_lsn, uint64_t catalog_le
     return TSM_OK;
 }
 
+/* Never written: its pages all map the kernel's zero page, so writing from
+ * it costs no page faults (a fresh buffer faulted once per 4 KiB). */
+static const uint8_t zeros[1 << 20];
+
 /* Zero-fill [from, to) of the file and make it durable: later overwrites
  * of these blocks are then cheap to sync (no allocation at fsync time). */
 static int zero_fill(tsm_wal *w, uint64_t from, uint64_t to)
 {
-    enum { CHUNK = 1 << 20 };
-    uint8_t *zero = calloc(1, CHUNK);
-    if (!zero)
-        return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
     int rc = TSM_OK;
-    for (uint64_t off = from; off < to && rc == TSM_OK; off += CHUNK) {
-        size_t n = to - off < CHUNK ? (size_t)(to - off) : CHUNK;
-        rc = tsm_io_write_full(w->io, w->fd, zero, n, (off_t)off, w->path);
+    for (uint64_t off = from; off < to && rc == TSM_OK; off += sizeof zeros) {
+        size_t n = to - off < sizeof zeros ? (size_t)(to - off) : sizeof zeros;
+        rc = tsm_io_write_full(w->io, w->fd, zeros, n, (off_t)off, w->path);
     }
-    free(zero);
     if (rc == TSM_OK && w->io->datasync(w->fd) != 0)
         rc = tsm_io_error(errno, w->path, "sync");
     return rc;
 }
 
-/* Grow the file (and its mapping) so that `need` bytes fit. */
+/* Grow the file (and its mapping) so that `need` bytes fit; under grow_mu.
+ * The appender only stores below `size`, so the new part is zero-filled and
+ * mapped while it goes on, and `size` is published last. */
 static int grow(tsm_wal *w, uint64_t need)
 {
-    uint64_t to = w->size * 2;
+    uint64_t size = atomic_load(&w->size);
+    if (need <= size)
+        return TSM_OK;
+    uint64_t to = size * 2;
     if (to < need)
         to = (need + TSM_WAL_GROW - 1) / TSM_WAL_GROW * TSM_WAL_GROW;
     if (to > w->max_size)
         to = w->max_size;
     if (to < need)
         return tsm_fail(TSM_ETOOBIG, 0, w->path, -1, "log full");
-    int rc = zero_fill(w, w->size, to);
+    int rc = zero_fill(w, size, to);
     if (rc)
         return rc;
     /* a mapping starts on a page boundary: the size may not be on one (a
      * growth torn by a crash or a full disk, an odd wal_bytes), so the page
      * holding the old end is mapped again with the rest */
-    uint64_t from = w->size & ~(uint64_t)(TSM_PAGE_SIZE - 1);
+    uint64_t from = size & ~(uint64_t)(TSM_PAGE_SIZE - 1);
     if (w->io->map(w->map + from, to - from, w->fd, (off_t)from, 1) != 0)
         return tsm_io_error(errno, w->path, "map");
-    w->size = to;
+    atomic_store(&w->size, to);
     return TSM_OK;
+}
+
+int tsm_wal_grow_ahead(tsm_wal *w)
+{
+    uint64_t size = atomic_load(&w->size);
+    if (size >= w->max_size || atomic_load(&w->write_off) <= size / 2)
+        return TSM_OK;
+    pthread_mutex_lock(&w->grow_mu);
+    int rc = grow(w, atomic_load(&w->size) + 1);
+    pthread_mutex_unlock(&w->grow_mu);
+    return rc;
 }
 
 int tsm_wal_open(tsm_wal *w, const tsm_io *io, const char *path, uint64_t size)
@@ -155,6 +170,7 @@ int tsm_wal_open(tsm_wal *w, const tsm_io *io, const char *path, uint64_t size)
     w->io = io;
     w->fd = -1;
     pthread_mutex_init(&w->sync_mu, NULL);
+    pthread_mutex_init(&w->grow_mu, NULL);
     snprintf(w->path, sizeof w->path, "%s", path);
     w->fd = io->open(path, O_RDWR | O_CREAT, 0644);
     if (w->fd < 0)
@@ -195,6 +211,7 @@ void tsm_wal_close(tsm_wal *w)
     w->map = NULL;
     w->fd = -1;
     pthread_mutex_destroy(&w->sync_mu);
+    pthread_mutex_destroy(&w->grow_mu);
 }
 
 int tsm_wal_scan(tsm_wal *w, tsm_wal_visit visit, void *ctx, uint64_t *last_lsn)
@@ -249,8 +266,10 @@ int tsm_wal_append(tsm_wal *w, const uint8_t *rec, size_t len, int by_write)
     uint64_t off = atomic_load_explicit(&w->write_off, memory_order_relaxed);
     if (len + 8 > w->max_size - off)
         return tsm_fail(TSM_ETOOBIG, 0, w->path, -1, "log record of %zu bytes does not fit", len);
-    if (off + len + 8 > w->size) {
+    if (off + len + 8 > atomic_load_explicit(&w->size, memory_order_acquire)) {
+        pthread_mutex_lock(&w->grow_mu);
         int rc = grow(w, off + len + 8);
+        pthread_mutex_unlock(&w->grow_mu);
         if (rc)
             return rc;
     }

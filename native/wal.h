@@ -16,7 +16,7 @@ typedef struct tsm_wal {
     int fd;
     char path[4096];
     uint8_t *map;
-    uint64_t size;                /* bytes in the file, all mapped */
+    _Atomic uint64_t size;        /* bytes in the file, all mapped (grown under grow_mu) */
     uint64_t max_size;            /* the file grows up to this */
     _Atomic uint64_t write_off;   /* end of the last appended record */
     uint64_t synced_off;          /* everything before is durable */
@@ -28,6 +28,7 @@ typedef struct tsm_wal {
     uint64_t syncs;
     int created;                  /* the file was created by tsm_wal_open */
     pthread_mutex_t sync_mu;      /* orders msync against reset */
+    pthread_mutex_t grow_mu;      /* one growth at a time: the appender's or tsm_wal_grow_ahead's */
 } tsm_wal;
 
 /* Open or create the log at path; it grows in zero-filled chunks up to
@@ -47,6 +48,11 @@ uint64_t tsm_wal_room(const tsm_wal *w);
 int tsm_wal_append(tsm_wal *w, const uint8_t *rec, size_t len, int by_write);
 /* Make everything appended so far durable. */
 int tsm_wal_sync(tsm_wal *w);
+/* Grow the log ahead of the appender once it is more than half full (the
+ * group-commit thread calls this between syncs), so that a writer rarely
+ * waits for a growth's zero-fill and sync.  Returns TSM_OK when there was
+ * nothing to do. */
+int tsm_wal_grow_ahead(tsm_wal *w);
 /* Start a new cycle after a checkpoint: records restart after the header,
  * with LSNs from checkpoint_lsn + 1; catalog_len is the catalog's durable
  * length at that checkpoint (kept in the header's extension). */
