@@ -174,23 +174,33 @@ static inline int ws_set(wset *w, uint32_t archive, uint32_t idx, uint32_t tag, 
     return TSM_OK;
 }
 
+/* The page a run of slot reads is on, looked up once per page rather than
+ * once per slot (a roll-up reads its neighbours in order). */
+typedef struct page_cursor {
+    uint32_t archive, ring;     /* ring == UINT32_MAX: nothing looked up yet */
+    const uint8_t *page;        /* NULL when the ring page was never written */
+} page_cursor;
+
 /* Does archive a hold the interval whose slot is (idx, tag)?  The write
  * set answers first, then the page. */
 static inline int slot_get(struct tsm_db *db, const tsm_metric *m, const wset *w,
-                    uint32_t a, uint32_t idx, uint32_t tag, double *v)
+                           page_cursor *pc, uint32_t a, uint32_t idx, uint32_t tag, double *v)
 {
     const ws_entry *e = ws_find(w, a, idx);
     if (e) {
         *v = e->value;
         return e->tag == tag;
     }
-    uint32_t pno = tsm_metric_page(m, a, idx / TSM_SLOTS);
-    if (!pno)
+    uint32_t ring = idx / TSM_SLOTS;
+    if (pc->ring != ring || pc->archive != a) {
+        uint32_t pno = tsm_metric_page(m, a, ring);
+        pc->archive = a;
+        pc->ring = ring;
+        pc->page = pno ? tsm_db_page_ptr(db, pno) : NULL;
+    }
+    if (!pc->page || tsm_page_tag(pc->page, idx % TSM_SLOTS) != tag)
         return 0;
-    const uint8_t *page = tsm_db_page_ptr(db, pno);
-    if (tsm_page_tag(page, idx % TSM_SLOTS) != tag)
-        return 0;
-    *v = tsm_page_value(page, idx % TSM_SLOTS);
+    *v = tsm_page_value(pc->page, idx % TSM_SLOTS);
     return 1;
 }
 
@@ -270,8 +280,9 @@ static int propagate(struct tsm_db *db, const tsm_metric *m, wset *w, scratch *s
     }
     uint32_t hidx, htag;
     slot_of(&m->arch[hi], L, &hidx, &htag);
+    page_cursor pc = {0, UINT32_MAX, NULL};
     for (size_t j = 0; j < k; j++) {
-        sc->known[j] = (uint8_t)slot_get(db, m, w, hi, hidx, htag, &sc->vals[j]);
+        sc->known[j] = (uint8_t)slot_get(db, m, w, &pc, hi, hidx, htag, &sc->vals[j]);
         nknown += sc->known[j];
         slot_next(&m->arch[hi], &hidx, &htag);
     }
