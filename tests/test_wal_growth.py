@@ -1,0 +1,126 @@
+"""The log grows ahead of the writer (native/DESIGN.md, "Failure model and limits").
+
+* In `group` mode the group-commit thread grows the log once it is half full, so a write
+  call rarely waits for a growth: the file doubles without any further write.
+* In `sync` and `none` modes (no such thread) the log grows only when a record needs the room.
+* A writer killed with SIGKILL at random instants while the log grows in the background
+  loses nothing it acknowledged, and the log file is whole after recovery.
+"""
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import tismet
+from tismet_testutil import TESTS, subprocess_env
+
+MiB = 1 << 20
+START = 4 * MiB                      # the log's size at creation (FORMAT.md, `wal`)
+NOW = 1_700_000_000
+ARCHIVES = [(1, 2_000_000)]
+BATCH = 1000                          # points per call: a record of about 16 KiB
+
+
+def wal_size(path):
+    return os.path.getsize(os.path.join(path, "wal"))
+
+
+def write_until(db, name, nbytes, start):
+    """Batches of BATCH points until the log holds nbytes more; returns the next timestamp."""
+    t = start
+    first = db.stats()["wal_bytes_written"]
+    while db.stats()["wal_bytes_written"] - first < nbytes:
+        db.update_many(name, [(t + k, float(t + k)) for k in range(BATCH)], now=NOW)
+        t += BATCH
+    return t
+
+
+def wait_for(cond, seconds):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(0.01)
+    return cond()
+
+
+def test_group_mode_grows_the_log_ahead_of_the_writer(tmp_path):
+    path = str(tmp_path / "db")
+    with tismet.Database(path, durability="group", commit_interval=0.02) as db:
+        db.create("g.x", ARCHIVES)
+        assert wal_size(path) == START
+        start = NOW - 1_900_000
+        end = write_until(db, "g.x", START // 2 + 64 * 1024, start)
+        # no write from here on: the group-commit thread must do the growing
+        assert wait_for(lambda: wal_size(path) == 2 * START, 5), wal_size(path)
+        got = db.fetch("g.x", start - 1, end - 1, now=NOW)[1]
+        assert got == [float(t) for t in range(start, end)]
+    assert wal_size(path) == 2 * START
+
+
+@pytest.mark.parametrize("mode", ["sync", "none"])
+def test_without_the_thread_the_log_grows_only_when_needed(tmp_path, mode):
+    path = str(tmp_path / "db")
+    with tismet.Database(path, durability=mode) as db:
+        db.create("s.x", ARCHIVES)
+        t = write_until(db, "s.x", START // 2 + 64 * 1024, NOW - 1_900_000)
+        time.sleep(0.3)
+        assert wal_size(path) == START
+        write_until(db, "s.x", START // 2, t)
+        assert wal_size(path) == 2 * START
+
+
+WRITER = r"""
+import os, sys
+import tismet
+path, log_path = sys.argv[1], sys.argv[2]
+NOW = %d
+fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+db = tismet.Database(path, durability="group", commit_interval=0.02)
+if not db.exists("k.x"):
+    db.create("k.x", %r)
+t = int(sys.argv[3])
+for _ in range(1500):                   # 1.5M points: less than the ring holds
+    db.update_many("k.x", [(t + k, float(t + k)) for k in range(%d)], now=t + %d)
+    t += %d
+    os.write(fd, b"%%d\n" %% t)      # every point before t is acknowledged
+os.write(fd, b"DONE\n")
+signal_pause = __import__("signal").pause
+signal_pause()
+""" % (NOW, ARCHIVES, BATCH, BATCH, BATCH)
+
+
+def test_kill9_while_the_log_grows_loses_nothing(tmp_path):
+    path = str(tmp_path / "db")
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    rng = random.Random(7)
+    start = NOW
+    for cycle in range(4):
+        log = tmp_path / ("acks%d" % cycle)
+        proc = subprocess.Popen([sys.executable, str(script), path, str(log), str(start)],
+                                env=subprocess_env(), cwd=str(TESTS))
+        try:
+            # the log grows 4 -> 8 -> 16 -> 32 MiB within the first few hundred calls
+            assert wait_for(lambda: log.exists() and log.stat().st_size > 0, 20)
+            time.sleep(rng.uniform(0.05, 0.6))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        acked = [int(x) for x in log.read_text().split() if x != "DONE"]
+        assert acked, "cycle %d: nothing acknowledged" % cycle
+        with tismet.Database(path, durability="group") as db:
+            assert db.check() == []
+            got = db.fetch("k.x", start - 1, acked[-1], now=acked[-1])
+            (t0, _, step), values = got
+            assert step == 1
+            known = {t0 + k: v for k, v in enumerate(values) if v is not None}
+            missing = [t for t in range(start, acked[-1]) if known.get(t) != float(t)]
+            assert not missing, "cycle %d: %d acknowledged points lost, first %d" % (
+                cycle, len(missing), missing[0])
+            start = max(known) + 1
