@@ -41,6 +41,8 @@ import tempfile
 import threading
 import time
 
+from machine import cpu_model
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 # this file is called carbon.py: keep its directory off sys.path so `import carbon` finds
@@ -497,15 +499,7 @@ def main(argv=None):
             return v(name)
         except Exception:
             return "?"
-    cpu = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for ln in f:
-                if ln.startswith("model name"):
-                    cpu = ln.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     res = {"config": {"metrics": a.metrics, "rounds": a.rounds, "max_seconds": a.max_seconds,
                       "rate": a.rate, "retention": a.retention, "durability": a.durability,
                       "engines": a.engines},

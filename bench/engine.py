@@ -45,6 +45,8 @@ import sys
 import tempfile
 import time
 
+from machine import cpu_model
+
 ARCHIVES = [(10, 2160), (60, 10080), (600, 262800)]
 RETENTION = "10s:6h,1m:7d,10m:5y"
 XFF = 0.5
@@ -95,17 +97,6 @@ def dist_version(name, module=None):
         return version(name)
     except Exception:
         return getattr(module, "__version__", "?")
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def filesystem_of(path):

@@ -49,6 +49,8 @@ import sys
 import tempfile
 import time
 
+from machine import cpu_model
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "tests"))   # graphite_harness (it finds tismet itself)
@@ -427,17 +429,6 @@ def dist_version(name):
         return version(name)
     except Exception:
         return "?"
-
-
-def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ import sys
 import tempfile
 import time
 
+from machine import cpu_model
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOW = 1700006400                      # the fixed clock of every call (a multiple of 3600)
 DAY = 86400
@@ -92,15 +94,7 @@ def import_tismet():
 
 
 def machine():
-    model = "?"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    model = cpu_model()
     mem = 0
     try:
         with open("/proc/meminfo") as f:

@@ -414,14 +414,7 @@ static int pagemap_set(tsm_metric *m, unsigned a, uint32_t ring, uint32_t pno, u
 {
     uint32_t key = TSM_PAGEMAP_KEY(a, ring);
     tsm_pagemap *pm = m->pages;
-    uint32_t lo = 0, hi = pm ? pm->n : 0;
-    while (lo < hi) {
-        uint32_t mid = (lo + hi) / 2;
-        if (pm->e[2 * mid] < key)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
+    uint32_t lo = tsm_pagemap_search(pm, key);
     *old = 0;
     if (pm && lo < pm->n && pm->e[2 * lo] == key) {
         *old = pm->e[2 * lo + 1];

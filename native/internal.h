@@ -301,13 +301,11 @@ typedef struct tsm_pagemap {
 
 #define TSM_PAGEMAP_KEY(a, r) ((uint32_t)(a) << 24 | (uint32_t)(r))
 
-/* Page number of ring page r of archive a, 0 when none is allocated. */
-static inline uint32_t tsm_metric_page(const tsm_metric *m, unsigned a, uint32_t r)
+/* The position of key in pm's sorted pairs, or where it would go (pm may be
+ * NULL: 0). */
+static inline uint32_t tsm_pagemap_search(const tsm_pagemap *pm, uint32_t key)
 {
-    const tsm_pagemap *pm = m->pages;
-    if (!pm)
-        return 0;
-    uint32_t key = TSM_PAGEMAP_KEY(a, r), lo = 0, hi = pm->n;
+    uint32_t lo = 0, hi = pm ? pm->n : 0;
     while (lo < hi) {
         uint32_t mid = (lo + hi) / 2;
         if (pm->e[2 * mid] < key)
@@ -315,7 +313,15 @@ static inline uint32_t tsm_metric_page(const tsm_metric *m, unsigned a, uint32_t
         else
             hi = mid;
     }
-    return lo < pm->n && pm->e[2 * lo] == key ? pm->e[2 * lo + 1] : 0;
+    return lo;
+}
+
+/* Page number of ring page r of archive a, 0 when none is allocated. */
+static inline uint32_t tsm_metric_page(const tsm_metric *m, unsigned a, uint32_t r)
+{
+    const tsm_pagemap *pm = m->pages;
+    uint32_t key = TSM_PAGEMAP_KEY(a, r), i = tsm_pagemap_search(pm, key);
+    return pm && i < pm->n && pm->e[2 * i] == key ? pm->e[2 * i + 1] : 0;
 }
 
 /* Visit every page a metric owns: for (i < tsm_metric_npages(m)) with
