@@ -148,6 +148,8 @@ def test_flipped_byte_in_a_clean_page(db, pristine):
     report, problems = deep(db)
     assert [(f, o) for f, o, _ in problems] == [("pages", pno * PAGE)]
     assert "checksum" in problems[0][2]
+    # an untagged name is spelled from the name tree (the metric table keeps none)
+    assert "metric 'srv.a.mem' archive 0" in problems[0][2]
     assert_repaired(db, pristine[1], lost={("srv.a.mem", 0)})
     with tismet.Database(db, readonly=True) as d:
         stored = dict(d.read_archive("srv.a.mem", 0))
