@@ -234,6 +234,27 @@ def test_configurations_are_what_they_claim(corpus):
     assert type(gh.store().tagdb).__module__.split(".")[0] == "tismet_finder"
 
 
+def test_finder_keeps_allocator_arenas_as_configured(corpus):
+    """TISMET_KEEP_ARENAS_MB: 64 MiB by default (tismet.keep_arenas), 0 turns it off, and a
+    bad value is a clear configuration error."""
+    from django.conf import settings
+    from tismet_finder.finder import TismetFinder
+    import tismet
+    corpus.tismet.activate()
+    assert tismet.keep_arenas(64) == 64         # the finder built by activate() set it
+    try:
+        settings.TISMET_KEEP_ARENAS_MB = 0
+        TismetFinder()
+        assert tismet.keep_arenas(0) == 0
+        settings.TISMET_KEEP_ARENAS_MB = "lots"
+        with pytest.raises(tismet.InvalidConfiguration, match="TISMET_KEEP_ARENAS_MB"):
+            TismetFinder()
+    finally:
+        del settings.TISMET_KEEP_ARENAS_MB
+        TismetFinder()
+    assert tismet.keep_arenas(64) == 64
+
+
 # StandardFinder strips backslashes and globs anyway (`\\*` matches every name, shown as
 # written), and treats an empty component as the directory itself (`servers.` is a branch,
 # `servers..web01` finds servers.web01 shown with the empty component)

@@ -5,7 +5,7 @@ directory: see API.md beside this file for the contract.
 """
 from tismet._version import __version__
 from tismet.database import (
-    AGGREGATION_METHODS, DURABILITY_MODES, Database, check_name, validate_archives,
+    AGGREGATION_METHODS, DURABILITY_MODES, Database, check_name, keep_arenas, validate_archives,
 )
 from tismet.errors import (
     BackupCancelled, CorruptDatabase, DatabaseClosed, DatabaseLocked, DatabaseNotFound,
@@ -17,7 +17,7 @@ from tismet.errors import (
 
 __all__ = [
     "AGGREGATION_METHODS", "DURABILITY_MODES", "Database", "__version__", "check_name",
-    "validate_archives",
+    "keep_arenas", "validate_archives",
     "BackupCancelled", "CorruptDatabase", "DatabaseClosed", "DatabaseLocked", "DatabaseNotFound",
     "InvalidAggregationMethod", "InvalidArgument", "InvalidConfiguration",
     "InvalidName", "InvalidPoint", "InvalidTimeInterval", "InvalidXFilesFactor",

@@ -71,6 +71,16 @@ class TismetReader(BaseReader):
             return None
 
 
+def keep_arenas_setting():
+    """TISMET_KEEP_ARENAS_MB from graphite-web's settings (default 64; 0 turns it off)."""
+    value = getattr(settings, "TISMET_KEEP_ARENAS_MB", 64)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65536:
+        raise tismet.InvalidConfiguration(
+            "TISMET_KEEP_ARENAS_MB must be a whole number of MiB (0 turns it off), not %r"
+            % (value,))
+    return value
+
+
 class TismetFinder(BaseFinder):
     local = True
     tags = True
@@ -79,6 +89,9 @@ class TismetFinder(BaseFinder):
         super().__init__()
         self.stores = stores_from_settings(directories)
         self.tag_index = TagIndex(self.stores)
+        # renders make and drop millions of floats: keep the allocator's arenas
+        # (tismet.keep_arenas) so each request does not fault its memory in again
+        tismet.keep_arenas(keep_arenas_setting())
 
     # -- names -----------------------------------------------------------------
 
