@@ -86,11 +86,15 @@ TIMER_STATS = ["mean", "upper", "lower", "count", "p90", "p99", "sum"]
 # ----------------------------------------------------------------------------- setup
 
 def import_tismet():
-    sys.path.insert(0, ROOT)
+    """The installed tismet, else this checkout's (built in place by `make dev`)."""
     try:
         import tismet
-    except ImportError as e:
-        sys.exit("scale.py: cannot import tismet (%s); build it first (make dev)" % e)
+    except ImportError:
+        sys.path.insert(0, ROOT)
+        try:
+            import tismet
+        except ImportError as e:
+            sys.exit("scale.py: cannot import tismet (%s); build it first (make dev)" % e)
     return tismet
 
 
@@ -392,7 +396,9 @@ def probe_fetch(path, names_, repeat):
 
 def run_probe(kind, path, arg=None):
     cmd = [sys.executable, os.path.abspath(__file__), "--probe", kind, "--dir", path]
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # the probe imports the tismet this process imported (installed, or this checkout's)
+    home = os.path.dirname(os.path.dirname(os.path.abspath(import_tismet().__file__)))
+    env = dict(os.environ, PYTHONPATH=home + os.pathsep + os.environ.get("PYTHONPATH", ""))
     res = subprocess.run(cmd, input=json.dumps(arg), capture_output=True, text=True, env=env,
                          check=False)
     if res.returncode:
