@@ -37,7 +37,7 @@ extern "C" {
 #endif
 
 /* CDEF-BEGIN */
-#define TSM_FORMAT_VERSION 1
+#define TSM_FORMAT_VERSION 2
 
 /* Return codes: 0 is success, failures are negative and distinct from errno. */
 #define TSM_OK 0
@@ -138,9 +138,9 @@ typedef struct tsm_series {
 
 typedef struct tsm_db_stats {
     uint64_t metrics;
-    uint64_t pages_total;      /* pages in the page file, superblock included */
-    uint64_t pages_data;       /* pages holding series data */
-    uint64_t pages_free;         /* writer only (readers report 0) */
+    uint64_t pages_total;      /* page numbers the page table covers */
+    uint64_t pages_data;       /* page numbers holding series data */
+    uint64_t pages_free;         /* page numbers free; writer only (readers report 0) */
     uint64_t wal_bytes_written;  /* log bytes appended since open (counters: this handle) */
     uint64_t wal_syncs;
     uint64_t checkpoints;
@@ -150,6 +150,11 @@ typedef struct tsm_db_stats {
     uint64_t index_bytes;        /* memory of the name tree (components, nodes, hashes, postings) */
     uint64_t index_nodes;        /* nodes in the name tree */
     uint64_t catalog_bytes;      /* memory of the metric table: records, page tables, tagged names */
+    uint64_t blobs_written;      /* page blobs written by checkpoints since open */
+    uint64_t blob_bytes;         /* writer: bytes of the blobs the page table names */
+    uint64_t blob_space;         /* writer: bytes of the page file's segments in use (blobs,
+                                    and space that held replaced ones) */
+    uint64_t pages_moved;        /* pages compaction rewrote since open */
 } tsm_db_stats;
 
 /* Fill *opts with the defaults. */
