@@ -2339,7 +2339,8 @@ void tsm_db_view_get(tsm_db *db, tsm_db_view *v)
     v->wal_path = db->wal_path;
     v->catalog_fd = db->catalog_fd;
     v->catalog_size = db->catalog_size;
-    v->mapped_pages = atomic_load(&db->mapped_pages);
+    v->mapped_pages = atomic_load(&db->pt_entries);
+    v->superblock = db->base;
     v->next_page = db->opts.readonly ? v->mapped_pages : db->next_page;
     v->readonly = db->opts.readonly;
     v->fatal = atomic_load(&db->fatal);

@@ -544,12 +544,13 @@ typedef struct tsm_db_view {
     const char *dir, *pages_path, *catalog_path, *wal_path;
     int catalog_fd;
     uint64_t catalog_size;      /* catalog bytes applied (writer: all of them) */
-    uint64_t mapped_pages;
-    uint64_t next_page;         /* writer: high-water mark of used pages */
+    uint64_t mapped_pages;      /* page numbers the page table covers */
+    uint64_t next_page;         /* writer: high-water mark of used page numbers */
     int readonly;
     int fatal;                  /* the writer's sticky failure, 0 when healthy */
     struct tsm_wal *wal;        /* writer only, else NULL */
     const tsm_catalog *cat;
+    const uint8_t *superblock;  /* the live superblock (page 0 of the page file) */
 } tsm_db_view;
 
 int tsm_db_lock_read(struct tsm_db *db);    /* TSM_OK with the read lock held */

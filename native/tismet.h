@@ -377,7 +377,7 @@ typedef struct tsm_problem {
 typedef struct tsm_check_figures {
     uint64_t metrics;
     uint64_t catalog_records;
-    uint64_t pages_file;        /* pages in the page file */
+    uint64_t pages_file;        /* page numbers the page table covers */
     uint64_t pages_referenced;  /* ring pages the catalog gives to metrics */
     uint64_t pages_unreferenced;/* below the high-water mark, owned by nobody (free) */
     uint64_t pages_dirty;
@@ -387,6 +387,10 @@ typedef struct tsm_check_figures {
     uint64_t last_lsn;          /* of the last valid log record (checkpoint_lsn if none) */
     uint64_t points;            /* values stored in the pages checked (known slots) */
     int writer_live;            /* a process held the writer lock during the check */
+    uint64_t blobs;             /* page blobs the page table names */
+    uint64_t blob_bytes;        /* their bytes */
+    uint64_t space_unreferenced;/* bytes of the page file past the superblock's segment that
+                                   no blob takes (free, or not yet reused): a figure */
 } tsm_check_figures;
 
 /* Verify the database in directory `path`: the superblock, every catalog
