@@ -706,6 +706,8 @@ static int run_flush(tsm_db *db, blob_run *w)
 static int table_write(tsm_db *db)
 {
     uint8_t blk[TSM_PAGE_SIZE] __attribute__((aligned(64)));
+    if (db->npend == 0)
+        return TSM_OK;
     qsort(db->pend, db->npend, sizeof *db->pend, cmp_pending);
     for (size_t i = 0; i < db->npend;) {
         uint64_t boff = (TSM_PT_HDR + 8ull * db->pend[i].pno) & ~(uint64_t)(TSM_PAGE_SIZE - 1);
@@ -719,7 +721,7 @@ static int table_write(tsm_db *db)
         if (rc)
             return rc;
     }
-    if (db->npend && db->io->datasync(db->ptable_fd) != 0)
+    if (db->io->datasync(db->ptable_fd) != 0)
         return tsm_io_error(errno, db->ptable_path, "sync");
     return TSM_OK;
 }
