@@ -434,9 +434,62 @@ static int read_blob(tsm_db *db, uint32_t pno, tsm_page_copy *copy)
     }
 }
 
+static int build_space(tsm_db *db);
+
+/* Recovery: page pno's entry names no valid blob.  The one way a writer
+ * leaves that is a page table block torn by a failed write (a checkpoint
+ * that then failed, so the log still holds every change since the last
+ * one).  Blobs are copy-on-write (I15), so the page's newest complete blob
+ * is still in the page file: walk every segment's blobs for it, point the
+ * entry at it (durably) and count the space again.  Its LSN tells replay
+ * what it already holds (I5).  Found by the fault tests (torn table write). */
+static int rescue_page(tsm_db *db, uint32_t pno, tsm_page_copy *copy)
+{
+    uint64_t pages;
+    int rc = file_pages(db, &pages);
+    if (rc || (rc = ensure_bytes(db, pages * TSM_PAGE_SIZE)))
+        return rc;
+    uint64_t size = pages * TSM_PAGE_SIZE, best = 0, best_lsn = 0;
+    uint32_t best_len = 0;
+    for (uint64_t seg = TSM_SEG_SIZE; seg < size; seg += TSM_SEG_SIZE) {
+        uint64_t end = seg + TSM_SEG_SIZE < size ? seg + TSM_SEG_SIZE : size;
+        for (uint64_t o = seg; o + TSM_BLOB_HDR <= end;) {
+            uint32_t len;
+            const uint8_t *b = db->base + o;
+            if (!tsm_blob_valid(b, end - o, &len)) {
+                o += 4;
+                continue;
+            }
+            if (tsm_blob_pno(b) == pno && (!best_len || tsm_blob_lsn(b) > best_lsn)) {
+                best = o;
+                best_len = len;
+                best_lsn = tsm_blob_lsn(b);
+            }
+            o += len;
+        }
+    }
+    if (!best_len || tsm_page_unpack(db->base + best, best_len, pno, copy, db->pages_path,
+                                     best) != TSM_OK)
+        return TSM_ECORRUPT;
+    uint64_t e = tsm_entry_make(best, best_len);
+    if ((rc = tsm_io_write_full(db->io, db->ptable_fd, &e, 8,
+                                (off_t)(TSM_PT_HDR + 8ull * pno), db->ptable_path)))
+        return rc;
+    tsm_space_free(&db->space);
+    return build_space(db);
+}
+
 static int load_page(tsm_db *db, uint32_t pno, tsm_page_copy *copy)
 {
-    return read_blob(db, pno, copy);
+    int rc = read_blob(db, pno, copy);
+    if (rc == TSM_ECORRUPT && db->recovering) {
+        tsm_error e;
+        tsm_last_error(&e);
+        if (rescue_page(db, pno, copy) == TSM_OK)
+            return TSM_OK;
+        tsm_fail(e.code, e.sys_errno, e.file, e.offset, "%s", e.message);
+    }
+    return rc;
 }
 
 static double monotonic_s(void)
@@ -2245,6 +2298,14 @@ static void problem(checker *c)
         tsm_last_error(&c->first);
 }
 
+static int no_page(const tsm_page_copy *copy)
+{
+    tsm_page_id id;
+    uint8_t type;
+    tsm_page_get_id(copy->bytes, &id, &type);
+    return type == 0;
+}
+
 static void check_metric_pages(tsm_db *db, const tsm_metric *m, checker *c)
 {
     tsm_page_copy copy;
@@ -2254,6 +2315,9 @@ static void check_metric_pages(tsm_db *db, const tsm_metric *m, checker *c)
         int owned;
         if (tsm_db_read_owned_page(db, m, a, r, &copy, &owned) != TSM_OK) {
             problem(c);
+        } else if (!owned && no_page(&copy) && db->opts.readonly && !db->hot.base) {
+            /* no blob yet and no hot file (a dead writer's, gone with a
+             * reboot): allocated since the last checkpoint, in the log */
         } else if (!owned) {
             char name[TSM_MAX_NAME + 1];
             tsm_fail(TSM_ECORRUPT, 0, db->pages_path, (int64_t)pno * TSM_PAGE_SIZE,

@@ -142,6 +142,9 @@ size_t tsm_page_pack(const uint8_t *page, uint32_t pno, uint8_t *out);
  * sealed page image.  Returns TSM_OK or TSM_ECORRUPT (details: file, off). */
 int tsm_page_unpack(const uint8_t *blob, size_t len, uint32_t pno, tsm_page_copy *copy,
                     const char *file, uint64_t off);
+/* Whether p (avail bytes) starts with a blob whose length fits and whose
+ * checksum holds; *len gets its length. */
+int tsm_blob_valid(const uint8_t *p, size_t avail, uint32_t *len);
 /* The page number and LSN a blob's header names (no check). */
 uint32_t tsm_blob_pno(const uint8_t *blob);
 uint64_t tsm_blob_lsn(const uint8_t *blob);

@@ -303,6 +303,20 @@ size_t tsm_page_pack(const uint8_t *page, uint32_t pno, uint8_t *out)
 
 uint32_t tsm_blob_pno(const uint8_t *blob) { return get32(blob, 8); }
 
+int tsm_blob_valid(const uint8_t *p, size_t avail, uint32_t *len)
+{
+    if (avail < TSM_BLOB_HDR)
+        return 0;
+    uint16_t n;
+    memcpy(&n, p + 4, 2);
+    if (n < TSM_BLOB_HDR || n % 4 || n > avail || p[6] != TSM_BLOB_DATA || p[7] > 3)
+        return 0;
+    if (get32(p, 0) != tsm_crc32c(0, p + 4, n - 4u))
+        return 0;
+    *len = n;
+    return 1;
+}
+
 uint64_t tsm_blob_lsn(const uint8_t *blob)
 {
     uint64_t v;

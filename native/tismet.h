@@ -471,6 +471,7 @@ void tsm_free(void *p);
 #define TSM_FFILE_LOCK 8
 #define TSM_FFILE_OTHER 16  /* the directory, pages.new */
 #define TSM_FFILE_HOT 32    /* the hot file (memory: lost whole at a power cut) */
+#define TSM_FFILE_PTABLE 64 /* the page table */
 
 typedef struct tsm_fault_plan {
     int kind;             /* TSM_FAULT_* */

@@ -224,6 +224,16 @@ def test_worked_examples_of_format_md():
     tags, values = decode_slots(bytes.fromhex("02" "0205040002" "02" "c826" "04" "03" "14"), 6)
     assert tags == [5, 5, 5, 5, 0, 0]
     assert values[:4] == [12.34, 12.35, 12.35, 12.40]
+    examples = [
+        ("03 010105 00 9003 f001 07", 5, [100.0, 160.0, 220.0, 280.0, 340.0]),
+        ("01 03020200010201 555555555555d53f", 4, [1 / 3, 1 / 3, None, 1 / 3]),
+        ("04 010103 3fd5555555555555 6a d7 55555555555550", 3, [1 / 3, 1 / 3, 0.5]),
+        ("00 010303 9c7500883ce4377e 2f30b7b3a7c9ba81 1d49cfdf4b21305f", 3,
+         [1e300, -2.5e-300, 3.3e150]),
+        ("00 0100d002", 336, [None] * 336),
+    ]
+    for hexbytes, n, want in examples:
+        assert decode_slots(bytes.fromhex(hexbytes), n)[1] == want, hexbytes
 
 
 def test_format_1_is_refused_by_name(tmp_path):
