@@ -6,6 +6,10 @@
  *   crc32c.c   checksums (hardware CRC32C when the CPU has it)
  *   io.c       the platform I/O table: the only code that calls the OS
  *   page.c     page layout: the only code that encodes or decodes page headers
+ *              and blobs (a page's stored form)
+ *   codec.c    a page's slots encoded (codec.h)
+ *   store.c    which segments of the page file hold blobs (copy-on-write)
+ *   hot.c      the hot file of working page copies
  *   record.c   log/catalog record encoding and validation
  *   wal.c      the write-ahead log file
  *   catalog.c  the catalog file and the in-memory metric table
@@ -255,7 +259,8 @@ uint32_t tsm_hot_lookup(const tsm_hot *hot, uint32_t pno);
 uint8_t *tsm_hot_slot(const tsm_hot *hot, uint32_t slot);
 uint32_t tsm_hot_owner(const tsm_hot *hot, uint32_t slot);
 /* Writer: next slot becomes the working copy of page pno (a copy of
- * file_page), published in the index.  The caller made room (used < cap). */
+ * file_page: its blob decoded, or an empty page), published in the index.
+ * The caller made room (used < cap). */
 uint8_t *tsm_hot_promote(tsm_hot *hot, uint32_t pno, const uint8_t *file_page);
 /* Writer: after the hot pages reached the page file, readers go back to it. */
 void tsm_hot_demote_all(tsm_hot *hot);

@@ -1,7 +1,8 @@
 /*
  * page.c - the page layout.  Only this file encodes or decodes page headers.
  *
- * A page is 4096 bytes (FORMAT.md, "Data page"):
+ * A page is 4096 bytes in memory (FORMAT.md, "Page image"); the page file
+ * stores it as a blob (below, "blobs"):
  *
  *   0  u32 crc        CRC-32C of bytes 8..4095 (valid when not dirty)
  *   4  u32 seq        seqlock: odd while the writer modifies the page
