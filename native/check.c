@@ -459,6 +459,8 @@ static int copy_page(scan *s, uint32_t pno, tsm_page_copy *copy)
     for (int i = 0;; i++) {
         memcpy(buf, s->base + off, len);
         int rc = tsm_page_unpack(buf, len, pno, copy, s->pages_path, off);
+        if (rc == TSM_OK)
+            tsm_page_seal(copy->bytes);
         /* a live writer may be writing the table meanwhile: the copy of it
          * is then older than the blobs, which CoW keeps readable until a
          * second checkpoint; a reread settles a race with that */

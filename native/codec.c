@@ -246,11 +246,16 @@ typedef struct bitw {
     int nbits;
 } bitw;
 
+/* The n low bits of v, most significant first, a byte's worth at a time
+ * (acc holds the nbits < 8 bits not yet written). */
 static void put_bits(bitw *b, uint64_t v, int n)
 {
-    for (int i = n - 1; i >= 0; i--) {
-        b->acc = (b->acc << 1) | ((v >> i) & 1);
-        if (++b->nbits == 8) {
+    while (n > 0) {
+        int take = 8 - b->nbits < n ? 8 - b->nbits : n;
+        n -= take;
+        b->acc = (b->acc << take) | ((v >> n) & ((1u << take) - 1));
+        b->nbits += take;
+        if (b->nbits == 8) {
             put_byte(b->w, (uint8_t)b->acc);
             b->acc = 0;
             b->nbits = 0;
@@ -268,22 +273,34 @@ static void flush_bits(bitw *b)
 
 typedef struct bitr {
     rbuf *r;
-    uint8_t cur;
-    int left;
+    uint64_t acc;               /* the next `have` bits of the stream, in its low bits */
+    int have;
 } bitr;
+
+/* n (<= 32) bits, most significant first; acc is refilled a byte at a time
+ * while it has room, so most reads are a shift and a mask. */
+static int get_bits32(bitr *b, int n, uint64_t *out)
+{
+    while (b->have < n) {
+        uint8_t byte;
+        if (get_byte(b->r, &byte))
+            return -1;
+        b->acc = b->acc << 8 | byte;
+        b->have += 8;
+    }
+    b->have -= n;
+    *out = (b->acc >> b->have) & ((1ull << n) - 1);
+    return 0;
+}
 
 static int get_bits(bitr *b, int n, uint64_t *out)
 {
-    uint64_t v = 0;
-    for (int i = 0; i < n; i++) {
-        if (b->left == 0) {
-            if (get_byte(b->r, &b->cur))
-                return -1;
-            b->left = 8;
-        }
-        v = (v << 1) | ((b->cur >> --b->left) & 1);
-    }
-    *out = v;
+    if (n <= 32)
+        return get_bits32(b, n, out);
+    uint64_t hi, lo;
+    if (get_bits32(b, n - 32, &hi) || get_bits32(b, 32, &lo))
+        return -1;
+    *out = hi << 32 | lo;
     return 0;
 }
 

@@ -171,6 +171,7 @@ int tsm_db_page_prepare(tsm_db *db, uint32_t pno, uint8_t **out)
     int rc = load_page(db, pno, &copy);
     if (rc)
         return rc;
+    tsm_page_seal(copy.bytes);          /* a clean hot page carries its checksum (I4) */
     *out = tsm_hot_promote(&db->hot, pno, copy.bytes);
     return TSM_OK;
 }
@@ -187,6 +188,7 @@ uint8_t *tsm_db_page_w(tsm_db *db, uint32_t pno)
     tsm_page_copy copy;
     if (load_page(db, pno, &copy) != TSM_OK)
         memset(copy.bytes, 0, TSM_PAGE_SIZE);
+    tsm_page_seal(copy.bytes);
     return tsm_hot_promote(&db->hot, pno, copy.bytes);
 }
 
@@ -916,6 +918,7 @@ static void compact(tsm_db *db)
         tsm_page_copy copy;
         if (load_page(db, (uint32_t)p, &copy) != TSM_OK)
             continue;                   /* damaged: left where it is, and reported */
+        tsm_page_seal(copy.bytes);
         uint8_t *slot = tsm_hot_promote(&db->hot, (uint32_t)p, copy.bytes);
         tsm_page_write_begin(slot);
         tsm_page_mark_dirty(slot);

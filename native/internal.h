@@ -143,7 +143,9 @@ int tsm_page_verify(const tsm_page_copy *copy, const char *file, uint64_t pno);
  * returns the blob's length, a multiple of 4. */
 size_t tsm_page_pack(const uint8_t *page, uint32_t pno, uint8_t *out);
 /* Check a blob (checksum, length, kind, page number) and decode it into a
- * sealed page image.  Returns TSM_OK or TSM_ECORRUPT (details: file, off). */
+ * page image, clean but without its checksum (tsm_page_seal it before it
+ * becomes a hot page, or is verified).  Returns TSM_OK or TSM_ECORRUPT
+ * (details: file, off). */
 int tsm_page_unpack(const uint8_t *blob, size_t len, uint32_t pno, tsm_page_copy *copy,
                     const char *file, uint64_t off);
 /* Whether p (avail bytes) starts with a blob whose length fits and whose

@@ -357,7 +357,6 @@ int tsm_page_unpack(const uint8_t *blob, size_t len, uint32_t pno, tsm_page_copy
             memcpy(p + OFF_ARCHIVE, &archive, 2);
             put32(p, OFF_RING, key & 0xFFFFFFu);
             memset(p + OFF_VALUES + TSM_SLOTS * 8, 0, TSM_PAGE_SIZE - OFF_VALUES - TSM_SLOTS * 8);
-            tsm_page_seal(p);
             return TSM_OK;
         }
     }
