@@ -271,39 +271,6 @@ static void flush_bits(bitw *b)
     b->nbits = 0;
 }
 
-typedef struct bitr {
-    rbuf *r;
-    uint64_t acc;               /* the next `have` bits of the stream, in its low bits */
-    int have;
-} bitr;
-
-/* n (<= 32) bits, most significant first; acc is refilled a byte at a time
- * while it has room, so most reads are a shift and a mask. */
-static int get_bits32(bitr *b, int n, uint64_t *out)
-{
-    while (b->have < n) {
-        uint8_t byte;
-        if (get_byte(b->r, &byte))
-            return -1;
-        b->acc = b->acc << 8 | byte;
-        b->have += 8;
-    }
-    b->have -= n;
-    *out = (b->acc >> b->have) & ((1ull << n) - 1);
-    return 0;
-}
-
-static int get_bits(bitr *b, int n, uint64_t *out)
-{
-    if (n <= 32)
-        return get_bits32(b, n, out);
-    uint64_t hi, lo;
-    if (get_bits32(b, n - 32, &hi) || get_bits32(b, 32, &lo))
-        return -1;
-    *out = hi << 32 | lo;
-    return 0;
-}
-
 static int clz64(uint64_t x) { return x ? __builtin_clzll(x) : 64; }
 static int ctz64(uint64_t x) { return x ? __builtin_ctzll(x) : 64; }
 
@@ -342,27 +309,61 @@ static void put_xor(wbuf *w, const double *v, size_t k)
     flush_bits(&b);
 }
 
+/* The XOR stream is read through a 64-bit window: up to 57 bits at bit
+ * position *pos of bytes [p, p + nbytes) in one load, shift and mask. */
+static inline uint64_t load_be64(const uint8_t *p, size_t avail)
+{
+    uint64_t v;
+    if (avail >= 8) {
+        memcpy(&v, p, 8);
+        return __builtin_bswap64(v);     /* little-endian hosts only (page.c) */
+    }
+    v = 0;
+    for (size_t i = 0; i < 8; i++)
+        v = v << 8 | (i < avail ? p[i] : 0);
+    return v;
+}
+
+static inline int take_bits(const uint8_t *p, size_t nbytes, size_t *pos, int n, uint64_t *out)
+{
+    if (n > 57) {
+        uint64_t hi, lo;
+        if (take_bits(p, nbytes, pos, n - 32, &hi) || take_bits(p, nbytes, pos, 32, &lo))
+            return -1;
+        *out = hi << 32 | lo;
+        return 0;
+    }
+    if (*pos + (size_t)n > nbytes * 8)
+        return -1;
+    size_t byte = *pos >> 3;
+    uint64_t w = load_be64(p + byte, nbytes - byte);
+    *out = (w << (*pos & 7)) >> (64 - n);
+    *pos += (size_t)n;
+    return 0;
+}
+
 static int get_xor(rbuf *r, double *out, size_t k)
 {
     if (k == 0)
         return 0;
-    bitr b = {r, 0, 0};
+    const uint8_t *p = r->p + r->pos;
+    size_t nbytes = r->len - r->pos, pos = 0;
     uint64_t prev, bit, x;
-    if (get_bits(&b, 64, &prev))
+    if (take_bits(p, nbytes, &pos, 64, &prev))
         return -1;
     out[0] = double_of(prev);
     int lead = -1, trail = 0;
     for (size_t i = 1; i < k; i++) {
-        if (get_bits(&b, 1, &bit))
+        if (take_bits(p, nbytes, &pos, 1, &bit))
             return -1;
         if (bit) {
-            if (get_bits(&b, 1, &bit))
+            if (take_bits(p, nbytes, &pos, 1, &bit))
                 return -1;
             if (bit) {
-                uint64_t l, len;
-                if (get_bits(&b, 5, &l) || get_bits(&b, 6, &len))
+                uint64_t hdr;
+                if (take_bits(p, nbytes, &pos, 11, &hdr))
                     return -1;
-                len += 1;
+                uint64_t l = hdr >> 6, len = (hdr & 63) + 1;
                 if (l + len > 64)
                     return -1;
                 lead = (int)l;
@@ -370,13 +371,13 @@ static int get_xor(rbuf *r, double *out, size_t k)
             } else if (lead < 0) {
                 return -1; /* reuses a window never set */
             }
-            int n = 64 - lead - trail;
-            if (get_bits(&b, n, &x))
+            if (take_bits(p, nbytes, &pos, 64 - lead - trail, &x))
                 return -1;
             prev ^= x << trail;
         }
         out[i] = double_of(prev);
     }
+    r->pos += (pos + 7) / 8;
     return 0;
 }
 

@@ -691,6 +691,8 @@ int tsm_db_alloc_page(tsm_db *db, tsm_metric *m, uint16_t archive, uint32_t ring
     return TSM_OK;
 }
 
+static void compact(tsm_db *db, size_t reserve);
+
 /* After a write call: sync mode makes the log durable before returning. */
 static int finish_write(tsm_db *db, int rc)
 {
@@ -705,6 +707,8 @@ static int finish_write(tsm_db *db, int rc)
         rc = checkpoint_locked(db);
         if (rc)
             set_fatal(db, rc);
+        else
+            compact(db, 0);
     }
     if (atomic_load(&db->fatal) == TSM_ENOMEM && rc == TSM_OK)
         rc = tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory tracking dirty pages");
@@ -863,7 +867,10 @@ int tsm_db_hot_reserve(tsm_db *db, size_t n)
         return tsm_fail(TSM_ETOOBIG, 0, db->hot.path, -1,
                         "one change touches %zu pages; the hot file holds %u", n, db->hot.cap);
     int rc = db->recovering ? hot_flush(db) : checkpoint_locked(db);
-    return rc ? set_fatal(db, rc) : TSM_OK;
+    if (rc)
+        return set_fatal(db, rc);
+    compact(db, n);
+    return TSM_OK;
 }
 
 /* Compaction.  A checkpoint writes the pages changed since the last one
@@ -881,13 +888,16 @@ static int cmp_u64(const void *x, const void *y)
     return a < b ? -1 : a > b;
 }
 
-static void compact(tsm_db *db)
+/* After a checkpoint, between records (never inside one's application),
+ * leaving room for `reserve` more hot pages. */
+static void compact(tsm_db *db, size_t reserve)
 {
     tsm_space *sp = &db->space;
     uint64_t used = tsm_space_used_bytes(sp);
-    if (used < 16ull * TSM_SEG_SIZE || (used - sp->live_bytes) * 4 < used)
+    if (db->recovering || db->closing || used < 16ull * TSM_SEG_SIZE ||
+        (used - sp->live_bytes) * 4 < used || db->hot.used + reserve >= db->hot.cap)
         return;
-    uint32_t room = (db->hot.cap - db->hot.used) / 2;
+    uint32_t room = (uint32_t)((db->hot.cap - db->hot.used - reserve) / 2);
     uint64_t *cand = malloc((size_t)sp->nseg * sizeof *cand);
     uint8_t *victim = calloc(sp->nseg, 1);
     if (!cand || !victim) {
@@ -946,8 +956,6 @@ static int checkpoint_locked(tsm_db *db)
     if (rc == TSM_OK) {
         db->st.checkpoints++;
         release_freed(db);
-        if (!db->recovering && !db->closing)
-            compact(db);
     }
     return rc;
 }
@@ -2241,6 +2249,8 @@ int tsm_checkpoint(tsm_db *db)
     rc = checkpoint_locked(db);
     if (rc)
         set_fatal(db, rc);
+    else
+        compact(db, 0);
     pthread_rwlock_unlock(&db->rw);
     return rc;
 }
