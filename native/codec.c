@@ -347,34 +347,47 @@ static int get_xor(rbuf *r, double *out, size_t k)
     if (k == 0)
         return 0;
     const uint8_t *p = r->p + r->pos;
-    size_t nbytes = r->len - r->pos, pos = 0;
-    uint64_t prev, bit, x;
+    size_t nbytes = r->len - r->pos, pos = 0, end = nbytes * 8;
+    uint64_t prev, x;
     if (take_bits(p, nbytes, &pos, 64, &prev))
         return -1;
     out[0] = double_of(prev);
     int lead = -1, trail = 0;
     for (size_t i = 1; i < k; i++) {
-        if (take_bits(p, nbytes, &pos, 1, &bit))
+        /* the next 57 bits at least, in one load: the control bits and, for
+         * most values, the meaningful bits too (bits past the end read as 0
+         * and are refused below) */
+        if (pos >= end)
             return -1;
-        if (bit) {
-            if (take_bits(p, nbytes, &pos, 1, &bit))
-                return -1;
-            if (bit) {
-                uint64_t hdr;
-                if (take_bits(p, nbytes, &pos, 11, &hdr))
-                    return -1;
-                uint64_t l = hdr >> 6, len = (hdr & 63) + 1;
-                if (l + len > 64)
-                    return -1;
-                lead = (int)l;
-                trail = (int)(64 - l - len);
-            } else if (lead < 0) {
-                return -1; /* reuses a window never set */
-            }
-            if (take_bits(p, nbytes, &pos, 64 - lead - trail, &x))
-                return -1;
-            prev ^= x << trail;
+        uint64_t w = load_be64(p + (pos >> 3), nbytes - (pos >> 3)) << (pos & 7);
+        if (!(w >> 63)) {                       /* '0': same as the previous */
+            pos += 1;
+            out[i] = double_of(prev);
+            continue;
         }
+        size_t used = 2;
+        if ((w >> 62) & 1) {                    /* '11': a new window */
+            uint64_t l = (w >> 57) & 31, len = ((w >> 51) & 63) + 1;
+            if (l + len > 64)
+                return -1;
+            lead = (int)l;
+            trail = (int)(64 - l - len);
+            used = 13;
+        } else if (lead < 0) {
+            return -1;                          /* '10' reuses a window never set */
+        }
+        int n = 64 - lead - trail;
+        if (pos + used + (size_t)n > end)
+            return -1;
+        if (used + (size_t)n <= 57) {
+            x = (w << used) >> (64 - n);
+            pos += used + (size_t)n;
+        } else {
+            pos += used;
+            if (take_bits(p, nbytes, &pos, n, &x))
+                return -1;
+        }
+        prev ^= x << trail;
         out[i] = double_of(prev);
     }
     r->pos += (pos + 7) / 8;
