@@ -445,27 +445,42 @@ static int copy_page(scan *s, uint32_t pno, tsm_page_copy *copy)
         return TSM_EBUSY;
     }
     uint64_t e = table_entry(s, pno);
-    if (!e) {
-        memset(copy->bytes, 0, TSM_PAGE_SIZE);
-        return TSM_OK;
-    }
-    uint64_t off = TSM_ENTRY_OFF(e);
-    uint32_t len = TSM_ENTRY_LEN(e);
-    if (!tsm_entry_sane(e) || off + len > s->npages * TSM_PAGE_SIZE)
-        return tsm_fail(TSM_ECORRUPT, 0, s->ptable_path, (int64_t)(TSM_PT_HDR + 8ull * pno),
-                        "page %u: entry %016llx of %s names no blob of %s", pno,
-                        (unsigned long long)e, s->ptable_path, s->pages_path);
     uint8_t buf[TSM_BLOB_MAX];
     for (int i = 0;; i++) {
-        memcpy(buf, s->base + off, len);
-        int rc = tsm_page_unpack(buf, len, pno, copy, s->pages_path, off);
-        if (rc == TSM_OK)
-            tsm_page_seal(copy->bytes);
-        /* a live writer may be writing the table meanwhile: the copy of it
-         * is then older than the blobs, which CoW keeps readable until a
-         * second checkpoint; a reread settles a race with that */
-        if (rc == TSM_OK || !s->writer_live || i == 2)
+        if (!e) {
+            memset(copy->bytes, 0, TSM_PAGE_SIZE);
+            return TSM_OK;
+        }
+        uint64_t off = TSM_ENTRY_OFF(e);
+        uint32_t len = TSM_ENTRY_LEN(e);
+        int rc;
+        if (!tsm_entry_sane(e) || off + len > s->npages * TSM_PAGE_SIZE) {
+            rc = tsm_fail(TSM_ECORRUPT, 0, s->ptable_path, (int64_t)(TSM_PT_HDR + 8ull * pno),
+                          "page %u: entry %016llx of %s names no blob of %s", pno,
+                          (unsigned long long)e, s->ptable_path, s->pages_path);
+        } else {
+            memcpy(buf, s->base + off, len);
+            rc = tsm_page_unpack(buf, len, pno, copy, s->pages_path, off);
+            if (rc == TSM_OK) {
+                tsm_page_seal(copy->bytes);
+                return TSM_OK;
+            }
+        }
+        /* a live writer moves pages at each checkpoint and reuses the space
+         * of replaced blobs after the next one: the table read at the start
+         * may be that old.  Look at the entry as the file has it now. */
+        if (!s->writer_live || i == 2)
             return rc;
+        uint64_t now = 0;
+        int fd = s->io->open(s->ptable_path, O_RDONLY, 0);
+        ssize_t got = fd >= 0 ? s->io->pread(fd, &now, 8, (off_t)(TSM_PT_HDR + 8ull * pno)) : -1;
+        if (fd >= 0)
+            s->io->close(fd);
+        if (got != 8 || now == e)
+            return rc;
+        if (now && TSM_ENTRY_OFF(now) + TSM_ENTRY_LEN(now) > s->npages * TSM_PAGE_SIZE)
+            return TSM_EBUSY;           /* in space added since the check began */
+        e = now;
     }
 }
 
@@ -534,8 +549,8 @@ static void check_one_page(scan *s, const tsm_metric *m, unsigned a, uint32_t r,
     int64_t off = e ? (int64_t)TSM_ENTRY_OFF(e) : -1;
     int crc = copy_page(s, pno, &copy);
     if (crc == TSM_EBUSY) {
-        finding(s, TSM_OK, s->pages_path, off, "page %u stayed mid-update under the live "
-                "writer: not checked", pno);
+        finding(s, TSM_OK, s->pages_path, off, "page %u stayed mid-update (or moved) under "
+                "the live writer: not checked", pno);
         return;
     }
     if (crc != TSM_OK) {
