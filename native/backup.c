@@ -11,13 +11,15 @@
  *      handle so that every later log reset first hands the ending cycle's
  *      records to us (tsm_backup_save_log).
  *   2. step (read lock, so no change is half-applied): copy pages, and the
- *      log records appended since the last step.
+ *      log records appended since the last step.  A page is copied as a
+ *      reader sees it (its hot copy, else its blob decoded) and written to
+ *      the copy as a new blob, packed densely, with its page table entry.
  *   3. finish (read lock): the catalog up to its published length, the rest
  *      of the log, a log header saying "replay everything after L0", fsync,
  *      rename "<dest>.partial" to dest.
  *
- * Why that is consistent: every page holds every change up to L0 (pages
- * are changed in place), and at most the changes of records copied to our
+ * Why that is consistent: every page holds every change up to L0 (a page
+ * reads as its last checkpoint's blob or newer), and at most the changes of records copied to our
  * log, since a record reaches the log before its page changes (I1) and the
  * log is copied after the page.  Our log holds every record after L0 with
  * contiguous LSNs: within a cycle LSNs grow by one, and a reset starts the
@@ -49,8 +51,12 @@ struct tsm_backup {
     pthread_mutex_t mu;            /* one step/finish at a time */
     char dest[3500];
     char stage[3600];
-    char pages_path[3700], catalog_path[3700], wal_path[3700];
-    int pages_fd, catalog_fd, wal_fd;
+    char pages_path[3700], catalog_path[3700], wal_path[3700], ptable_path[3700];
+    int pages_fd, catalog_fd, wal_fd, ptable_fd;
+    uint64_t *entries;             /* the copy's page table, pages_total entries */
+    uint8_t *seg;                  /* blobs of the copy's segment being filled */
+    uint64_t seg_off;              /* its offset in the copy's page file */
+    size_t seg_len;
     int attached, finished;
     tsm_backup_info info;
     uint64_t src_off;              /* next byte of the writer's log to copy */
@@ -59,6 +65,7 @@ struct tsm_backup {
     int failed;                    /* a log copy failed at a reset */
     tsm_error failure;
     uint8_t *chunk;
+    uint8_t superblock[TSM_PAGE_SIZE];  /* the live one's, as the last step saw it */
 };
 
 static int stopped(tsm_backup *b)
@@ -135,6 +142,8 @@ static int create_stage(tsm_backup *b)
         rc = open_out(b, b->catalog_path, sizeof b->catalog_path, "catalog", &b->catalog_fd);
     if (!rc)
         rc = open_out(b, b->wal_path, sizeof b->wal_path, "wal", &b->wal_fd);
+    if (!rc)
+        rc = open_out(b, b->ptable_path, sizeof b->ptable_path, "ptable", &b->ptable_fd);
     return rc;
 }
 
@@ -144,12 +153,15 @@ int tsm_backup_begin(tsm_db *db, const char *dest, tsm_backup **out)
     if (strlen(dest) >= 3400)
         return tsm_fail(TSM_EINVAL, 0, dest, -1, "backup destination path too long");
     tsm_backup *b = calloc(1, sizeof *b);
-    if (!b || !(b->chunk = malloc(COPY_CHUNK))) {
+    if (!b || !(b->chunk = malloc(COPY_CHUNK)) || !(b->seg = malloc(TSM_SEG_SIZE))) {
+        if (b)
+            free(b->chunk);
         free(b);
         return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
     }
     b->db = db;
-    b->pages_fd = b->catalog_fd = b->wal_fd = -1;
+    b->pages_fd = b->catalog_fd = b->wal_fd = b->ptable_fd = -1;
+    b->seg_off = TSM_SEG_SIZE;
     pthread_mutex_init(&b->mu, NULL);
     snprintf(b->dest, sizeof b->dest, "%s", dest);
     snprintf(b->stage, sizeof b->stage, "%s.partial", dest);
@@ -167,6 +179,11 @@ int tsm_backup_begin(tsm_db *db, const char *dest, tsm_backup **out)
     if (!rc) {
         b->attached = 1;
         b->info.pages_total = v.next_page;
+        b->entries = calloc(v.next_page ? v.next_page : 1, sizeof *b->entries);
+        if (!b->entries)
+            rc = tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+    }
+    if (!rc) {
         b->info.checkpoint_lsn = v.wal->checkpoint_lsn;
         b->info.end_lsn = v.wal->checkpoint_lsn;
         b->next_lsn = v.wal->start_lsn;
@@ -185,41 +202,40 @@ int tsm_backup_begin(tsm_db *db, const char *dest, tsm_backup **out)
     return TSM_OK;
 }
 
-/* Copy pages [pages_done, upto) in chunks; read lock held. */
+static int seg_flush(tsm_backup *b)
+{
+    int rc = b->seg_len ? tsm_io_write_full(b->io, b->pages_fd, b->seg, b->seg_len,
+                                            (off_t)b->seg_off, b->pages_path)
+                        : TSM_OK;
+    b->seg_off += TSM_SEG_SIZE;
+    b->seg_len = 0;
+    return rc;
+}
+
+/* Copy pages [pages_done, upto) as blobs; read lock held.  The superblock
+ * is copied at the end (seal_files). */
 static int copy_pages(tsm_backup *b, uint64_t upto)
 {
-    while (b->info.pages_done < upto) {
-        uint64_t first = b->info.pages_done, n = 0;
-        while (first + n < upto && n < COPY_CHUNK / TSM_PAGE_SIZE) {
-            uint64_t pno = first + n;
-            uint8_t *dst = b->chunk + n * TSM_PAGE_SIZE;
-            const uint8_t *src = tsm_db_page_ptr(b->db, (uint32_t)pno);
-            if (pno == 0) {
-                memcpy(dst, src, TSM_PAGE_SIZE);   /* the superblock has no seqlock */
-                /* the copy has no writer and no hot file (the live one's
-                 * must never be taken for the copy's) */
-                tsm_superblock *sb = (tsm_superblock *)(void *)dst;
-                atomic_store(&sb->hot_gen, 0);
-                memset(sb->hot_path, 0, sizeof sb->hot_path);
-                atomic_store(&sb->writer_pid, 0);
-            } else {
-                /* under the read lock no page is mid-update; the seqlock
-                 * copy keeps that true whatever a future caller holds */
-                tsm_page_copy copy;
-                int rc = tsm_page_read(src, &copy);
-                if (rc)
-                    return tsm_fail(TSM_EBUSY, 0, b->pages_path, (int64_t)(pno * TSM_PAGE_SIZE),
-                                    "backup: page %llu stayed mid-update",
-                                    (unsigned long long)pno);
-                memcpy(dst, copy.bytes, TSM_PAGE_SIZE);
-            }
-            n++;
-        }
-        int rc = tsm_io_write_full(b->io, b->pages_fd, b->chunk, n * TSM_PAGE_SIZE,
-                                   (off_t)(first * TSM_PAGE_SIZE), b->pages_path);
+    uint8_t blob[TSM_BLOB_MAX];
+    for (; b->info.pages_done < upto; b->info.pages_done++) {
+        uint32_t pno = (uint32_t)b->info.pages_done;
+        if (pno == 0)
+            continue;
+        tsm_page_copy copy;
+        int rc = tsm_db_read_page(b->db, pno, &copy);
         if (rc)
             return rc;
-        b->info.pages_done += n;
+        tsm_page_id id;
+        uint8_t type;
+        tsm_page_get_id(copy.bytes, &id, &type);
+        if (type != TSM_PAGE_DATA)
+            continue;                   /* free, or no blob yet: nothing to copy */
+        size_t len = tsm_page_pack(copy.bytes, pno, blob);
+        if (b->seg_len + len > TSM_SEG_SIZE && (rc = seg_flush(b)))
+            return rc;
+        memcpy(b->seg + b->seg_len, blob, len);
+        b->entries[pno] = tsm_entry_make(b->seg_off + b->seg_len, (uint32_t)len);
+        b->seg_len += len;
     }
     return TSM_OK;
 }
@@ -236,6 +252,7 @@ static int step_locked(tsm_backup *b, uint64_t npages)
     if (v.fatal)
         return tsm_fail(TSM_EFATAL, 0, v.dir, -1,
                         "the writer failed during the backup: the copy is incomplete");
+    memcpy(b->superblock, v.superblock, TSM_PAGE_SIZE);
     uint64_t upto = b->info.pages_done + npages;
     if (upto > b->info.pages_total || npages == 0)
         upto = b->info.pages_total;
@@ -284,12 +301,37 @@ static int copy_catalog(tsm_backup *b, const tsm_db_view *v)
 static int seal_files(tsm_backup *b)
 {
     uint8_t *sb = b->chunk;
-    int rc = tsm_io_read_full(b->io, b->pages_fd, sb, TSM_PAGE_SIZE, 0, b->pages_path);
+    int rc = seg_flush(b);
     if (rc)
         return rc;
+    /* the page file ends on a segment boundary, preallocated */
+    if (b->io->allocate(b->pages_fd, TSM_PAGE_SIZE, (off_t)(b->seg_off - TSM_PAGE_SIZE)) != 0)
+        return tsm_io_error(errno, b->pages_path, "extend");
+    /* the page table: header, then the entries in whole 4 KiB blocks */
+    uint64_t n = (b->info.pages_total + 511) / 512 * 512;
+    if (n == 0)
+        n = 512;
+    memset(sb, 0, TSM_PT_HDR);
+    uint32_t version = TSM_FORMAT_VERSION;
+    memcpy(sb, TSM_PT_MAGIC, 8);
+    memcpy(sb + 8, &version, 4);
+    uint32_t crc = tsm_crc32c(0, sb, 12);
+    memcpy(sb + 12, &crc, 4);
+    if ((rc = tsm_io_write_full(b->io, b->ptable_fd, sb, TSM_PT_HDR, 0, b->ptable_path)) ||
+        (rc = tsm_io_write_full(b->io, b->ptable_fd, b->entries,
+                                b->info.pages_total * sizeof *b->entries, TSM_PT_HDR,
+                                b->ptable_path)))
+        return rc;
+    if (b->io->allocate(b->ptable_fd, TSM_PT_HDR, (off_t)(n * 8)) != 0)
+        return tsm_io_error(errno, b->ptable_path, "extend");
+    memcpy(sb, b->superblock, TSM_PAGE_SIZE);
     tsm_superblock *s = (tsm_superblock *)(void *)sb;
+    /* the copy has no writer and no hot file (the live one's must never be
+     * taken for the copy's) */
+    atomic_store(&s->hot_gen, 0);
+    memset(s->hot_path, 0, sizeof s->hot_path);
     atomic_store(&s->catalog_len, b->info.catalog_bytes);
-    atomic_store(&s->npages, b->info.pages_total);
+    atomic_store(&s->npages, n);
     atomic_store(&s->last_lsn, b->info.end_lsn);
     atomic_store(&s->writer_pid, 0);
     if ((rc = tsm_io_write_full(b->io, b->pages_fd, sb, TSM_PAGE_SIZE, 0, b->pages_path)))
@@ -302,9 +344,9 @@ static int seal_files(tsm_backup *b)
     uint64_t size = (b->dst_off + TSM_WAL_GROW + TSM_PAGE_SIZE - 1) & ~(uint64_t)(TSM_PAGE_SIZE - 1);
     if (b->io->allocate(b->wal_fd, (off_t)b->dst_off, (off_t)(size - b->dst_off)) != 0)
         return tsm_io_error(errno, b->wal_path, "extend");
-    const char *paths[3] = {b->pages_path, b->catalog_path, b->wal_path};
-    int fds[3] = {b->pages_fd, b->catalog_fd, b->wal_fd};
-    for (int i = 0; i < 3; i++)
+    const char *paths[4] = {b->pages_path, b->catalog_path, b->wal_path, b->ptable_path};
+    int fds[4] = {b->pages_fd, b->catalog_fd, b->wal_fd, b->ptable_fd};
+    for (int i = 0; i < 4; i++)
         if (b->io->datasync(fds[i]) != 0)
             return tsm_io_error(errno, paths[i], "sync");
     if (b->io->syncdir(b->stage) != 0)
@@ -370,11 +412,13 @@ void tsm_backup_release(tsm_backup *b)
         return;
     if (b->attached)
         tsm_db_detach_backup(b->db, b);
-    int fds[3] = {b->pages_fd, b->catalog_fd, b->wal_fd};
-    for (int i = 0; i < 3; i++)
+    int fds[4] = {b->pages_fd, b->catalog_fd, b->wal_fd, b->ptable_fd};
+    for (int i = 0; i < 4; i++)
         if (fds[i] >= 0)
             b->io->close(fds[i]);
     pthread_mutex_destroy(&b->mu);
     free(b->chunk);
+    free(b->seg);
+    free(b->entries);
     free(b);
 }

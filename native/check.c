@@ -5,8 +5,12 @@
  * Both work from the files of a database directory, read-only and without
  * a handle, so that they also serve a database that no longer opens:
  *
- *   pages    mapped read-only; each page copied under its seqlock (a page
- *            left mid-update by a dead writer is copied as it is, I13)
+ *   pages    mapped read-only: the blobs, found through the page table
+ *   ptable   read whole: each page's blob, checked (checksum, page number,
+ *            decoding) and decoded; a page in the writer's hot file is
+ *            copied from there under its seqlock (a page left mid-update by
+ *            a dead writer is copied as it is, I13); the table's extents
+ *            must not overlap
  *   catalog  read whole and parsed leniently: a damaged record is reported
  *            and passed over (the next record with a valid checksum and a
  *            higher LSN, at an 8-byte boundary, resumes the walk)
@@ -38,10 +42,14 @@ typedef struct scan {
     const tsm_io *io;
     char dir[3500];
     char pages_path[3600], catalog_path[3600], wal_path[3600], lock_path[3600];
+    char ptable_path[3600];
     int pages_fd;
     uint8_t *base;
     size_t reserved;
-    uint64_t npages;              /* pages in the file */
+    uint64_t npages;              /* 4 KiB units in the page file */
+    uint8_t *ptable;              /* the page table file, read whole */
+    uint64_t ptable_size;
+    uint64_t nentries;            /* page numbers it covers */
     uint8_t *catalog;
     uint64_t catalog_file;        /* bytes in the file */
     uint64_t catalog_len;         /* bytes published (superblock) */
@@ -163,6 +171,39 @@ static int map_pages(scan *s)
     return TSM_OK;
 }
 
+static void check_table_header(scan *s)
+{
+    uint32_t version = 0, crc = 0;
+    if (s->ptable_size >= 16) {
+        memcpy(&version, s->ptable + 8, 4);
+        memcpy(&crc, s->ptable + 12, 4);
+    }
+    if (s->ptable_size < TSM_PT_HDR || memcmp(s->ptable, TSM_PT_MAGIC, 8) != 0 ||
+        crc != tsm_crc32c(0, s->ptable, 12)) {
+        finding(s, TSM_ECORRUPT, s->ptable_path, 0, "%s: damaged header: no page can be found",
+                s->ptable_path);
+        return;
+    }
+    if (version != TSM_FORMAT_VERSION) {
+        finding(s, TSM_EVERSION, s->ptable_path, 8, "%s: format version %u, this build reads %u",
+                s->ptable_path, version, TSM_FORMAT_VERSION);
+        return;
+    }
+    if ((s->ptable_size - TSM_PT_HDR) % 8)
+        finding(s, TSM_ECORRUPT, s->ptable_path, (int64_t)s->ptable_size,
+                "%s ends inside an entry (%llu bytes): truncated", s->ptable_path,
+                (unsigned long long)s->ptable_size);
+    s->nentries = (s->ptable_size - TSM_PT_HDR) / 8;
+}
+
+static uint64_t table_entry(const scan *s, uint32_t pno)
+{
+    uint64_t e = 0;
+    if (pno < s->nentries)
+        memcpy(&e, s->ptable + TSM_PT_HDR + 8 * (size_t)pno, 8);
+    return e;
+}
+
 static int scan_open(scan *s, const char *path, unsigned flags)
 {
     s->io = &tsm_posix_io;
@@ -174,9 +215,17 @@ static int scan_open(scan *s, const char *path, unsigned flags)
     snprintf(s->catalog_path, sizeof s->catalog_path, "%s/catalog", path);
     snprintf(s->wal_path, sizeof s->wal_path, "%s/wal", path);
     snprintf(s->lock_path, sizeof s->lock_path, "%s/lock", path);
+    snprintf(s->ptable_path, sizeof s->ptable_path, "%s/ptable", path);
     int rc = map_pages(s);
     if (rc)
         return rc;
+    rc = read_file(s, s->ptable_path, &s->ptable, &s->ptable_size);
+    if (rc == TSM_ENODB)
+        finding(s, TSM_ECORRUPT, s->ptable_path, -1, "%s is missing", s->ptable_path);
+    else if (rc)
+        return rc;
+    else
+        check_table_header(s);
     if (!(flags & TSM_CHECK_LOCK_HELD))
         probe_writer(s);
     if (s->npages == 0) {
@@ -227,6 +276,7 @@ static void scan_close(scan *s)
 {
     tsm_hot_detach(&s->hot, s->io, 0);
     free(s->live_alloc);
+    free(s->ptable);
     if (s->base)
         s->io->unmap(s->base, s->reserved);
     if (s->pages_fd >= 0)
@@ -375,22 +425,113 @@ static void scan_log(scan *s)
 
 /* ------------------------------------------------------------ pages */
 
-/* A consistent copy of page pno (TSM_EBUSY: a live writer kept it busy). */
+/* A consistent copy of page pno: from the hot file when it is there, else
+ * its blob decoded (a zero page when the table names none).  TSM_EBUSY: a
+ * live writer kept the hot copy busy; TSM_ECORRUPT (details set): the
+ * table's entry or the blob is damaged. */
 static int copy_page(scan *s, uint32_t pno, tsm_page_copy *copy)
 {
-    const uint8_t *page = s->base + (size_t)pno * TSM_PAGE_SIZE;
     uint32_t k = tsm_hot_lookup(&s->hot, pno);
-    if (k && tsm_hot_owner(&s->hot, k - 1) == pno + 1)
-        page = tsm_hot_slot(&s->hot, k - 1);
-    for (int i = 0; i < 2000; i++) {
-        if (tsm_page_read(page, copy) == TSM_OK)
-            return TSM_OK;
-        if (!s->writer_live) {
-            tsm_page_read_abandoned(page, copy);
+    if (k && tsm_hot_owner(&s->hot, k - 1) == pno + 1) {
+        const uint8_t *page = tsm_hot_slot(&s->hot, k - 1);
+        for (int i = 0; i < 2000; i++) {
+            if (tsm_page_read(page, copy) == TSM_OK)
+                return TSM_OK;
+            if (!s->writer_live) {
+                tsm_page_read_abandoned(page, copy);
+                return TSM_OK;
+            }
+        }
+        return TSM_EBUSY;
+    }
+    uint64_t e = table_entry(s, pno);
+    uint8_t buf[TSM_BLOB_MAX];
+    for (int i = 0;; i++) {
+        if (!e) {
+            memset(copy->bytes, 0, TSM_PAGE_SIZE);
             return TSM_OK;
         }
+        uint64_t off = TSM_ENTRY_OFF(e);
+        uint32_t len = TSM_ENTRY_LEN(e);
+        int rc;
+        if (!tsm_entry_sane(e) || off + len > s->npages * TSM_PAGE_SIZE) {
+            rc = tsm_fail(TSM_ECORRUPT, 0, s->ptable_path, (int64_t)(TSM_PT_HDR + 8ull * pno),
+                          "page %u: entry %016llx of %s names no blob of %s", pno,
+                          (unsigned long long)e, s->ptable_path, s->pages_path);
+        } else {
+            memcpy(buf, s->base + off, len);
+            rc = tsm_page_unpack(buf, len, pno, copy, s->pages_path, off);
+            if (rc == TSM_OK) {
+                tsm_page_seal(copy->bytes);
+                return TSM_OK;
+            }
+        }
+        /* a live writer moves pages at each checkpoint and reuses the space
+         * of replaced blobs after the next one: the table read at the start
+         * may be that old.  Look at the entry as the file has it now. */
+        if (!s->writer_live || i == 2)
+            return rc;
+        uint64_t now = 0;
+        int fd = s->io->open(s->ptable_path, O_RDONLY, 0);
+        ssize_t got = fd >= 0 ? s->io->pread(fd, &now, 8, (off_t)(TSM_PT_HDR + 8ull * pno)) : -1;
+        if (fd >= 0)
+            s->io->close(fd);
+        if (got != 8 || now == e)
+            return rc;
+        if (now && TSM_ENTRY_OFF(now) + TSM_ENTRY_LEN(now) > s->npages * TSM_PAGE_SIZE)
+            return TSM_EBUSY;           /* in space added since the check began */
+        e = now;
     }
-    return TSM_EBUSY;
+}
+
+/* The page table's own checks: extents inside the file, not overlapping;
+ * and the figures of the space blobs take. */
+typedef struct extent {
+    uint64_t off;
+    uint32_t len, pno;
+} extent;
+
+static int cmp_extent(const void *x, const void *y)
+{
+    const extent *a = x, *b = y;
+    return a->off < b->off ? -1 : a->off > b->off;
+}
+
+static void check_table(scan *s, tsm_check_figures *fig)
+{
+    extent *ex = malloc((s->nentries ? s->nentries : 1) * sizeof *ex);
+    if (!ex) {
+        finding(s, TSM_ECORRUPT, s->ptable_path, -1, "out of memory checking the page table");
+        return;
+    }
+    size_t n = 0;
+    for (uint64_t p = 0; p < s->nentries; p++) {
+        uint64_t e = table_entry(s, (uint32_t)p);
+        if (!e)
+            continue;
+        uint64_t off = TSM_ENTRY_OFF(e);
+        uint32_t len = TSM_ENTRY_LEN(e);
+        if (p == 0 || !tsm_entry_sane(e) || off + len > s->npages * TSM_PAGE_SIZE) {
+            finding(s, TSM_ECORRUPT, s->ptable_path, (int64_t)(TSM_PT_HDR + 8 * p),
+                    "%s: entry %016llx of page %llu names no blob inside %s", s->ptable_path,
+                    (unsigned long long)e, (unsigned long long)p, s->pages_path);
+            continue;
+        }
+        ex[n++] = (extent){off, len, (uint32_t)p};
+        fig->blob_bytes += len;
+        fig->blobs++;
+    }
+    qsort(ex, n, sizeof *ex, cmp_extent);
+    for (size_t i = 1; i < n; i++)
+        if (ex[i].off < ex[i - 1].off + ex[i - 1].len)
+            finding(s, TSM_ECORRUPT, s->ptable_path, (int64_t)(TSM_PT_HDR + 8ull * ex[i].pno),
+                    "%s: the blobs of pages %u and %u overlap at offset %llu of %s",
+                    s->ptable_path, ex[i - 1].pno, ex[i].pno, (unsigned long long)ex[i].off,
+                    s->pages_path);
+    uint64_t file = s->npages * TSM_PAGE_SIZE;
+    fig->space_unreferenced = file > TSM_SEG_SIZE + fig->blob_bytes
+                                  ? file - TSM_SEG_SIZE - fig->blob_bytes : 0;
+    free(ex);
 }
 
 typedef struct owner {
@@ -404,10 +545,19 @@ static void check_one_page(scan *s, const tsm_metric *m, unsigned a, uint32_t r,
                            uint64_t *dirty)
 {
     tsm_page_copy copy;
-    int64_t off = (int64_t)pno * TSM_PAGE_SIZE;
-    if (copy_page(s, pno, &copy) != TSM_OK) {
-        finding(s, TSM_OK, s->pages_path, off, "page %u stayed mid-update under the live "
-                "writer: not checked", pno);
+    uint64_t e = table_entry(s, pno);
+    int64_t off = e ? (int64_t)TSM_ENTRY_OFF(e) : -1;
+    int crc = copy_page(s, pno, &copy);
+    if (crc == TSM_EBUSY) {
+        finding(s, TSM_OK, s->pages_path, off, "page %u stayed mid-update (or moved) under "
+                "the live writer: not checked", pno);
+        return;
+    }
+    if (crc != TSM_OK) {
+        tsm_error err;
+        tsm_last_error(&err);
+        finding(s, TSM_ECORRUPT, err.file, err.offset, "%s (metric '%s' archive %u)",
+                err.message, mname(s, m, 0), a);
         return;
     }
     tsm_page_id id;
@@ -421,11 +571,16 @@ static void check_one_page(scan *s, const tsm_metric *m, unsigned a, uint32_t r,
                     "checkpoint; the next writer open initialises it from the log", pno);
             return;
         }
-        finding(s, TSM_ECORRUPT, s->pages_path, off,
-                "page %u at offset %lld does not carry the identity the catalog gives it "
-                "(metric '%s' id %u archive %u ring page %u; the page says type %u, metric "
-                "%u, archive %u, ring page %u)", pno, (long long)off, mname(s, m, 0), m->id, a, r,
-                type, id.metric_id, id.archive, id.ring_page);
+        if (!e && !tsm_hot_lookup(&s->hot, pno))
+            finding(s, TSM_ECORRUPT, s->ptable_path, (int64_t)(TSM_PT_HDR + 8ull * pno),
+                    "page %u (metric '%s' id %u archive %u ring page %u) has no blob in %s",
+                    pno, mname(s, m, 0), m->id, a, r, s->ptable_path);
+        else
+            finding(s, TSM_ECORRUPT, s->pages_path, off,
+                    "page %u (blob at offset %lld) does not carry the identity the catalog "
+                    "gives it (metric '%s' id %u archive %u ring page %u; the page says type "
+                    "%u, metric %u, archive %u, ring page %u)", pno, (long long)off,
+                    mname(s, m, 0), m->id, a, r, type, id.metric_id, id.archive, id.ring_page);
         return;
     }
     const uint32_t *tags = tsm_page_tags(&copy);
@@ -456,7 +611,7 @@ static void check_one_page(scan *s, const tsm_metric *m, unsigned a, uint32_t r,
 
 static void check_pages(scan *s, tsm_check_figures *fig)
 {
-    owner *own = calloc(s->npages ? s->npages : 1, sizeof *own);
+    owner *own = calloc(s->nentries ? s->nentries : 1, sizeof *own);
     if (!own) {
         finding(s, TSM_ECORRUPT, s->pages_path, -1, "out of memory checking page ownership");
         return;
@@ -470,19 +625,19 @@ static void check_pages(scan *s, tsm_check_figures *fig)
             if (!pno)
                 continue;
             fig->pages_referenced++;
-            int64_t off = (int64_t)pno * TSM_PAGE_SIZE;
-            if (pno >= s->npages) {
-                finding(s, TSM_ECORRUPT, s->pages_path, off,
+            int64_t off = (int64_t)(TSM_PT_HDR + 8ull * pno);
+            if (pno >= s->nentries) {
+                finding(s, TSM_ECORRUPT, s->ptable_path, off,
                         "page %u (metric '%s' archive %u ring page %u) is past the end of "
                         "%s (%llu pages): the file was truncated", pno, mname(s, m, 0), a, r,
-                        s->pages_path, (unsigned long long)s->npages);
+                        s->ptable_path, (unsigned long long)s->nentries);
                 continue;
             }
             if (pno + 1 > high)
                 high = pno + 1;
             if (own[pno].used) {
                 const tsm_metric *o = tsm_catalog_by_id(&s->cat, own[pno].metric_id);
-                finding(s, TSM_ECORRUPT, s->pages_path, off,
+                finding(s, TSM_ECORRUPT, s->ptable_path, off,
                         "page %u is referenced twice: by metric '%s' archive %u ring page "
                         "%u and by metric '%s' archive %u ring page %u", pno,
                         o ? mname(s, o, 1) : "?", own[pno].archive, own[pno].ring,
@@ -565,12 +720,14 @@ int tsm_check_deep(const char *path, unsigned flags, tsm_check_figures *fig,
                     "and the end of the log are not cross-checked");
         load_catalog(s);
         scan_log(s);
-        if (s->base)
+        if (s->base && s->nentries) {
+            check_table(s, fig);
             check_pages(s, fig);
+        }
         check_indexes(s);
         fig->metrics = s->cat.count;
         fig->catalog_records = s->catalog_records;
-        fig->pages_file = s->npages;
+        fig->pages_file = s->nentries;
         fig->log_records = s->log_records;
         fig->log_bytes = s->log_end > TSM_WAL_DATA ? s->log_end - TSM_WAL_DATA : 0;
         fig->checkpoint_lsn = s->checkpoint_lsn;
@@ -612,7 +769,7 @@ static tsm_page_copy *overlay_get(scan *s, uint32_t pno, int create)
         tsm_page_copy *c = aligned_alloc(64, sizeof *c);
         if (!c)
             return NULL;
-        if (pno < s->npages && copy_page(s, pno, c) == TSM_OK)
+        if (pno < s->nentries && copy_page(s, pno, c) == TSM_OK)
             ;
         else
             memset(c, 0, sizeof *c);
@@ -755,7 +912,7 @@ static const tsm_page_copy *salvage_page(scan *s, const tsm_metric *m, unsigned 
     uint32_t pno = tsm_metric_page(m, a, r);
     const tsm_page_copy *c = overlay_get(s, pno, 0);
     if (!c) {
-        if (pno >= s->npages || copy_page(s, pno, tmp) != TSM_OK)
+        if (pno >= s->nentries || copy_page(s, pno, tmp) != TSM_OK)
             return NULL;
         c = tmp;
     }

@@ -246,11 +246,16 @@ typedef struct bitw {
     int nbits;
 } bitw;
 
+/* The n low bits of v, most significant first, a byte's worth at a time
+ * (acc holds the nbits < 8 bits not yet written). */
 static void put_bits(bitw *b, uint64_t v, int n)
 {
-    for (int i = n - 1; i >= 0; i--) {
-        b->acc = (b->acc << 1) | ((v >> i) & 1);
-        if (++b->nbits == 8) {
+    while (n > 0) {
+        int take = 8 - b->nbits < n ? 8 - b->nbits : n;
+        n -= take;
+        b->acc = (b->acc << take) | ((v >> n) & ((1u << take) - 1));
+        b->nbits += take;
+        if (b->nbits == 8) {
             put_byte(b->w, (uint8_t)b->acc);
             b->acc = 0;
             b->nbits = 0;
@@ -264,27 +269,6 @@ static void flush_bits(bitw *b)
         put_byte(b->w, (uint8_t)(b->acc << (8 - b->nbits)));
     b->acc = 0;
     b->nbits = 0;
-}
-
-typedef struct bitr {
-    rbuf *r;
-    uint8_t cur;
-    int left;
-} bitr;
-
-static int get_bits(bitr *b, int n, uint64_t *out)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < n; i++) {
-        if (b->left == 0) {
-            if (get_byte(b->r, &b->cur))
-                return -1;
-            b->left = 8;
-        }
-        v = (v << 1) | ((b->cur >> --b->left) & 1);
-    }
-    *out = v;
-    return 0;
 }
 
 static int clz64(uint64_t x) { return x ? __builtin_clzll(x) : 64; }
@@ -325,41 +309,88 @@ static void put_xor(wbuf *w, const double *v, size_t k)
     flush_bits(&b);
 }
 
+/* The XOR stream is read through a 64-bit window: up to 57 bits at bit
+ * position *pos of bytes [p, p + nbytes) in one load, shift and mask. */
+static inline uint64_t load_be64(const uint8_t *p, size_t avail)
+{
+    uint64_t v;
+    if (avail >= 8) {
+        memcpy(&v, p, 8);
+        return __builtin_bswap64(v);     /* little-endian hosts only (page.c) */
+    }
+    v = 0;
+    for (size_t i = 0; i < 8; i++)
+        v = v << 8 | (i < avail ? p[i] : 0);
+    return v;
+}
+
+static inline int take_bits(const uint8_t *p, size_t nbytes, size_t *pos, int n, uint64_t *out)
+{
+    if (n > 57) {
+        uint64_t hi, lo;
+        if (take_bits(p, nbytes, pos, n - 32, &hi) || take_bits(p, nbytes, pos, 32, &lo))
+            return -1;
+        *out = hi << 32 | lo;
+        return 0;
+    }
+    if (*pos + (size_t)n > nbytes * 8)
+        return -1;
+    size_t byte = *pos >> 3;
+    uint64_t w = load_be64(p + byte, nbytes - byte);
+    *out = (w << (*pos & 7)) >> (64 - n);
+    *pos += (size_t)n;
+    return 0;
+}
+
 static int get_xor(rbuf *r, double *out, size_t k)
 {
     if (k == 0)
         return 0;
-    bitr b = {r, 0, 0};
-    uint64_t prev, bit, x;
-    if (get_bits(&b, 64, &prev))
+    const uint8_t *p = r->p + r->pos;
+    size_t nbytes = r->len - r->pos, pos = 0, end = nbytes * 8;
+    uint64_t prev, x;
+    if (take_bits(p, nbytes, &pos, 64, &prev))
         return -1;
     out[0] = double_of(prev);
     int lead = -1, trail = 0;
     for (size_t i = 1; i < k; i++) {
-        if (get_bits(&b, 1, &bit))
+        /* the next 57 bits at least, in one load: the control bits and, for
+         * most values, the meaningful bits too (bits past the end read as 0
+         * and are refused below) */
+        if (pos >= end)
             return -1;
-        if (bit) {
-            if (get_bits(&b, 1, &bit))
-                return -1;
-            if (bit) {
-                uint64_t l, len;
-                if (get_bits(&b, 5, &l) || get_bits(&b, 6, &len))
-                    return -1;
-                len += 1;
-                if (l + len > 64)
-                    return -1;
-                lead = (int)l;
-                trail = (int)(64 - l - len);
-            } else if (lead < 0) {
-                return -1; /* reuses a window never set */
-            }
-            int n = 64 - lead - trail;
-            if (get_bits(&b, n, &x))
-                return -1;
-            prev ^= x << trail;
+        uint64_t w = load_be64(p + (pos >> 3), nbytes - (pos >> 3)) << (pos & 7);
+        if (!(w >> 63)) {                       /* '0': same as the previous */
+            pos += 1;
+            out[i] = double_of(prev);
+            continue;
         }
+        size_t used = 2;
+        if ((w >> 62) & 1) {                    /* '11': a new window */
+            uint64_t l = (w >> 57) & 31, len = ((w >> 51) & 63) + 1;
+            if (l + len > 64)
+                return -1;
+            lead = (int)l;
+            trail = (int)(64 - l - len);
+            used = 13;
+        } else if (lead < 0) {
+            return -1;                          /* '10' reuses a window never set */
+        }
+        int n = 64 - lead - trail;
+        if (pos + used + (size_t)n > end)
+            return -1;
+        if (used + (size_t)n <= 57) {
+            x = (w << used) >> (64 - n);
+            pos += used + (size_t)n;
+        } else {
+            pos += used;
+            if (take_bits(p, nbytes, &pos, n, &x))
+                return -1;
+        }
+        prev ^= x << trail;
         out[i] = double_of(prev);
     }
+    r->pos += (pos + 7) / 8;
     return 0;
 }
 

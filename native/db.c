@@ -4,15 +4,19 @@
  *
  * A database directory holds (FORMAT.md):
  *   lock     flock()ed by the one writer, holds its pid
- *   pages    4 KiB pages, page 0 the superblock; mapped shared by everyone
+ *   pages    the superblock, then the blobs: each data page encoded
+ *            (page.c, codec.c) as the last checkpoint wrote it; mapped shared
+ *   ptable   the page table: page number -> its blob (offset, length)
  *   catalog  append-only metric records (names, archives, page ownership)
  *   wal      the preallocated write-ahead log (wal.c), writer only
  *
- * Process model (DESIGN.md): one writer process changes pages in place in
- * its shared mapping under per-page seqlocks, after logging each change;
- * reader processes map the same file read-only and copy pages under the
- * seqlock, and follow the catalog up to the length the writer publishes in
- * the superblock.  Nobody waits for anybody across processes.
+ * Process model (DESIGN.md): one writer process changes raw working copies
+ * of pages in its hot file (hot.c) under per-page seqlocks, after logging
+ * each change; a checkpoint encodes them into new blobs (copy-on-write,
+ * store.c) and points the table at them.  Reader processes copy a page from
+ * the hot file, else decode its blob, and follow the catalog up to the
+ * length the writer publishes in the superblock.  Nobody waits for anybody
+ * across processes.
  *
  * Within a process a handle is guarded by a rwlock: writes exclusive,
  * reads shared.  The group-commit thread syncs the log without that lock.
@@ -41,11 +45,22 @@ struct tsm_db {
     const tsm_io *io;
     char dir[3500];
     char pages_path[4096], catalog_path[4096], lock_path[4096], wal_path[4096];
-    int lock_fd, pages_fd, catalog_fd;
+    char ptable_path[4096];
+    int lock_fd, pages_fd, catalog_fd, ptable_fd;
     int catalog_created;            /* this open created the catalog file */
-    uint8_t *base;                  /* reserved region; pages mapped from 0 */
+    int ptable_created;             /* ...and the page table */
+    uint8_t *base;                  /* reserved region; the page file mapped from 0 */
     uint64_t reserved;              /* its size: the page file's size limit */
-    _Atomic uint64_t mapped_pages;
+    _Atomic uint64_t mapped_pages;  /* 4 KiB units of the page file mapped */
+    uint8_t *pt_base;               /* reserved region; the page table mapped from 0 */
+    uint64_t pt_reserved;
+    _Atomic uint64_t pt_entries;    /* page numbers the mapping covers */
+    tsm_space space;                /* writer: where blobs go (store.c) */
+    struct pcache *pcache;          /* writer: decoded pages read by tsm_db_page_ptr */
+    struct pending *pend;           /* writer: table entries a checkpoint changes */
+    size_t npend, pend_cap;
+    uint32_t *drops;                /* writer: free pages whose blob the next checkpoint drops */
+    size_t ndrops, drops_cap;
     pthread_mutex_t map_mu;
     pthread_mutex_t probe_mu;       /* readers: the lock-file probe of writer_gone_copy */
     tsm_hot hot;                    /* working copies of changed pages (hot.c, I14) */
@@ -67,6 +82,7 @@ struct tsm_db {
     tsm_buf scratch[2];
     tsm_update_scratch *upd;
     int closed;                     /* set by tsm_close under the write lock */
+    int closing;                    /* tsm_close's checkpoint: no compaction */
     _Atomic int fatal;              /* sticky failure code, 0 when healthy */
     pthread_mutex_t fatal_mu;       /* guards the details below, written once */
     char fatal_msg[512];
@@ -102,18 +118,49 @@ tsm_update_scratch **tsm_db_update_scratch(tsm_db *db) { return &db->upd; }
 
 uint64_t tsm_db_next_lsn(tsm_db *db) { return db->next_lsn; }
 
-/* The page as this handle sees it: its hot working copy if it has one,
- * else the page file's mapping.  For the writer this is the current state. */
-uint8_t *tsm_db_page_ptr(tsm_db *db, uint32_t pno)
+static int load_page(tsm_db *db, uint32_t pno, tsm_page_copy *copy);
+
+/* Writer: decoded copies of pages that are not hot, for tsm_db_page_ptr
+ * (series.c reads the neighbours of a roll-up through it).  Direct-mapped by
+ * page number; emptied whenever blobs change (hot_flush). */
+#define PCACHE_SLOTS 64u
+typedef struct pcache {
+    uint32_t pno;                   /* 0: empty */
+    tsm_page_copy copy;
+} pcache;
+
+static void pcache_clear(tsm_db *db)
 {
-    uint32_t k = tsm_hot_lookup(&db->hot, pno);
-    return k ? tsm_hot_slot(&db->hot, k - 1) : db->base + (size_t)pno * TSM_PAGE_SIZE;
+    if (db->pcache)
+        for (uint32_t i = 0; i < PCACHE_SLOTS; i++)
+            db->pcache[i].pno = 0;
 }
 
-/* Writer: make page pno hot before changing it, refusing a page whose
- * page-file copy is damaged: a clean data page must carry its checksum, and
- * changing a damaged one would seal the damage in at the next checkpoint.
- * Room was made by tsm_db_hot_reserve. */
+/* Writer: the page as it stands: its hot working copy if it has one, else
+ * its blob decoded (a page without one, or whose blob is damaged, reads as
+ * an empty page without identity).  The pointer is valid until the next
+ * change of any page. */
+uint8_t *tsm_db_page_ptr(tsm_db *db, uint32_t pno)
+{
+    static tsm_page_copy empty;     /* zero: no identity, every slot empty */
+    uint32_t k = tsm_hot_lookup(&db->hot, pno);
+    if (k)
+        return tsm_hot_slot(&db->hot, k - 1);
+    if (!db->pcache && !(db->pcache = calloc(PCACHE_SLOTS, sizeof *db->pcache)))
+        return empty.bytes;
+    pcache *c = &db->pcache[pno % PCACHE_SLOTS];
+    if (c->pno != pno) {
+        c->pno = 0;
+        if (load_page(db, pno, &c->copy) != TSM_OK)
+            return empty.bytes;
+        c->pno = pno;
+    }
+    return c->copy.bytes;
+}
+
+/* Writer: make page pno hot before changing it, refusing a page whose blob
+ * is damaged: changing it would write the damage into a new blob at the
+ * next checkpoint.  Room was made by tsm_db_hot_reserve. */
 int tsm_db_page_prepare(tsm_db *db, uint32_t pno, uint8_t **out)
 {
     uint32_t k = tsm_hot_lookup(&db->hot, pno);
@@ -121,30 +168,29 @@ int tsm_db_page_prepare(tsm_db *db, uint32_t pno, uint8_t **out)
         *out = tsm_hot_slot(&db->hot, k - 1);
         return TSM_OK;
     }
-    const uint8_t *file = db->base + (size_t)pno * TSM_PAGE_SIZE;
-    tsm_page_id id;
-    uint8_t type;
-    tsm_page_get_id(file, &id, &type);
-    if (type == TSM_PAGE_DATA && !tsm_page_dirty(file)) {
-        tsm_page_copy copy;
-        memcpy(copy.bytes, file, TSM_PAGE_SIZE);
-        int rc = tsm_page_verify(&copy, db->pages_path, pno);
-        if (rc)
-            return rc;
-    }
-    *out = tsm_hot_promote(&db->hot, pno, file);
+    tsm_page_copy copy;
+    int rc = load_page(db, pno, &copy);
+    if (rc)
+        return rc;
+    tsm_page_seal(copy.bytes);          /* a clean hot page carries its checksum (I4) */
+    *out = tsm_hot_promote(&db->hot, pno, copy.bytes);
     return TSM_OK;
 }
 
 /* Writer: the working copy of page pno, made hot if it is not (room was
- * made by tsm_db_hot_reserve), for pages about to be initialised.  Pages are changed only here, never through
- * the page file's mapping (I14). */
+ * made by tsm_db_hot_reserve), for pages about to be initialised: a
+ * damaged blob is replaced, so it promotes an empty page instead.  Pages are
+ * changed only in the hot file (I14). */
 uint8_t *tsm_db_page_w(tsm_db *db, uint32_t pno)
 {
     uint32_t k = tsm_hot_lookup(&db->hot, pno);
     if (k)
         return tsm_hot_slot(&db->hot, k - 1);
-    return tsm_hot_promote(&db->hot, pno, db->base + (size_t)pno * TSM_PAGE_SIZE);
+    tsm_page_copy copy;
+    if (load_page(db, pno, &copy) != TSM_OK)
+        memset(copy.bytes, 0, TSM_PAGE_SIZE);
+    tsm_page_seal(copy.bytes);
+    return tsm_hot_promote(&db->hot, pno, copy.bytes);
 }
 
 static int push_u32(uint32_t **v, size_t *n, size_t *cap, uint32_t x)
@@ -176,7 +222,8 @@ static void free_sink(void *ctx, uint32_t pno)
 static void release_freed(tsm_db *db)
 {
     for (size_t i = 0; i < db->nfreed; i++)
-        if (push_u32(&db->free_pages, &db->nfree, &db->free_cap, db->freed[i]) != TSM_OK)
+        if (push_u32(&db->free_pages, &db->nfree, &db->free_cap, db->freed[i]) != TSM_OK ||
+            push_u32(&db->drops, &db->ndrops, &db->drops_cap, db->freed[i]) != TSM_OK)
             break;
     db->nfreed = 0;
 }
@@ -273,30 +320,178 @@ static int file_pages(tsm_db *db, uint64_t *pages)
     return TSM_OK;
 }
 
-/* Make sure page pno is inside the file and mapped (writer: grow). */
-static int ensure_page(tsm_db *db, uint32_t pno)
+/* Make bytes [0, end) of the page file mapped: a blob the table names. */
+static int ensure_bytes(tsm_db *db, uint64_t end)
 {
-    if (pno < atomic_load(&db->mapped_pages))
+    uint64_t want = (end + TSM_PAGE_SIZE - 1) / TSM_PAGE_SIZE;
+    if (want <= atomic_load(&db->mapped_pages))
         return TSM_OK;
     uint64_t have;
     int rc = file_pages(db, &have);
     if (rc)
         return rc;
+    if (want > have)
+        return tsm_fail(TSM_ECORRUPT, 0, db->pages_path, (int64_t)(have * TSM_PAGE_SIZE),
+                        "a blob ends at byte %llu, past the end of %s (%llu bytes)",
+                        (unsigned long long)end, db->pages_path,
+                        (unsigned long long)(have * TSM_PAGE_SIZE));
+    return map_to(db, have);
+}
+
+/* Map the page table so that it covers `entries` page numbers. */
+static int pt_map_to(tsm_db *db, uint64_t entries)
+{
+    pthread_mutex_lock(&db->map_mu);
+    uint64_t have = atomic_load(&db->pt_entries);
+    int rc = TSM_OK;
+    if (entries > have) {
+        uint64_t from = TSM_PT_HDR + have * 8, to = TSM_PT_HDR + entries * 8;
+        from &= ~(uint64_t)(TSM_PAGE_SIZE - 1);
+        to = (to + TSM_PAGE_SIZE - 1) & ~(uint64_t)(TSM_PAGE_SIZE - 1);
+        if (to > db->pt_reserved)
+            rc = tsm_fail(TSM_ENOSPC, 0, db->ptable_path, -1,
+                          "page table would exceed the address space reserved for it");
+        else if (db->io->map(db->pt_base + from, to - from, db->ptable_fd, (off_t)from, 0) != 0)
+            rc = tsm_io_error(errno, db->ptable_path, "map");
+        else
+            atomic_store(&db->pt_entries, entries);
+    }
+    pthread_mutex_unlock(&db->map_mu);
+    return rc;
+}
+
+/* Make sure page number pno is inside the page table and mapped (writer:
+ * grow the file, zero-filled and preallocated, a 4 KiB block at least). */
+static int ensure_page(tsm_db *db, uint32_t pno)
+{
+    if (pno < atomic_load(&db->pt_entries))
+        return TSM_OK;
+    off_t sz;
+    if (db->io->size(db->ptable_fd, &sz) != 0)
+        return tsm_io_error(errno, db->ptable_path, "stat");
+    uint64_t have = (uint64_t)sz > TSM_PT_HDR ? ((uint64_t)sz - TSM_PT_HDR) / 8 : 0;
     if (pno >= have) {
         if (db->opts.readonly)
-            return tsm_fail(TSM_ECORRUPT, 0, db->pages_path, (int64_t)pno * TSM_PAGE_SIZE,
-                            "page %u is beyond the end of %s", pno, db->pages_path);
-        uint64_t want = have + (have / 8 > GROW_MIN_PAGES ? have / 8 : GROW_MIN_PAGES);
+            return tsm_fail(TSM_ECORRUPT, 0, db->ptable_path, (int64_t)sz,
+                            "page %u is beyond the end of %s", pno, db->ptable_path);
+        uint64_t want = have + (have / 8 > 4096 ? have / 8 : 4096);
         if (want <= pno)
-            want = (uint64_t)pno + GROW_MIN_PAGES;
-        if (db->io->allocate(db->pages_fd, (off_t)(have * TSM_PAGE_SIZE),
-                             (off_t)((want - have) * TSM_PAGE_SIZE)) != 0)
-            return tsm_io_error(errno, db->pages_path, "extend");
+            want = (uint64_t)pno + 4096;
+        want = (want + 511) / 512 * 512;
+        if (db->io->allocate(db->ptable_fd, (off_t)(TSM_PT_HDR + have * 8),
+                             (off_t)((want - have) * 8)) != 0)
+            return tsm_io_error(errno, db->ptable_path, "extend");
         have = want;
     }
-    rc = map_to(db, have);
+    int rc = pt_map_to(db, have);
     if (rc == TSM_OK && !db->opts.readonly)
         atomic_store(&db->sb->npages, have);
+    return rc;
+}
+
+/* The page table's entry for pno (mapped: ensure_page first). */
+static inline uint64_t table_get(tsm_db *db, uint32_t pno)
+{
+    return atomic_load_explicit(
+        (_Atomic uint64_t *)(void *)(db->pt_base + TSM_PT_HDR + 8 * (size_t)pno),
+        memory_order_acquire);
+}
+
+/* Page pno as its blob has it, decoded into copy; a page without a blob (not
+ * checkpointed since it was allocated) is a zero page, without identity.
+ * The writer reuses a blob's space once a durable table no longer names
+ * it, so a reader that read the entry long before copying the blob may copy
+ * another blob or half of one: that copy fails its checks (checksum, page
+ * number) and the reader looks at the entry again.  Damage is what stays. */
+static int read_blob(tsm_db *db, uint32_t pno, tsm_page_copy *copy)
+{
+    uint8_t buf[TSM_BLOB_MAX] __attribute__((aligned(16)));
+    int rc = ensure_page(db, pno);
+    if (rc)
+        return rc;
+    for (int tries = 0, same = 0;; tries++) {
+        uint64_t e = table_get(db, pno);
+        if (!e) {
+            memset(copy->bytes, 0, TSM_PAGE_SIZE);
+            return TSM_OK;
+        }
+        uint64_t off = TSM_ENTRY_OFF(e);
+        uint32_t len = TSM_ENTRY_LEN(e);
+        if (!tsm_entry_sane(e))
+            rc = tsm_fail(TSM_ECORRUPT, 0, db->ptable_path, (int64_t)(TSM_PT_HDR + 8ull * pno),
+                          "page %u: damaged entry %016llx in %s at offset %llu", pno,
+                          (unsigned long long)e, db->ptable_path,
+                          (unsigned long long)(TSM_PT_HDR + 8ull * pno));
+        else if (!(rc = ensure_bytes(db, off + len))) {
+            memcpy(buf, db->base + off, len);
+            rc = tsm_page_unpack(buf, len, pno, copy, db->pages_path, off);
+        }
+        if (rc != TSM_ECORRUPT)
+            return rc;
+        if (table_get(db, pno) != e && tries < 100)
+            continue;                   /* the page moved meanwhile */
+        if (++same > 3 || !db->opts.readonly)
+            return rc;
+        struct timespec ts = {0, 200000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static int build_space(tsm_db *db);
+
+/* Recovery: page pno's entry names no valid blob.  The one way a writer
+ * leaves that is a page table block torn by a failed write (a checkpoint
+ * that then failed, so the log still holds every change since the last
+ * one).  Blobs are copy-on-write (I15), so the page's newest complete blob
+ * is still in the page file: walk every segment's blobs for it, point the
+ * entry at it (durably) and count the space again.  Its LSN tells replay
+ * what it already holds (I5).  Found by the fault tests (torn table write). */
+static int rescue_page(tsm_db *db, uint32_t pno, tsm_page_copy *copy)
+{
+    uint64_t pages;
+    int rc = file_pages(db, &pages);
+    if (rc || (rc = ensure_bytes(db, pages * TSM_PAGE_SIZE)))
+        return rc;
+    uint64_t size = pages * TSM_PAGE_SIZE, best = 0, best_lsn = 0;
+    uint32_t best_len = 0;
+    for (uint64_t seg = TSM_SEG_SIZE; seg < size; seg += TSM_SEG_SIZE) {
+        uint64_t end = seg + TSM_SEG_SIZE < size ? seg + TSM_SEG_SIZE : size;
+        for (uint64_t o = seg; o + TSM_BLOB_HDR <= end;) {
+            uint32_t len;
+            const uint8_t *b = db->base + o;
+            if (!tsm_blob_valid(b, end - o, &len)) {
+                o += 4;
+                continue;
+            }
+            if (tsm_blob_pno(b) == pno && (!best_len || tsm_blob_lsn(b) > best_lsn)) {
+                best = o;
+                best_len = len;
+                best_lsn = tsm_blob_lsn(b);
+            }
+            o += len;
+        }
+    }
+    if (!best_len || tsm_page_unpack(db->base + best, best_len, pno, copy, db->pages_path,
+                                     best) != TSM_OK)
+        return TSM_ECORRUPT;
+    uint64_t e = tsm_entry_make(best, best_len);
+    if ((rc = tsm_io_write_full(db->io, db->ptable_fd, &e, 8,
+                                (off_t)(TSM_PT_HDR + 8ull * pno), db->ptable_path)))
+        return rc;
+    tsm_space_free(&db->space);
+    return build_space(db);
+}
+
+static int load_page(tsm_db *db, uint32_t pno, tsm_page_copy *copy)
+{
+    int rc = read_blob(db, pno, copy);
+    if (rc == TSM_ECORRUPT && db->recovering) {
+        tsm_error e;
+        tsm_last_error(&e);
+        if (rescue_page(db, pno, copy) == TSM_OK)
+            return TSM_OK;
+        tsm_fail(e.code, e.sys_errno, e.file, e.offset, "%s", e.message);
+    }
     return rc;
 }
 
@@ -363,36 +558,22 @@ static int read_stable(tsm_db *db, const uint8_t *page, tsm_page_copy *copy, uin
 
 int tsm_db_read_page(tsm_db *db, uint32_t pno, tsm_page_copy *copy)
 {
-    int rc = ensure_page(db, pno);
-    if (rc)
-        return rc;
     /* A hot page is read from its working copy, which is then checked to
      * still be that page's (index and owner unchanged around the copy: the
-     * writer may have demoted it and given the slot to another page). */
+     * writer may have demoted it and given the slot to another page).  A
+     * page leaves the hot file only after its new blob and table entry are
+     * in place, so a reader that then misses it finds the new blob. */
     for (int tries = 0; tries < 1000; tries++) {
         uint32_t k = tsm_hot_lookup(&db->hot, pno);
         if (!k)
             break;
-        rc = read_stable(db, tsm_hot_slot(&db->hot, k - 1), copy, pno);
+        int rc = read_stable(db, tsm_hot_slot(&db->hot, k - 1), copy, pno);
         if (rc)
             return rc;
         if (tsm_hot_lookup(&db->hot, pno) == k && tsm_hot_owner(&db->hot, k - 1) == pno + 1)
             return tsm_page_verify(copy, db->pages_path, pno);
     }
-    /* A file page is written (pwrite) only while it is hot, when readers
-     * copy the slot instead; but a reader whose call began before a new
-     * writer published its hot file may copy a file page that writer is
-     * writing out.  Such a copy fails the checksum every written-out page
-     * carries, and a second look finds it whole: damage is what persists. */
-    for (int tries = 0;; tries++) {
-        rc = read_stable(db, db->base + (size_t)pno * TSM_PAGE_SIZE, copy, pno);
-        if (!rc)
-            rc = tsm_page_verify(copy, db->pages_path, pno);
-        if (rc != TSM_ECORRUPT || tries == 3)
-            return rc;
-        struct timespec ts = {0, 200000};
-        nanosleep(&ts, NULL);
-    }
+    return read_blob(db, pno, copy);
 }
 
 int tsm_db_read_owned_page(tsm_db *db, const tsm_metric *m, unsigned archive, uint32_t ring,
@@ -482,15 +663,14 @@ int tsm_db_log(tsm_db *db, tsm_buf *b, bool catalog)
     return rc;
 }
 
-/* A new page: log the ALLOC (I1), initialise the page, and only then
- * publish the record, so that no reader can reach the page before it has
- * its identity (I6, I7). */
+/* A new page: log the ALLOC (I1), initialise the page (in the hot file),
+ * and only then publish the record, so that no reader can reach the page
+ * before it has its identity (I6, I7). */
 int tsm_db_alloc_page(tsm_db *db, tsm_metric *m, uint16_t archive, uint32_t ring,
                       uint32_t *out)
 {
-    /* a page past every page a catalog names was never read by anyone: its
-     * file copy needs no reading (on a fresh extent that read costs a fault
-     * that zero-fills a readahead window) */
+    /* a page past every page a catalog names has no blob and never had a
+     * reader: its slot is initialised directly, with nothing to decode */
     uint32_t pno;
     int fresh = !db->nfree;
     if (db->nfree)
@@ -517,26 +697,16 @@ int tsm_db_alloc_page(tsm_db *db, tsm_metric *m, uint16_t archive, uint32_t ring
     tsm_page_write_begin(page);
     tsm_page_init(page, &id, m->arch[archive].seconds_per_point, m->arch[archive].points, r.lsn);
     tsm_page_write_end(page);
-    /* The page file gets the empty page at once (sealed): a reader without
-     * the hot file (a dead writer's gone with a reboot, a copied directory)
-     * then finds the page with its identity and no points, never a page
-     * that fails its checksum.  Nobody reads it yet: it is not published. */
-    uint8_t buf[TSM_PAGE_SIZE] __attribute__((aligned(64)));
-    memcpy(buf, page, TSM_PAGE_SIZE);
-    tsm_page_seal(buf);
-    uint32_t seq = 0;
-    if (!fresh)
-        memcpy(&seq, db->base + (size_t)pno * TSM_PAGE_SIZE + 4, 4);
-    seq = (seq | 1u) + 1u;
-    memcpy(buf + 4, &seq, 4);
-    if ((rc = tsm_io_write_full(db->io, db->pages_fd, buf, TSM_PAGE_SIZE,
-                                (off_t)pno * TSM_PAGE_SIZE, db->pages_path)))
-        return set_fatal(db, rc);
+    /* No blob yet: until the next checkpoint writes one, a reader without
+     * the hot file (a dead writer's gone with a reboot) finds no page, or the
+     * previous owner's blob, and reads the page as empty (I7). */
     if ((rc = catalog_commit(db, &r)))
         return rc;
     *out = pno;
     return TSM_OK;
 }
+
+static void compact(tsm_db *db, size_t reserve);
 
 /* After a write call: sync mode makes the log durable before returning. */
 static int finish_write(tsm_db *db, int rc)
@@ -552,6 +722,8 @@ static int finish_write(tsm_db *db, int rc)
         rc = checkpoint_locked(db);
         if (rc)
             set_fatal(db, rc);
+        else
+            compact(db, 0);
     }
     if (atomic_load(&db->fatal) == TSM_ENOMEM && rc == TSM_OK)
         rc = tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory tracking dirty pages");
@@ -560,52 +732,141 @@ static int finish_write(tsm_db *db, int rc)
 
 /* ------------------------------------------------------------ checkpoint */
 
-/* Write every hot page to the page file, make the file durable, and send
- * readers back to it (I14).  A hot page's file copy is not read by anyone
- * while the page is hot and published, so one pwrite of the whole page does.
- * During recovery the hot file is not published yet and readers may be
- * copying the very file page: then the page is written as a seqlock
- * writer would, seq odd first and even last (three writes). */
+/* A table entry a checkpoint changes (hot_flush). */
+typedef struct pending {
+    uint32_t pno;
+    uint64_t old, now;
+} pending;
+
+static int cmp_pending(const void *x, const void *y)
+{
+    const pending *a = x, *b = y;
+    return a->pno < b->pno ? -1 : a->pno > b->pno;
+}
+
+static int push_pending(tsm_db *db, uint32_t pno, uint64_t old, uint64_t now)
+{
+    if (db->npend == db->pend_cap) {
+        size_t c = db->pend_cap ? db->pend_cap * 2 : 1024;
+        pending *p = realloc(db->pend, c * sizeof *p);
+        if (!p)
+            return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+        db->pend = p;
+        db->pend_cap = c;
+    }
+    db->pend[db->npend++] = (pending){pno, old, now};
+    return TSM_OK;
+}
+
+/* Gathered blobs of one segment, written with one pwrite. */
+typedef struct blob_run {
+    uint8_t *buf;                   /* TSM_SEG_SIZE bytes */
+    uint64_t off;                   /* file offset of buf[0] */
+    size_t len;
+} blob_run;
+
+static int run_flush(tsm_db *db, blob_run *w)
+{
+    int rc = w->len ? tsm_io_write_full(db->io, db->pages_fd, w->buf, w->len, (off_t)w->off,
+                                        db->pages_path)
+                    : TSM_OK;
+    w->len = 0;
+    return rc;
+}
+
+/* Point the table at the new blobs: each 4 KiB block of it that changes is
+ * written whole (pwrite; the entries it does not change keep their bytes),
+ * then the file is made durable. */
+static int table_write(tsm_db *db)
+{
+    uint8_t blk[TSM_PAGE_SIZE] __attribute__((aligned(64)));
+    if (db->npend == 0)
+        return TSM_OK;
+    qsort(db->pend, db->npend, sizeof *db->pend, cmp_pending);
+    for (size_t i = 0; i < db->npend;) {
+        uint64_t boff = (TSM_PT_HDR + 8ull * db->pend[i].pno) & ~(uint64_t)(TSM_PAGE_SIZE - 1);
+        memcpy(blk, db->pt_base + boff, TSM_PAGE_SIZE);
+        for (; i < db->npend &&
+               ((TSM_PT_HDR + 8ull * db->pend[i].pno) & ~(uint64_t)(TSM_PAGE_SIZE - 1)) == boff;
+             i++)
+            memcpy(blk + (TSM_PT_HDR + 8ull * db->pend[i].pno - boff), &db->pend[i].now, 8);
+        int rc = tsm_io_write_full(db->io, db->ptable_fd, blk, TSM_PAGE_SIZE, (off_t)boff,
+                                   db->ptable_path);
+        if (rc)
+            return rc;
+    }
+    if (db->io->datasync(db->ptable_fd) != 0)
+        return tsm_io_error(errno, db->ptable_path, "sync");
+    return TSM_OK;
+}
+
+/* Write every changed hot page to the page file as a new blob, make them
+ * durable, point the table at them and make it durable, and only then send
+ * readers back to the page file and free the blobs replaced (I14, I15).
+ * Copy-on-write: no blob the durable table names is overwritten, so a power
+ * cut anywhere in between leaves the old table naming intact old blobs. */
 static int hot_flush(tsm_db *db)
 {
-    uint8_t buf[TSM_PAGE_SIZE] __attribute__((aligned(64)));
-    for (uint32_t k = 0; k < db->hot.used; k++) {
+    uint8_t blob[TSM_BLOB_MAX] __attribute__((aligned(64)));
+    blob_run w = {malloc(TSM_SEG_SIZE), 0, 0};
+    if (!w.buf)
+        return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+    int rc = TSM_OK;
+    db->npend = 0;
+    /* free pages (their DELETE is durable) lose their blob, unless they
+     * were allocated again since */
+    for (size_t i = 0; i < db->ndrops && rc == TSM_OK; i++) {
+        uint32_t pno = db->drops[i];
+        if (tsm_hot_lookup(&db->hot, pno) || pno >= atomic_load(&db->pt_entries) ||
+            !table_get(db, pno))
+            continue;
+        rc = push_pending(db, pno, table_get(db, pno), 0);
+    }
+    db->ndrops = 0;
+    for (uint32_t k = 0; k < db->hot.used && rc == TSM_OK; k++) {
         uint32_t pno = tsm_hot_owner(&db->hot, k) - 1;
         uint8_t *slot = tsm_hot_slot(&db->hot, k);
-        if (tsm_page_dirty(slot)) {
-            tsm_page_write_begin(slot);
-            tsm_page_seal(slot);
-            tsm_page_write_end(slot);
-        }
-        const uint8_t *file = db->base + (size_t)pno * TSM_PAGE_SIZE;
-        off_t off = (off_t)pno * TSM_PAGE_SIZE;
-        /* the file copy's seq moves on by 2 (a reader preempted inside a copy
-         * of the file page before the page became hot sees it change) */
-        uint32_t seq;
-        memcpy(&seq, file + 4, 4);
-        seq = (seq | 1u) + 1u;
-        memcpy(buf, slot, TSM_PAGE_SIZE);
-        int rc;
-        if (db->recovering) {
-            uint32_t odd = seq - 1;
-            memcpy(buf + 4, &odd, 4);
-            if ((rc = tsm_io_write_full(db->io, db->pages_fd, &odd, 4, off + 4, db->pages_path)) ||
-                (rc = tsm_io_write_full(db->io, db->pages_fd, buf, TSM_PAGE_SIZE, off,
-                                        db->pages_path)) ||
-                (rc = tsm_io_write_full(db->io, db->pages_fd, &seq, 4, off + 4, db->pages_path)))
-                return rc;
-        } else {
-            memcpy(buf + 4, &seq, 4);
-            if ((rc = tsm_io_write_full(db->io, db->pages_fd, buf, TSM_PAGE_SIZE, off,
-                                        db->pages_path)))
-                return rc;
-        }
+        if (!tsm_page_dirty(slot))
+            continue;                   /* unchanged since promoted: its blob stands */
+        tsm_page_write_begin(slot);
+        tsm_page_seal(slot);
+        tsm_page_write_end(slot);
+        tsm_page_id id;
+        uint8_t type;
+        tsm_page_get_id(slot, &id, &type);
+        if (type != TSM_PAGE_DATA)
+            continue;
+        size_t len = tsm_page_pack(slot, pno, blob);
+        uint64_t off;
+        if ((rc = tsm_space_alloc(&db->space, db->io, db->pages_fd, db->pages_path,
+                                  (uint32_t)len, &off)))
+            break;
+        if (w.len && (off != w.off + w.len || w.len + len > TSM_SEG_SIZE))
+            if ((rc = run_flush(db, &w)))
+                break;
+        if (!w.len)
+            w.off = off;
+        memcpy(w.buf + w.len, blob, len);
+        w.len += len;
+        rc = push_pending(db, pno, table_get(db, pno), tsm_entry_make(off, (uint32_t)len));
     }
+    if (rc == TSM_OK)
+        rc = run_flush(db, &w);
+    free(w.buf);
+    if (rc)
+        return rc;
     if (db->io->msync(db->base, TSM_PAGE_SIZE) != 0)      /* the superblock */
         return tsm_io_error(errno, db->pages_path, "sync");
-    if (db->io->datasync(db->pages_fd) != 0)
+    if (db->npend && db->io->datasync(db->pages_fd) != 0)
         return tsm_io_error(errno, db->pages_path, "sync");
+    if ((rc = table_write(db)))
+        return rc;
     tsm_hot_demote_all(&db->hot);
+    pcache_clear(db);
+    for (size_t i = 0; i < db->npend; i++)
+        tsm_space_release(&db->space, db->pend[i].old);
+    db->st.blobs_written += db->npend;
+    db->npend = 0;
     return TSM_OK;
 }
 
@@ -621,7 +882,77 @@ int tsm_db_hot_reserve(tsm_db *db, size_t n)
         return tsm_fail(TSM_ETOOBIG, 0, db->hot.path, -1,
                         "one change touches %zu pages; the hot file holds %u", n, db->hot.cap);
     int rc = db->recovering ? hot_flush(db) : checkpoint_locked(db);
-    return rc ? set_fatal(db, rc) : TSM_OK;
+    if (rc)
+        return set_fatal(db, rc);
+    compact(db, n);
+    return TSM_OK;
+}
+
+/* Compaction.  A checkpoint writes the pages changed since the last one
+ * next to each other; those still written keep moving at every checkpoint
+ * and leave their segment, those no longer written stay.  Segments thus
+ * end up holding a few live blobs among dead ones.  When more than a
+ * quarter of the space in use is dead, the pages of the emptiest segments
+ * are made hot (a copy of their blob, marked changed) so that the next
+ * checkpoint writes them out together, and their segments become free. */
+#define COMPACT_BYTES (8u << 20)        /* live bytes moved per round at most */
+
+static int cmp_u64(const void *x, const void *y)
+{
+    uint64_t a = *(const uint64_t *)x, b = *(const uint64_t *)y;
+    return a < b ? -1 : a > b;
+}
+
+/* After a checkpoint, between records (never inside one's application),
+ * leaving room for `reserve` more hot pages. */
+static void compact(tsm_db *db, size_t reserve)
+{
+    tsm_space *sp = &db->space;
+    uint64_t used = tsm_space_used_bytes(sp);
+    if (db->recovering || db->closing || used < 16ull * TSM_SEG_SIZE ||
+        (used - sp->live_bytes) * 4 < used || db->hot.used + reserve >= db->hot.cap)
+        return;
+    uint32_t room = (uint32_t)((db->hot.cap - db->hot.used - reserve) / 2);
+    uint64_t *cand = malloc((size_t)sp->nseg * sizeof *cand);
+    uint8_t *victim = calloc(sp->nseg, 1);
+    if (!cand || !victim) {
+        free(cand);
+        free(victim);
+        return;
+    }
+    size_t n = 0;
+    for (uint32_t g = 1; g < sp->nseg; g++)
+        if (g != sp->cur && sp->live[g] && sp->live[g] <= TSM_SEG_SIZE / 2)
+            cand[n++] = (uint64_t)sp->live[g] << 32 | g;
+    qsort(cand, n, sizeof *cand, cmp_u64);
+    uint64_t budget = 0;
+    for (size_t i = 0; i < n && budget < COMPACT_BYTES; i++) {
+        victim[(uint32_t)cand[i]] = 1;
+        budget += cand[i] >> 32;
+    }
+    uint64_t np = atomic_load(&db->pt_entries);
+    for (uint64_t p = 1; p < np && room; p++) {
+        uint64_t e = table_get(db, (uint32_t)p);
+        if (!e || !tsm_entry_sane(e) || !victim[TSM_ENTRY_OFF(e) / TSM_SEG_SIZE] ||
+            tsm_hot_lookup(&db->hot, (uint32_t)p))
+            continue;
+        if (!tsm_catalog_owns(&db->cat, (uint32_t)p)) {
+            push_u32(&db->drops, &db->ndrops, &db->drops_cap, (uint32_t)p);
+            continue;
+        }
+        tsm_page_copy copy;
+        if (load_page(db, (uint32_t)p, &copy) != TSM_OK)
+            continue;                   /* damaged: left where it is, and reported */
+        tsm_page_seal(copy.bytes);
+        uint8_t *slot = tsm_hot_promote(&db->hot, (uint32_t)p, copy.bytes);
+        tsm_page_write_begin(slot);
+        tsm_page_mark_dirty(slot);
+        tsm_page_write_end(slot);
+        room--;
+        db->st.pages_moved++;
+    }
+    free(cand);
+    free(victim);
 }
 
 static int checkpoint_locked(tsm_db *db)
@@ -702,10 +1033,10 @@ typedef struct replay_ctx {
 static int page_plausible(tsm_db *db, uint64_t pno, uint64_t allocs, const char *file,
                           uint64_t lsn)
 {
-    uint64_t have;
-    int rc = file_pages(db, &have);
-    if (rc)
-        return rc;
+    off_t sz;
+    if (db->io->size(db->ptable_fd, &sz) != 0)
+        return tsm_io_error(errno, db->ptable_path, "stat");
+    uint64_t have = (uint64_t)sz > TSM_PT_HDR ? ((uint64_t)sz - TSM_PT_HDR) / 8 : 0;
     uint64_t sb_pages = atomic_load(&db->sb->npages);
     if (sb_pages > have)
         have = sb_pages;
@@ -841,8 +1172,11 @@ static int build_free_list(tsm_db *db)
     db->nfree = 0;
     int rc = TSM_OK;
     for (uint32_t p = db->next_page; p-- > 1 && !rc;)
-        if (!tsm_catalog_owns(&db->cat, p))
+        if (!tsm_catalog_owns(&db->cat, p)) {
             rc = push_u32(&db->free_pages, &db->nfree, &db->free_cap, p);
+            if (!rc && p < atomic_load(&db->pt_entries) && table_get(db, p))
+                rc = push_u32(&db->drops, &db->ndrops, &db->drops_cap, p);
+        }
     return rc;
 }
 
@@ -1040,8 +1374,6 @@ static int create_pages(tsm_db *db)
     uint8_t page[TSM_PAGE_SIZE] = {0};
     tsm_sb_init((tsm_superblock *)page);
     int rc = tsm_io_write_full(db->io, fd, page, sizeof page, 0, tmp);
-    if (!rc && db->io->allocate(fd, TSM_PAGE_SIZE, (GROW_MIN_PAGES - 1) * TSM_PAGE_SIZE) != 0)
-        rc = tsm_io_error(errno, tmp, "extend");
     if (!rc && db->io->datasync(fd) != 0)
         rc = tsm_io_error(errno, tmp, "sync");
     db->io->close(fd);
@@ -1052,12 +1384,77 @@ static int create_pages(tsm_db *db)
     return rc;
 }
 
+/* A new database's page table: header, one block of entries (all 0: no page
+ * has a blob), durable before the page file is renamed into place. */
+static int create_table(tsm_db *db)
+{
+    int fd = db->io->open(db->ptable_path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0)
+        return tsm_io_error(errno, db->ptable_path, "create");
+    uint8_t hdr[TSM_PT_HDR] = {0};
+    uint32_t version = TSM_FORMAT_VERSION;
+    memcpy(hdr, TSM_PT_MAGIC, 8);
+    memcpy(hdr + 8, &version, 4);
+    uint32_t crc = tsm_crc32c(0, hdr, 12);
+    memcpy(hdr + 12, &crc, 4);
+    int rc = tsm_io_write_full(db->io, fd, hdr, sizeof hdr, 0, db->ptable_path);
+    if (!rc && db->io->allocate(fd, TSM_PT_HDR, TSM_PAGE_SIZE) != 0)
+        rc = tsm_io_error(errno, db->ptable_path, "extend");
+    if (!rc && db->io->datasync(fd) != 0)
+        rc = tsm_io_error(errno, db->ptable_path, "sync");
+    db->io->close(fd);
+    db->ptable_created = 1;
+    return rc;
+}
+
+static int open_table(tsm_db *db)
+{
+    db->ptable_fd = db->io->open(db->ptable_path, db->opts.readonly ? O_RDONLY : O_RDWR, 0644);
+    if (db->ptable_fd < 0)
+        return errno == ENOENT
+                   ? tsm_fail(TSM_ECORRUPT, ENOENT, db->ptable_path, -1,
+                              "%s is missing: the page table of %s", db->ptable_path, db->dir)
+                   : tsm_io_error(errno, db->ptable_path, "open");
+    uint8_t hdr[16];
+    int rc = tsm_io_read_full(db->io, db->ptable_fd, hdr, sizeof hdr, 0, db->ptable_path);
+    if (rc == TSM_ECORRUPT || (rc == TSM_OK && memcmp(hdr, TSM_PT_MAGIC, 8) != 0))
+        return tsm_fail(TSM_ECORRUPT, 0, db->ptable_path, 0, "%s: not a tismet page table",
+                        db->ptable_path);
+    if (rc)
+        return rc;
+    uint32_t version, crc;
+    memcpy(&version, hdr + 8, 4);
+    memcpy(&crc, hdr + 12, 4);
+    if (crc != tsm_crc32c(0, hdr, 12))
+        return tsm_fail(TSM_ECORRUPT, 0, db->ptable_path, 0, "%s: header checksum mismatch",
+                        db->ptable_path);
+    if (version != TSM_FORMAT_VERSION)
+        return tsm_fail(TSM_EVERSION, 0, db->ptable_path, 8,
+                        "%s: format version %u, this build reads %u", db->ptable_path, version,
+                        TSM_FORMAT_VERSION);
+    for (db->pt_reserved = TSM_PT_HDR + (8ull << 32); db->pt_reserved >= (1u << 20);
+         db->pt_reserved /= 4)
+        if ((db->pt_base = db->io->reserve(db->pt_reserved)))
+            break;
+    if (!db->pt_base)
+        return tsm_fail(TSM_ENOMEM, ENOMEM, db->ptable_path, -1,
+                        "cannot reserve address space for %s (ulimit -v?)", db->ptable_path);
+    off_t sz;
+    if (db->io->size(db->ptable_fd, &sz) != 0)
+        return tsm_io_error(errno, db->ptable_path, "stat");
+    if ((uint64_t)sz <= TSM_PT_HDR)
+        return TSM_OK;
+    return pt_map_to(db, ((uint64_t)sz - TSM_PT_HDR) / 8);
+}
+
 static int open_pages(tsm_db *db)
 {
     int flags = db->opts.readonly ? O_RDONLY : O_RDWR;
     db->pages_fd = db->io->open(db->pages_path, flags, 0644);
     if (db->pages_fd < 0 && errno == ENOENT && !db->opts.readonly) {
-        int rc = create_pages(db);
+        int rc = create_table(db);
+        if (!rc)
+            rc = create_pages(db);
         if (rc)
             return rc;
         db->pages_fd = db->io->open(db->pages_path, flags, 0644);
@@ -1075,15 +1472,14 @@ static int open_pages(tsm_db *db)
     if (have == 0) {
         uint8_t page[TSM_PAGE_SIZE] = {0};
         tsm_sb_init((tsm_superblock *)page);
-        rc = tsm_io_write_full(db->io, db->pages_fd, page, sizeof page, 0, db->pages_path);
-        if (!rc && db->io->allocate(db->pages_fd, TSM_PAGE_SIZE,
-                                    (GROW_MIN_PAGES - 1) * TSM_PAGE_SIZE) != 0)
-            rc = tsm_io_error(errno, db->pages_path, "extend");
+        rc = create_table(db);
+        if (!rc)
+            rc = tsm_io_write_full(db->io, db->pages_fd, page, sizeof page, 0, db->pages_path);
         if (!rc && db->io->datasync(db->pages_fd) != 0)
             rc = tsm_io_error(errno, db->pages_path, "sync");
         if (rc)
             return rc;
-        have = GROW_MIN_PAGES;
+        have = 1;
     }
     for (db->reserved = RESERVE_MAX; db->reserved >= RESERVE_MIN; db->reserved /= 4)
         if ((db->base = db->io->reserve(db->reserved)))
@@ -1095,7 +1491,8 @@ static int open_pages(tsm_db *db)
     if (rc)
         return rc;
     db->sb = (tsm_superblock *)db->base;
-    return tsm_sb_check(db->sb, db->pages_path);
+    rc = tsm_sb_check(db->sb, db->pages_path);
+    return rc ? rc : open_table(db);
 }
 
 /* Writer: name the hot file in the superblock (path first, then the
@@ -1133,6 +1530,31 @@ static void follow_hot(tsm_db *db)
     }
 }
 
+/* Writer: where the blobs are, from the page table as it is on disk (made
+ * durable first: what it names is what must not be overwritten). */
+static int build_space(tsm_db *db)
+{
+    off_t psz;
+    if (db->io->size(db->pages_fd, &psz) != 0)
+        return tsm_io_error(errno, db->pages_path, "stat");
+    int rc = tsm_space_init(&db->space, (uint64_t)psz);
+    if (rc)
+        return rc;
+    uint64_t n = atomic_load(&db->pt_entries);
+    for (uint64_t p = 1; p < n; p++) {
+        uint64_t e = table_get(db, (uint32_t)p);
+        /* a damaged entry is reported when its page is read; its space,
+         * if any, is not protected */
+        if (e && tsm_entry_sane(e))
+            tsm_space_note(&db->space, e);
+    }
+    if ((rc = tsm_space_build_free(&db->space)))
+        return rc;
+    if (db->io->datasync(db->ptable_fd) != 0)
+        return tsm_io_error(errno, db->ptable_path, "sync");
+    return TSM_OK;
+}
+
 static int open_writer(tsm_db *db)
 {
     int rc = tsm_wal_open(&db->wal, db->io, db->wal_path, db->opts.wal_bytes);
@@ -1153,8 +1575,11 @@ static int open_writer(tsm_db *db)
     db->has_wal = 1;
     /* a new file's name is durable only once its directory is synced: else a
      * power cut could take the whole log (or catalog), synced records and all */
-    if ((db->wal.created || db->catalog_created) && db->io->syncdir(db->dir) != 0)
+    if ((db->wal.created || db->catalog_created || db->ptable_created) &&
+        db->io->syncdir(db->dir) != 0)
         return tsm_io_error(errno, db->dir, "sync directory");
+    if ((rc = build_space(db)))
+        return rc;
     db->cat.max_lsn = 0;
     off_t csize;
     if (db->io->size(db->catalog_fd, &csize) != 0)
@@ -1193,7 +1618,7 @@ static int open_writer(tsm_db *db)
     if (rc)
         return rc;
     atomic_store(&db->sb->writer_pid, (uint64_t)getpid());
-    atomic_store(&db->sb->npages, atomic_load(&db->mapped_pages));
+    atomic_store(&db->sb->npages, atomic_load(&db->pt_entries));
     char old[TSM_HOT_PATH];
     memcpy(old, db->sb->hot_path, sizeof old);
     old[sizeof old - 1] = 0;
@@ -1260,6 +1685,22 @@ static void release_resources(tsm_db *db)
     if (db->base)
         db->io->unmap(db->base, db->reserved);
     db->base = NULL;
+    if (db->pt_base)
+        db->io->unmap(db->pt_base, db->pt_reserved);
+    db->pt_base = NULL;
+    atomic_store(&db->pt_entries, 0);
+    if (db->ptable_fd >= 0)
+        db->io->close(db->ptable_fd);
+    db->ptable_fd = -1;
+    tsm_space_free(&db->space);
+    free(db->pcache);
+    db->pcache = NULL;
+    free(db->pend);
+    db->pend = NULL;
+    db->npend = db->pend_cap = 0;
+    free(db->drops);
+    db->drops = NULL;
+    db->ndrops = db->drops_cap = 0;
     db->sb = NULL;
     if (db->pages_fd >= 0)
         db->io->close(db->pages_fd);
@@ -1311,13 +1752,14 @@ int tsm_open(const char *path, const tsm_options *opts, tsm_db **out)
         return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
     db->opts = o;
     db->io = o.fault_injection ? &tsm_fault_io : &tsm_posix_io;
-    db->lock_fd = db->pages_fd = db->catalog_fd = -1;
+    db->lock_fd = db->pages_fd = db->catalog_fd = db->ptable_fd = -1;
     db->hot.fd = -1;
     snprintf(db->dir, sizeof db->dir, "%s", path);
     snprintf(db->pages_path, sizeof db->pages_path, "%s/pages", path);
     snprintf(db->catalog_path, sizeof db->catalog_path, "%s/catalog", path);
     snprintf(db->lock_path, sizeof db->lock_path, "%s/lock", path);
     snprintf(db->wal_path, sizeof db->wal_path, "%s/wal", path);
+    snprintf(db->ptable_path, sizeof db->ptable_path, "%s/ptable", path);
     pthread_rwlock_init(&db->rw, NULL);
     pthread_mutex_init(&db->map_mu, NULL);
     pthread_mutex_init(&db->probe_mu, NULL);
@@ -1363,9 +1805,13 @@ int tsm_close(tsm_db *db)
     int rc = TSM_OK;
     if (!db->closed) {
         if (!db->opts.readonly) {
+            db->closing = 1;
             rc = atomic_load(&db->fatal)
                      ? fatal_error(db, 1)
                      : checkpoint_locked(db);
+            /* the log holds nothing now: leave it small on disk */
+            if (rc == TSM_OK && (rc = tsm_wal_shrink(&db->wal)))
+                set_fatal(db, rc);
             if (rc == TSM_OK) {
                 /* every page is in the page file: readers need no hot file.
                  * After a failure it stays: it holds what the page file lacks. */
@@ -1820,6 +2266,8 @@ int tsm_checkpoint(tsm_db *db)
     rc = checkpoint_locked(db);
     if (rc)
         set_fatal(db, rc);
+    else
+        compact(db, 0);
     pthread_rwlock_unlock(&db->rw);
     return rc;
 }
@@ -1838,7 +2286,7 @@ int tsm_stats(tsm_db *db, tsm_db_stats *out)
         return rc;
     *out = db->st;
     out->metrics = db->cat.count;
-    out->pages_total = atomic_load(&db->mapped_pages);
+    out->pages_total = atomic_load(&db->pt_entries);
     out->pages_free = db->nfree + db->nfreed;
     if (db->opts.readonly) {
         /* a reader has no free list: count the pages metrics own */
@@ -1853,7 +2301,12 @@ int tsm_stats(tsm_db *db, tsm_db_stats *out)
     out->last_lsn = atomic_load(&db->sb->last_lsn);
     out->wal_syncs = db->has_wal ? db->wal.syncs : 0;
     out->disk_bytes = allocated(db, db->pages_path) + allocated(db, db->catalog_path) +
-                      allocated(db, db->wal_path) + allocated(db, db->lock_path);
+                      allocated(db, db->wal_path) + allocated(db, db->lock_path) +
+                      allocated(db, db->ptable_path);
+    if (!db->opts.readonly) {
+        out->blob_bytes = db->space.live_bytes;
+        out->blob_space = tsm_space_used_bytes(&db->space);
+    }
     size_t nodes = 0;
     out->index_bytes = tsm_index_memory(db->cat.index, &nodes);
     out->index_nodes = nodes;
@@ -1875,6 +2328,14 @@ static void problem(checker *c)
         tsm_last_error(&c->first);
 }
 
+static int no_page(const tsm_page_copy *copy)
+{
+    tsm_page_id id;
+    uint8_t type;
+    tsm_page_get_id(copy->bytes, &id, &type);
+    return type == 0;
+}
+
 static void check_metric_pages(tsm_db *db, const tsm_metric *m, checker *c)
 {
     tsm_page_copy copy;
@@ -1884,6 +2345,9 @@ static void check_metric_pages(tsm_db *db, const tsm_metric *m, checker *c)
         int owned;
         if (tsm_db_read_owned_page(db, m, a, r, &copy, &owned) != TSM_OK) {
             problem(c);
+        } else if (!owned && no_page(&copy) && db->opts.readonly && !db->hot.base) {
+            /* no blob yet and no hot file (a dead writer's, gone with a
+             * reboot): allocated since the last checkpoint, in the log */
         } else if (!owned) {
             char name[TSM_MAX_NAME + 1];
             tsm_fail(TSM_ECORRUPT, 0, db->pages_path, (int64_t)pno * TSM_PAGE_SIZE,
@@ -1971,7 +2435,8 @@ void tsm_db_view_get(tsm_db *db, tsm_db_view *v)
     v->wal_path = db->wal_path;
     v->catalog_fd = db->catalog_fd;
     v->catalog_size = db->catalog_size;
-    v->mapped_pages = atomic_load(&db->mapped_pages);
+    v->mapped_pages = atomic_load(&db->pt_entries);
+    v->superblock = db->base;
     v->next_page = db->opts.readonly ? v->mapped_pages : db->next_page;
     v->readonly = db->opts.readonly;
     v->fatal = atomic_load(&db->fatal);

@@ -19,8 +19,9 @@
  *   slots                 4 KiB per slot: a page image, with its own seqlock
  *
  * It is not durable and never needs to be: the log holds every change in
- * it, and a checkpoint writes the hot pages to the page file (pwrite, then
- * fdatasync) before the log is reset.  This file only maps, looks up and
+ * it, and a checkpoint encodes the changed hot pages into blobs of the page
+ * file (copy-on-write, then the page table; DESIGN.md I15) before the log
+ * is reset.  This file only maps, looks up and
  * hands out slots; db.c decides when (see native/DESIGN.md, I14).
  */
 #define _GNU_SOURCE

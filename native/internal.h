@@ -6,6 +6,10 @@
  *   crc32c.c   checksums (hardware CRC32C when the CPU has it)
  *   io.c       the platform I/O table: the only code that calls the OS
  *   page.c     page layout: the only code that encodes or decodes page headers
+ *              and blobs (a page's stored form)
+ *   codec.c    a page's slots encoded (codec.h)
+ *   store.c    which segments of the page file hold blobs (copy-on-write)
+ *   hot.c      the hot file of working page copies
  *   record.c   log/catalog record encoding and validation
  *   wal.c      the write-ahead log file
  *   catalog.c  the catalog file and the in-memory metric table
@@ -81,7 +85,6 @@ int tsm_io_error(int sys_errno, const char *file, const char *what);
 #define TSM_PAGE_DATA 1u
 #define TSM_PAGE_FREE 2u
 #define TSM_PAGE_FLAG_DIRTY 1u
-#define TSM_CODEC_RAW 0u
 
 /* Decoded identity of a data page. */
 typedef struct tsm_page_id {
@@ -129,6 +132,74 @@ void tsm_page_read_abandoned(const uint8_t *page, tsm_page_copy *copy);
 /* Checksum check of a copy (skipped for dirty pages).  Returns TSM_OK or
  * TSM_ECORRUPT with details (file, offset). */
 int tsm_page_verify(const tsm_page_copy *copy, const char *file, uint64_t pno);
+
+/* Page blobs (format 2, FORMAT.md "Blob"): the encoded image of one data
+ * page as the page file stores it.  A header (checksum, length, page
+ * number, identity, LSN) and the codec.c encoding of the page's slots. */
+#define TSM_BLOB_HDR 28u
+#define TSM_BLOB_MAX (TSM_BLOB_HDR + 10000u)   /* > tsm_codec_bound(TSM_SLOTS) */
+#define TSM_BLOB_DATA 1u
+/* Encode data page `page` (page number pno) into out (TSM_BLOB_MAX bytes);
+ * returns the blob's length, a multiple of 4. */
+size_t tsm_page_pack(const uint8_t *page, uint32_t pno, uint8_t *out);
+/* Check a blob (checksum, length, kind, page number) and decode it into a
+ * page image, clean but without its checksum (tsm_page_seal it before it
+ * becomes a hot page, or is verified).  Returns TSM_OK or TSM_ECORRUPT
+ * (details: file, off). */
+int tsm_page_unpack(const uint8_t *blob, size_t len, uint32_t pno, tsm_page_copy *copy,
+                    const char *file, uint64_t off);
+/* Whether p (avail bytes) starts with a blob whose length fits and whose
+ * checksum holds; *len gets its length. */
+int tsm_blob_valid(const uint8_t *p, size_t avail, uint32_t *len);
+/* The page number and LSN a blob's header names (no check). */
+uint32_t tsm_blob_pno(const uint8_t *blob);
+uint64_t tsm_blob_lsn(const uint8_t *blob);
+
+/* ------------------------------------------------------------------ blob store (store.c)
+ *
+ * Page table entries (FORMAT.md "ptable"): one u64 per page number, 0 when
+ * the page has no blob yet; else bits 0..39 the blob's byte offset in the
+ * page file / 4, bits 40..55 its length in bytes, bits 56..63 zero. */
+#define TSM_SEG_SIZE (64u << 10)
+#define TSM_PT_HDR 4096u
+#define TSM_PT_MAGIC "TISMETPT"
+#define TSM_ENTRY_OFF(e) (((e) & 0xFFFFFFFFFFull) * 4u)
+#define TSM_ENTRY_LEN(e) ((uint32_t)(((e) >> 40) & 0xFFFFu))
+static inline uint64_t tsm_entry_make(uint64_t off, uint32_t len)
+{
+    return off / 4u | (uint64_t)len << 40;
+}
+/* Whether an entry can name a blob (it may still fail its checks). */
+static inline int tsm_entry_sane(uint64_t e)
+{
+    uint64_t off = TSM_ENTRY_OFF(e);
+    uint32_t len = TSM_ENTRY_LEN(e);
+    return (e >> 56) == 0 && len >= TSM_BLOB_HDR && len <= TSM_BLOB_MAX && off % 4 == 0 &&
+           off >= TSM_SEG_SIZE && off / TSM_SEG_SIZE == (off + len - 1) / TSM_SEG_SIZE;
+}
+
+typedef struct tsm_space {
+    uint32_t *live;          /* per segment: bytes of blobs the table names (or will) */
+    uint32_t nseg, cap;      /* segments in the file; entries of live */
+    uint32_t *freelist;      /* free segments (taken from the end) */
+    size_t nfree, free_cap;
+    uint32_t cur, cur_used;  /* segment being filled (0: none), bytes of it used */
+    uint64_t live_bytes;
+} tsm_space;
+
+int tsm_space_init(tsm_space *sp, uint64_t file_bytes);
+void tsm_space_free(tsm_space *sp);
+/* Open: count a blob the table names (TSM_ECORRUPT when it is outside the
+ * file); then tsm_space_build_free. */
+int tsm_space_note(tsm_space *sp, uint64_t entry);
+int tsm_space_build_free(tsm_space *sp);
+/* Room for a blob of len bytes; grows the file (fd) when no segment is free. */
+int tsm_space_alloc(tsm_space *sp, const tsm_io *io, int fd, const char *file, uint32_t len,
+                    uint64_t *off);
+/* After the table that no longer names it is durable: the blob's space. */
+void tsm_space_release(tsm_space *sp, uint64_t entry);
+/* Bytes of segments in use (not free), superblock excluded. */
+uint64_t tsm_space_used_bytes(const tsm_space *sp);
 
 /* Superblock: page 0 of the page file. */
 #define TSM_SB_MAGIC "TISMETPG"
@@ -191,9 +262,9 @@ uint32_t tsm_hot_lookup(const tsm_hot *hot, uint32_t pno);
 uint8_t *tsm_hot_slot(const tsm_hot *hot, uint32_t slot);
 uint32_t tsm_hot_owner(const tsm_hot *hot, uint32_t slot);
 /* Writer: next slot becomes the working copy of page pno (a copy of
- * file_page), published in the index.  The caller made room (used < cap). */
-/* Give page pno a slot, with a copy of file_page; with file_page NULL the
- * slot keeps what it held and the caller initialises it (a new page). */
+ * file_page: its blob decoded, or an empty page), published in the index.
+ * The caller made room (used < cap).  With file_page NULL the slot keeps
+ * what it held and the caller initialises it (a new page). */
 uint8_t *tsm_hot_promote(tsm_hot *hot, uint32_t pno, const uint8_t *file_page);
 /* Writer: after the hot pages reached the page file, readers go back to it. */
 void tsm_hot_demote_all(tsm_hot *hot);
@@ -491,12 +562,13 @@ typedef struct tsm_db_view {
     const char *dir, *pages_path, *catalog_path, *wal_path;
     int catalog_fd;
     uint64_t catalog_size;      /* catalog bytes applied (writer: all of them) */
-    uint64_t mapped_pages;
-    uint64_t next_page;         /* writer: high-water mark of used pages */
+    uint64_t mapped_pages;      /* page numbers the page table covers */
+    uint64_t next_page;         /* writer: high-water mark of used page numbers */
     int readonly;
     int fatal;                  /* the writer's sticky failure, 0 when healthy */
     struct tsm_wal *wal;        /* writer only, else NULL */
     const tsm_catalog *cat;
+    const uint8_t *superblock;  /* the live superblock (page 0 of the page file) */
 } tsm_db_view;
 
 int tsm_db_lock_read(struct tsm_db *db);    /* TSM_OK with the read lock held */

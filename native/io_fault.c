@@ -91,6 +91,8 @@ static int classify(const char *path)
         return TSM_FFILE_CATALOG;
     if (!strcmp(b, "lock"))
         return TSM_FFILE_LOCK;
+    if (!strcmp(b, "ptable"))
+        return TSM_FFILE_PTABLE;
     if (!strncmp(b, "tismet-hot.", 11))
         return TSM_FFILE_HOT;
     return TSM_FFILE_OTHER;

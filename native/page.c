@@ -1,7 +1,8 @@
 /*
  * page.c - the page layout.  Only this file encodes or decodes page headers.
  *
- * A page is 4096 bytes (FORMAT.md, "Data page"):
+ * A page is 4096 bytes in memory (FORMAT.md, "Page image"); the page file
+ * stores it as a blob (below, "blobs"):
  *
  *   0  u32 crc        CRC-32C of bytes 8..4095 (valid when not dirty)
  *   4  u32 seq        seqlock: odd while the writer modifies the page
@@ -28,6 +29,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "codec.h"
 #include "internal.h"
 
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "little-endian hosts only");
@@ -260,4 +262,105 @@ int tsm_sb_check(const tsm_superblock *sb, const char *file)
     if (sb->page_size != TSM_PAGE_SIZE)
         return tsm_fail(TSM_ECORRUPT, 0, file, 12, "%s: page size %u", file, sb->page_size);
     return TSM_OK;
+}
+
+/* ------------------------------------------------------------ blobs
+ *
+ *   0 u32 crc        CRC-32C of bytes 4..len-1
+ *   4 u16 len        bytes of the blob, header included (a multiple of 4)
+ *   6 u8  kind       1: data page
+ *   7 u8  pad        zero bytes after the encoding (0..3)
+ *   8 u32 pno        page number the blob was written for
+ *  12 u32 metric_id
+ *  16 u64 lsn
+ *  24 u32 key        archive << 24 | ring_page
+ *  28 ...            codec.c's encoding of the page's TSM_SLOTS slots
+ * then zero padding to len.
+ */
+_Static_assert(TSM_BLOB_MAX >= TSM_BLOB_HDR + 1 + 10 + TSM_SLOTS * 28 + 3, "blob bound");
+
+size_t tsm_page_pack(const uint8_t *page, uint32_t pno, uint8_t *out)
+{
+    uint32_t tags[TSM_SLOTS];
+    double vals[TSM_SLOTS];
+    memcpy(tags, page + OFF_TAGS, sizeof tags);
+    memcpy(vals, page + OFF_VALUES, sizeof vals);
+    size_t n = tsm_codec_encode(tags, vals, TSM_SLOTS, out + TSM_BLOB_HDR,
+                                TSM_BLOB_MAX - TSM_BLOB_HDR);
+    size_t len = (TSM_BLOB_HDR + n + 3) & ~(size_t)3;
+    memset(out + TSM_BLOB_HDR + n, 0, len - TSM_BLOB_HDR - n);
+    uint16_t len16 = (uint16_t)len, archive;
+    memcpy(out + 4, &len16, 2);
+    out[6] = TSM_BLOB_DATA;
+    out[7] = (uint8_t)(len - TSM_BLOB_HDR - n);
+    put32(out, 8, pno);
+    put32(out, 12, get32(page, OFF_METRIC));
+    memcpy(out + 16, page + OFF_LSN, 8);
+    memcpy(&archive, page + OFF_ARCHIVE, 2);
+    put32(out, 24, (uint32_t)archive << 24 | (get32(page, OFF_RING) & 0xFFFFFFu));
+    put32(out, 0, tsm_crc32c(0, out + 4, len - 4));
+    return len;
+}
+
+uint32_t tsm_blob_pno(const uint8_t *blob) { return get32(blob, 8); }
+
+int tsm_blob_valid(const uint8_t *p, size_t avail, uint32_t *len)
+{
+    if (avail < TSM_BLOB_HDR)
+        return 0;
+    uint16_t n;
+    memcpy(&n, p + 4, 2);
+    if (n < TSM_BLOB_HDR || n % 4 || n > avail || p[6] != TSM_BLOB_DATA || p[7] > 3)
+        return 0;
+    if (get32(p, 0) != tsm_crc32c(0, p + 4, n - 4u))
+        return 0;
+    *len = n;
+    return 1;
+}
+
+uint64_t tsm_blob_lsn(const uint8_t *blob)
+{
+    uint64_t v;
+    memcpy(&v, blob + 16, 8);
+    return v;
+}
+
+int tsm_page_unpack(const uint8_t *blob, size_t len, uint32_t pno, tsm_page_copy *copy,
+                    const char *file, uint64_t off)
+{
+    uint16_t len16 = 0;
+    if (len >= TSM_BLOB_HDR)
+        memcpy(&len16, blob + 4, 2);
+    const char *why = NULL;
+    if (len < TSM_BLOB_HDR || len16 != len)
+        why = "bad length";
+    else if (get32(blob, 0) != tsm_crc32c(0, blob + 4, len - 4))
+        why = "checksum mismatch";
+    else if (blob[6] != TSM_BLOB_DATA || blob[7] > 3 || get32(blob, 8) != pno)
+        why = "names another page";
+    if (!why) {
+        uint8_t *p = copy->bytes;
+        memset(p, 0, TSM_PAGE_HDR);
+        size_t n = len - TSM_BLOB_HDR - blob[7];
+        if (len < TSM_BLOB_HDR + blob[7] ||
+            tsm_codec_decode(blob + TSM_BLOB_HDR, n, TSM_SLOTS,
+                             (uint32_t *)(void *)(p + OFF_TAGS),
+                             (double *)(void *)(p + OFF_VALUES)) != 0) {
+            why = "undecodable slots";
+        } else {
+            uint32_t key = get32(blob, 24);
+            uint16_t archive = (uint16_t)(key >> 24);
+            p[OFF_TYPE] = TSM_PAGE_DATA;
+            p[OFF_CODEC] = TSM_CODEC_RAW;
+            put32(p, OFF_METRIC, get32(blob, 12));
+            memcpy(p + OFF_LSN, blob + 16, 8);
+            memcpy(p + OFF_ARCHIVE, &archive, 2);
+            put32(p, OFF_RING, key & 0xFFFFFFu);
+            memset(p + OFF_VALUES + TSM_SLOTS * 8, 0, TSM_PAGE_SIZE - OFF_VALUES - TSM_SLOTS * 8);
+            return TSM_OK;
+        }
+    }
+    return tsm_fail(TSM_ECORRUPT, 0, file, (int64_t)off,
+                    "page %u: blob of %zu bytes at offset %llu of %s: %s", pno, len,
+                    (unsigned long long)off, file, why);
 }

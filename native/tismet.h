@@ -37,7 +37,7 @@ extern "C" {
 #endif
 
 /* CDEF-BEGIN */
-#define TSM_FORMAT_VERSION 1
+#define TSM_FORMAT_VERSION 2
 
 /* Return codes: 0 is success, failures are negative and distinct from errno. */
 #define TSM_OK 0
@@ -138,9 +138,9 @@ typedef struct tsm_series {
 
 typedef struct tsm_db_stats {
     uint64_t metrics;
-    uint64_t pages_total;      /* pages in the page file, superblock included */
-    uint64_t pages_data;       /* pages holding series data */
-    uint64_t pages_free;         /* writer only (readers report 0) */
+    uint64_t pages_total;      /* page numbers the page table covers */
+    uint64_t pages_data;       /* page numbers holding series data */
+    uint64_t pages_free;         /* page numbers free; writer only (readers report 0) */
     uint64_t wal_bytes_written;  /* log bytes appended since open (counters: this handle) */
     uint64_t wal_syncs;
     uint64_t checkpoints;
@@ -150,6 +150,11 @@ typedef struct tsm_db_stats {
     uint64_t index_bytes;        /* memory of the name tree (components, nodes, hashes, postings) */
     uint64_t index_nodes;        /* nodes in the name tree */
     uint64_t catalog_bytes;      /* memory of the metric table: records, page tables, tagged names */
+    uint64_t blobs_written;      /* page blobs written by checkpoints since open */
+    uint64_t blob_bytes;         /* writer: bytes of the blobs the page table names */
+    uint64_t blob_space;         /* writer: bytes of the page file's segments in use (blobs,
+                                    and space that held replaced ones) */
+    uint64_t pages_moved;        /* pages compaction rewrote since open */
 } tsm_db_stats;
 
 /* Fill *opts with the defaults. */
@@ -372,7 +377,7 @@ typedef struct tsm_problem {
 typedef struct tsm_check_figures {
     uint64_t metrics;
     uint64_t catalog_records;
-    uint64_t pages_file;        /* pages in the page file */
+    uint64_t pages_file;        /* page numbers the page table covers */
     uint64_t pages_referenced;  /* ring pages the catalog gives to metrics */
     uint64_t pages_unreferenced;/* below the high-water mark, owned by nobody (free) */
     uint64_t pages_dirty;
@@ -382,6 +387,10 @@ typedef struct tsm_check_figures {
     uint64_t last_lsn;          /* of the last valid log record (checkpoint_lsn if none) */
     uint64_t points;            /* values stored in the pages checked (known slots) */
     int writer_live;            /* a process held the writer lock during the check */
+    uint64_t blobs;             /* page blobs the page table names */
+    uint64_t blob_bytes;        /* their bytes */
+    uint64_t space_unreferenced;/* bytes of the page file past the superblock's segment that
+                                   no blob takes (free, or not yet reused): a figure */
 } tsm_check_figures;
 
 /* Verify the database in directory `path`: the superblock, every catalog
@@ -462,6 +471,7 @@ void tsm_free(void *p);
 #define TSM_FFILE_LOCK 8
 #define TSM_FFILE_OTHER 16  /* the directory, pages.new */
 #define TSM_FFILE_HOT 32    /* the hot file (memory: lost whole at a power cut) */
+#define TSM_FFILE_PTABLE 64 /* the page table */
 
 typedef struct tsm_fault_plan {
     int kind;             /* TSM_FAULT_* */

@@ -197,6 +197,9 @@ int tsm_wal_open(tsm_wal *w, const tsm_io *io, const char *path, uint64_t size)
     int rc = fresh ? TSM_ENODB : read_header(w);
     if (rc == TSM_ENODB)
         rc = write_header(w, 0, TSM_WAL_UNKNOWN);
+    /* a clean close leaves the log small (tsm_wal_shrink): room again */
+    if (rc == TSM_OK && w->size < initial)
+        rc = grow(w, initial);
     atomic_store(&w->write_off, TSM_WAL_DATA);
     w->synced_off = TSM_WAL_DATA;
     return rc;
@@ -314,6 +317,18 @@ int tsm_wal_reset(tsm_wal *w, uint64_t checkpoint_lsn, uint64_t catalog_len)
     }
     pthread_mutex_unlock(&w->sync_mu);
     return rc;
+}
+
+int tsm_wal_shrink(tsm_wal *w)
+{
+    if (w->size <= 2 * TSM_WAL_DATA)
+        return TSM_OK;
+    if (w->io->truncate(w->fd, 2 * TSM_WAL_DATA) != 0)
+        return tsm_io_error(errno, w->path, "truncate");
+    if (w->io->datasync(w->fd) != 0)
+        return tsm_io_error(errno, w->path, "sync");
+    w->size = 2 * TSM_WAL_DATA;
+    return TSM_OK;
 }
 
 void tsm_wal_header_image(uint8_t *out, uint64_t checkpoint_lsn, uint64_t catalog_len)

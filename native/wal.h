@@ -57,6 +57,10 @@ int tsm_wal_grow_ahead(tsm_wal *w);
  * with LSNs from checkpoint_lsn + 1; catalog_len is the catalog's durable
  * length at that checkpoint (kept in the header's extension). */
 int tsm_wal_reset(tsm_wal *w, uint64_t checkpoint_lsn, uint64_t catalog_len);
+/* After the last checkpoint of a clean close (the log holds no record):
+ * cut the file to its header and one empty block.  The next open grows it
+ * back to its initial size. */
+int tsm_wal_shrink(tsm_wal *w);
 
 /* The TSM_WAL_DATA header bytes of a log file whose one cycle starts after
  * checkpoint_lsn (the online backup writes its copy of the log with it). */

@@ -468,20 +468,21 @@ def catalog_metric_ids(db_dir):
 
 
 def data_pages(db_dir, metric_id):
-    """[(page number, archive)] of the data pages of one metric in `pages`."""
+    """[(page number, archive)] of the data pages of one metric, from the blobs the
+    page table names (native/FORMAT.md, "ptable" and "Blob")."""
     out = []
+    with open(os.path.join(str(db_dir), "ptable"), "rb") as f:
+        table = f.read()
     with open(os.path.join(str(db_dir), "pages"), "rb") as f:
-        n = 0
-        while True:
-            page = f.read(4096)
-            if len(page) < 4096:
-                break
-            if n > 0 and page[8] == 1:
-                (mid,) = struct.unpack_from("<I", page, 12)
-                if mid == metric_id:
-                    (archive,) = struct.unpack_from("<H", page, 24)
-                    out.append((n, archive))
-            n += 1
+        for pno in range(1, (len(table) - 4096) // 8):
+            (entry,) = struct.unpack_from("<Q", table, 4096 + 8 * pno)
+            if not entry:
+                continue
+            f.seek((entry & (2 ** 40 - 1)) * 4)
+            head = f.read(28)
+            (mid, _lsn, key) = struct.unpack_from("<IQI", head, 12)
+            if mid == metric_id:
+                out.append((pno, key >> 24))
     return out
 
 

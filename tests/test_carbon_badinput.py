@@ -138,8 +138,9 @@ def test_full_disk_through_carbon(tmp_path):
             try:
                 wait_for(lambda: all(points(reader, "full.first.m%d" % i, now - 20, now)
                                      .get(now - 10) == i for i in range(20)), 30)
-                # fill: many metrics, each with points spanning its pages
-                for batch in range(60):
+                # fill: many metrics, each with points spanning its pages (pages are
+                # stored compressed, so the log's growth is what fills the disk first)
+                for batch in range(600):
                     c.send_lines(["full.fill.b%02d.m%03d %d %d" % (batch, i, i, now - 3000 + k)
                                   for i in range(40) for k in range(0, 3000, 400)])
                     if "No space left" in c.logs() or "ENOSPC" in c.logs():

@@ -16,7 +16,7 @@ import pytest
 
 import tismet
 from tismet import cli, repair
-from tismet_testutil import subprocess_env
+from tismet_testutil import blob_extent, entry_offset, subprocess_env
 
 NOW = 1_700_000_000
 PAGE = 4096
@@ -144,9 +144,10 @@ def test_clean_database(db, capsys):
 
 def test_flipped_byte_in_a_clean_page(db, pristine):
     pno = page_of(db, "srv.a.mem", 0, 2)
-    flip(os.path.join(db, "pages"), pno * PAGE + 3000)
+    off, length = blob_extent(db, pno)
+    flip(os.path.join(db, "pages"), off + length // 2)
     report, problems = deep(db)
-    assert [(f, o) for f, o, _ in problems] == [("pages", pno * PAGE)]
+    assert [(f, o) for f, o, _ in problems] == [("pages", off)]
     assert "checksum" in problems[0][2]
     # an untagged name is spelled from the name tree (the metric table keeps none)
     assert "metric 'srv.a.mem' archive 0" in problems[0][2]
@@ -161,27 +162,57 @@ def test_zeroed_page(db, pristine):
     ids, pages = catalog_map(db)
     pno = next(p for (m, a, _r), (p, _o) in pages.items()
                if m == ids["app.req;env=prod;dc=x"] and a == 1)
+    off, length = blob_extent(db, pno)
     with open(os.path.join(db, "pages"), "r+b") as f:
-        f.seek(pno * PAGE)
-        f.write(b"\0" * PAGE)
+        f.seek(off)
+        f.write(b"\0" * length)
     _report, problems = deep(db)
-    assert [(f, o) for f, o, _ in problems] == [("pages", pno * PAGE)]
-    assert "identity" in problems[0][2]
+    assert [(f, o) for f, o, _ in problems] == [("pages", off)]
+    assert "bad length" in problems[0][2]
     assert_repaired(db, pristine[1], lost={("app.req;env=prod;dc=x", 1)})
 
 
 def test_truncated_pages_file(db, pristine):
     _ids, pages = catalog_map(db)
-    last = max(p for p, _ in pages.values())
+    last = max((blob_extent(db, p)[0], p) for p, _ in pages.values())[1]
+    off, _length = blob_extent(db, last)
     with open(os.path.join(db, "pages"), "r+b") as f:
-        f.truncate(last * PAGE)
+        f.truncate(off // PAGE * PAGE)
     _report, problems = deep(db)
-    assert ("pages", last * PAGE) in [(f, o) for f, o, _ in problems]
+    assert ("ptable", entry_offset(last)) in [(f, o) for f, o, _ in problems]
+    assert any("names no blob" in m for _f, _o, m in problems)
+    ids = catalog_map(db)[0]
+    lost = {(n, a) for n in NAMES for (m, a, _r), (p, _o) in pages.items()
+            if m == ids[n] and blob_extent(db, p)[0] >= off // PAGE * PAGE}
+    assert_repaired(db, pristine[1], lost=lost)
+
+
+def test_truncated_page_table(db, pristine):
+    _ids, pages = catalog_map(db)
+    last = max(p for p, _ in pages.values())
+    with open(os.path.join(db, "ptable"), "r+b") as f:
+        f.truncate(entry_offset(last))
+    _report, problems = deep(db)
+    assert ("ptable", entry_offset(last)) in [(f, o) for f, o, _ in problems]
     assert any("past the end" in m and "truncated" in m for _f, _o, m in problems)
     ids = catalog_map(db)[0]
     owner = next((n, a) for n in NAMES for (m, a, _r), (p, _o) in pages.items()
                  if m == ids[n] and p == last)
     assert_repaired(db, pristine[1], lost={owner})
+
+
+def test_overlapping_blobs(db, pristine):
+    _ids, pages = catalog_map(db)
+    a, b = sorted(p for p, _ in pages.values())[:2]
+    with open(os.path.join(db, "ptable"), "r+b") as f:
+        f.seek(entry_offset(a))
+        entry = f.read(8)
+        f.seek(entry_offset(b))
+        f.write(entry)
+    _report, problems = deep(db)
+    assert ("ptable", entry_offset(max(a, b))) in [(f, o) for f, o, _ in problems]
+    assert any("overlap" in m for _f, _o, m in problems)
+    assert any("names another page" in m for _f, _o, m in problems)
 
 
 def test_damaged_catalog_record(db, pristine, capsys):
@@ -215,7 +246,7 @@ def test_page_referenced_twice(db, pristine):
     struct.pack_into("<I", data, off, crc32c(bytes(data[off + 4:off + length])))
     open(os.path.join(db, "catalog"), "wb").write(bytes(data))
     _report, problems = deep(db)
-    assert ("pages", shared * PAGE) in [(f, o) for f, o, _ in problems]
+    assert ("ptable", entry_offset(shared)) in [(f, o) for f, o, _ in problems]
     assert any("referenced twice" in m for _f, _o, m in problems)
     assert_repaired(db, pristine[1], lost={("srv.b.mem", 0)})
 
@@ -293,7 +324,7 @@ def test_garbled_last_record_leaves_a_page_the_log_cannot_redo(db):
     flip(os.path.join(db, "wal"), off + 40)
     _report, problems = deep(db)
     pno = page_of(db, "srv.b.cpu", 0, (NOW + 10) // 10 % 2000 // 336)
-    assert ("pages", pno * PAGE) in [(f, o) for f, o, _ in problems]
+    assert ("pages", blob_extent(db, pno)[0]) in [(f, o) for f, o, _ in problems]
     assert any("the log does not hold that change" in m for _f, _o, m in problems)
 
 

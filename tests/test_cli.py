@@ -307,15 +307,14 @@ def test_info(imported, capsys):
 
 
 def test_check_clean_and_damaged(tmp_path, capsys):
-    from test_corruption import PAGE, build, data_page_of, flip
+    from test_corruption import build, data_page_of, flip_blob
     path = str(tmp_path / "db")
     build(path)
     code, out, err = main(capsys, "check", path)
     assert (code, out.strip()) == (0, "clean")
     code, out, err = main(capsys, "check", path, "--json")
     assert code == 0 and json.loads(out)["clean"] is True
-    pno = data_page_of(path, "a.one")
-    flip(os.path.join(path, "pages"), pno * PAGE + 2000)
+    flip_blob(path, data_page_of(path, "a.one"))
     code, out, err = run("check", path)
     assert code == 1 and "checksum" in out
     code, out, err = main(capsys, "check", path, "--json")

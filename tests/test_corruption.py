@@ -6,6 +6,7 @@ import struct
 import pytest
 
 import tismet
+from tismet_testutil import blob_extent
 
 NOW = 1700000000
 ARCHIVES = [(10, 360), (60, 1440)]
@@ -45,16 +46,23 @@ def flip(path, offset):
         f.write(bytes([b[0] ^ 0x5A]))
 
 
+def flip_blob(path, pno):
+    """Damage the middle of page pno's blob; returns the blob's offset."""
+    off, length = blob_extent(path, pno)
+    flip(os.path.join(path, "pages"), off + length // 2)
+    return off
+
+
 def test_damaged_page_is_reported_not_returned(tmp_path):
     path = str(tmp_path / "db")
     build(path)
     pno = data_page_of(path, "a.one")
-    flip(os.path.join(path, "pages"), pno * PAGE + 2000)
+    off = flip_blob(path, pno)
     with tismet.Database(path, readonly=True) as db:
         with pytest.raises(tismet.CorruptDatabase) as ei:
             db.fetch("a.one", NOW - 3000, NOW, now=NOW)
         assert ei.value.file.endswith("pages")
-        assert ei.value.offset == pno * PAGE
+        assert ei.value.offset == off
         assert isinstance(ei.value, OSError)
         # the other metric is unharmed
         values = db.fetch("a.two", NOW - 600, NOW, now=NOW)[1]
@@ -109,12 +117,12 @@ def test_fetch_many_names_the_damaged_page_of_its_series(tmp_path):
     path = str(tmp_path / "db")
     build(path)
     pno = data_page_of(path, "a.one")
-    flip(os.path.join(path, "pages"), pno * PAGE + 2000)
+    off = flip_blob(path, pno)
     with tismet.Database(path, readonly=True) as db:
         got = db.fetch_many(["a.one", "no.such", "a.two"], NOW - 3000, NOW, now=NOW,
                             on_error="return")
         assert isinstance(got[0], tismet.CorruptDatabase)
-        assert got[0].file.endswith("pages") and got[0].offset == pno * PAGE
+        assert got[0].file.endswith("pages") and got[0].offset == off
         assert got[1] is None
         assert got[2][1][-1] == 0.0
 

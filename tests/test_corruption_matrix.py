@@ -7,8 +7,8 @@ case, not a dead test run): opened read-only, then as the writer
 (recovery), reading every metric each time and running check().
 
 Where: `lock`; `pages` (superblock header, superblock live fields, a data
-page's header, a data page's slots, a free page); `catalog` (first, middle
-and last record); `wal` (each header slot, records after the checkpoint,
+page's blob header, its encoded slots, space no blob takes); `ptable` (header,
+the entries of the pages in use); `catalog` (first, middle and last record); `wal` (each header slot, records after the checkpoint,
 the zero-filled rest). How: a flipped random byte, a zeroed 4 KiB block,
 truncation, appended garbage, and random bytes over the log's tail.
 
@@ -100,31 +100,40 @@ def layout(dbdir):
             allocs.append((mid_, arch, ring, pno))
         off += length
     pages = (dbdir / "pages").read_bytes()
-    used = {p for p in data_pages if pages[p * PAGE + 8] == 1}
-    # a page of the deleted metric, or else one past every used page
-    free = [p for p in data_pages if p not in used] or [max(used) + 1]
+    table = (dbdir / "ptable").read_bytes()
+
+    def extent(p):      # FORMAT.md, "ptable": the blob of page p
+        e = struct.unpack_from("<Q", table, 4096 + 8 * p)[0]
+        return (e & (2 ** 40 - 1)) * 4, (e >> 40) & 0xFFFF
+
+    used = {p for p in data_pages if extent(p)[1]}
+    ends = sorted(extent(p) for p in used)
+    # space no blob takes: after the last blob of the file
+    free = max(o + n for o, n in ends)
     wal = (dbdir / "wal").read_bytes()
     end = 4096
     while end + 24 <= len(wal) and struct.unpack_from("<I", wal, end + 4)[0] >= 24:
         end += struct.unpack_from("<I", wal, end + 4)[0]
-    clean = sorted(p for p in used if not pages[p * PAGE + 10] & 1)
-    assert clean and not any(pages[p * PAGE + 10] & 1 for p in used)   # never DIRTY on disk
     # the page of a.b.c (the first metric written) that the killed writer changed after
-    # its checkpoint: in the page file, the checkpoint's copy; the change is in the log
+    # its checkpoint: in the page file, the checkpoint's blob; the change is in the log
     first_id = allocs[0][0]
     ring = (NOW - 200) // 10 % 360 // 336
     changed = [p for mid_, arch, r, p in allocs if (mid_, arch, r) == (first_id, 0, ring)]
     assert changed and changed[0] in used, (allocs, ring)
-    d0, d1 = clean[0] * PAGE, changed[0] * PAGE
+    clean = sorted(p for p in used if p != changed[0])
+    (d0, n0), (d1, n1) = extent(clean[0]), extent(changed[0])
+    entries = (4096 + 8 * min(used), 4096 + 8 * (max(used) + 1))
     mid = records[len(records) // 2]
     return {
         "lock": ("lock", 0, max(1, os.path.getsize(dbdir / "lock"))),
         "pages.super": ("pages", 0, 28),
         "pages.super_live": ("pages", 64, 104),
-        "pages.data_header": ("pages", d0, d0 + 64),
-        "pages.data_slots": ("pages", d0 + 64, d0 + PAGE),
-        "pages.changed_slots": ("pages", d1 + 64, d1 + PAGE),
-        "pages.free": ("pages", free[0] * PAGE, free[0] * PAGE + PAGE),
+        "pages.data_header": ("pages", d0, d0 + 28),
+        "pages.data_slots": ("pages", d0 + 28, d0 + n0),
+        "pages.changed_slots": ("pages", d1 + 28, d1 + n1),
+        "pages.free": ("pages", free, max(free + 1, len(pages))),
+        "ptable.header": ("ptable", 0, 16),
+        "ptable.entries": ("ptable", entries[0], entries[1]),
         "catalog.first": ("catalog", records[0][0], records[0][1]),
         "catalog.middle": ("catalog", mid[0], mid[1]),
         "catalog.last": ("catalog", records[-1][0], records[-1][1]),
@@ -161,7 +170,7 @@ def damage(path, kind, start, end, rng):
 
 KINDS = ["flip", "zero", "truncate", "append", "garble"]
 REGIONS = ["lock", "pages.super", "pages.super_live", "pages.data_header", "pages.data_slots",
-           "pages.changed_slots", "pages.free", "catalog.first", "catalog.middle", "catalog.last", "wal.header0",
+           "pages.changed_slots", "pages.free", "ptable.header", "ptable.entries", "catalog.first", "catalog.middle", "catalog.last", "wal.header0",
            "wal.header1", "wal.records", "wal.rest"]
 CASES = [(r, k) for r in REGIONS for k in KINDS
          if not (k == "append" and r not in ("lock", "pages.free", "catalog.last", "wal.rest"))

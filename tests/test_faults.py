@@ -27,7 +27,8 @@ Faults (kind x mode x phase): torn writes at several offsets (with and without a
 crash), short writes (must be invisible), EIO on fsync/msync (with and without a
 power cut), ENOSPC, EIO on file growth, and power cuts at an I/O operation of the
 phase (strict, or with random writeback). Phases: log append, checkpoint, page-file
-growth, catalog append (creates and page allocations), log growth.
+growth, catalog append (creates and page allocations), log growth, the table write (a
+checkpoint's blob writes and page table blocks, and their syncs).
 
 Default: every applicable combination once (about 120 cases) and a few multi-round
 runs; TISMET_SOAK=1: several seeds per combination and long multi-round runs.
@@ -249,8 +250,11 @@ PHASES = {
     "page_growth": {"grow": [(F.PAGES, F.ALLOCATE)]},
     "catalog_append": {"write": [(F.CATALOG, F.WRITE)]},
     "log_growth": {"write": [(F.WAL, F.GROW)], "grow": [(F.WAL, F.GROW)]},
+    # a checkpoint's blobs (pages) and the page table blocks naming them
+    "table_write": {"write": [(F.PAGES, F.WRITE), (F.PTABLE, F.WRITE)],
+                    "sync": [(F.PAGES, F.SYNC), (F.PTABLE, F.SYNC)]},
 }
-FILE_NAMES = {F.WAL: "wal", F.PAGES: "pages", F.CATALOG: "catalog"}
+FILE_NAMES = {F.WAL: "wal", F.PAGES: "pages", F.CATALOG: "catalog", F.PTABLE: "ptable"}
 
 # kind -> (plan kind, what it needs, err, crash, power cut keep or None, extra plan args)
 KINDS = {
@@ -354,7 +358,7 @@ def run_case(tmp_path, kind, mode, phase, seed, rounds=1, ops=400):
         if phase == "page_growth":       # more metrics than the page file holds
             w.p_create, w.max_metrics = 0.4, len(w.live()) + 300
         after = {"log_append": 12, "checkpoint": 3, "page_growth": 1, "catalog_append": 15,
-                 "log_growth": 1}[phase]
+                 "log_growth": 1, "table_write": 3}[phase]
         args = {"times": 1, "tear_at": 0}
         args.update(extra)
         F.arm(pk, ops=op, files=files, after=rng.randrange(after), err=err, crash=crash, **args)
@@ -373,7 +377,8 @@ def run_case(tmp_path, kind, mode, phase, seed, rounds=1, ops=400):
                 break
             n += 1
             if n >= ops:
-                if phase == "checkpoint" or (phase == "log_append" and mode == "none"):
+                if phase in ("checkpoint", "table_write") or (phase == "log_append" and
+                                                              mode == "none"):
                     w.p_checkpoint, w.p_sync = 0.3, 0.3
                 if time.time() > deadline:
                     break
@@ -616,7 +621,7 @@ def test_log_grows_after_a_failed_growth(tmp_path, how):
         F.arm(F.TORN, ops=F.GROW, files=F.WAL, err=errno.ENOSPC, tear_at=4096 + 40)
     batch = [(NOW - k, float(k)) for k in range(1000)]
     with pytest.raises(tismet.StorageError) as ei:
-        for _ in range(400):
+        for _ in range(1200):       # past the 4 MiB a reopened (shrunk) log starts with
             db.update_many("f.a", batch, now=NOW)
     assert ei.value.errno == (errno.EIO if how == "torn" else errno.ENOSPC)
     with pytest.raises(tismet.StorageError):

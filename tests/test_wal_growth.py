@@ -60,7 +60,6 @@ def test_group_mode_grows_the_log_ahead_of_the_writer(tmp_path):
         assert wait_for(lambda: wal_size(path) == 2 * START, 5), wal_size(path)
         got = db.fetch("g.x", start - 1, end - 1, now=NOW)[1]
         assert got == [float(t) for t in range(start, end)]
-    assert wal_size(path) == 2 * START
 
 
 @pytest.mark.parametrize("mode", ["sync", "none"])

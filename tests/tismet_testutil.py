@@ -61,3 +61,24 @@ def values_by_time(r):
     """{timestamp: value} for the non-None values of a fetch result."""
     (start, end, step), values = r
     return {start + i * step: v for i, v in enumerate(values) if v is not None}
+
+
+PT_HDR = 4096    # FORMAT.md, "ptable": entries start after a 4 KiB header
+
+
+def blob_extent(db_dir, pno):
+    """(offset, length) in `pages` of page pno's blob, per its page table entry
+    (FORMAT.md, "ptable"); (None, 0) when the page has no blob."""
+    import struct
+    with open(os.path.join(db_dir, "ptable"), "rb") as f:
+        f.seek(PT_HDR + 8 * pno)
+        raw = f.read(8)
+    entry = struct.unpack("<Q", raw)[0] if len(raw) == 8 else 0
+    if not entry:
+        return None, 0
+    return (entry & (2 ** 40 - 1)) * 4, (entry >> 40) & 0xFFFF
+
+
+def entry_offset(pno):
+    """Offset of page pno's entry in the `ptable` file."""
+    return PT_HDR + 8 * pno

@@ -24,6 +24,7 @@ READ, RENAME, SYNCDIR, ALL_OPS = (lib.TSM_FOP_READ, lib.TSM_FOP_RENAME, lib.TSM_
 WAL, PAGES, CATALOG, LOCK, OTHER = (lib.TSM_FFILE_WAL, lib.TSM_FFILE_PAGES,
                                     lib.TSM_FFILE_CATALOG, lib.TSM_FFILE_LOCK,
                                     lib.TSM_FFILE_OTHER)
+PTABLE = lib.TSM_FFILE_PTABLE
 
 
 class FaultyDatabase(Database):

@@ -43,7 +43,8 @@ TARGETS = {
     "names": "names, tagged names, find patterns, tag queries (record.c, index.c, tags.c)",
     "wal": "log replay (wal.c, record.c, db.c recovery)",
     "catalog": "catalog decoding (catalog.c, record.c)",
-    "pages": "page and superblock decoding (page.c, series.c)",
+    "pages": "the page read path: blobs, page table, superblock (page.c, db.c, series.c)",
+    "blob": "the blob decoder (page.c, codec.c), with a pack-again round trip",
 }
 
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all",

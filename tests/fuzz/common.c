@@ -186,6 +186,7 @@ static void build_template(void)
     read_file(dir, "pages", &tmpl.pages);
     read_file(dir, "catalog", &tmpl.catalog);
     read_file(dir, "wal", &tmpl.wal);
+    read_file(dir, "ptable", &tmpl.ptable);
     tmpl.start_lsn = 0;
     for (int slot = 0; slot < 2; slot++) {      /* the header with the higher seq */
         const uint8_t *h = tmpl.wal.data + 2048 * slot;
@@ -198,15 +199,23 @@ static void build_template(void)
             tmpl.start_lsn = start;
         }
     }
-    for (size_t p = 1; p < tmpl.pages.size / TSM_PAGE_SIZE && tmpl.ndata_pages < 64; p++)
-        if (tmpl.pages.data[p * TSM_PAGE_SIZE + 8] == TSM_PAGE_DATA)
-            tmpl.data_pages[tmpl.ndata_pages++] = (uint32_t)p;
+    for (uint32_t p = 1; p < (tmpl.ptable.size - 4096) / 8 && tmpl.ndata_pages < 64; p++)
+        if (fuzz_entry(&tmpl.ptable, p))
+            tmpl.data_pages[tmpl.ndata_pages++] = p;
     MUST(tsm_close(db));
     tsm_release(db);
     remove_tree(dir);
     if (mkdir(tmpl.dir, 0755) != 0 && errno != EEXIST)
         abort();
     tmpl_ready = 1;
+}
+
+uint64_t fuzz_entry(const fuzz_file *ptable, uint32_t pno)
+{
+    uint64_t e = 0;
+    if (4096 + 8 * (size_t)pno + 8 <= ptable->len)
+        memcpy(&e, ptable->data + 4096 + 8 * (size_t)pno, 8);
+    return e;
 }
 
 const fuzz_template *fuzz_template_get(void)
@@ -236,9 +245,9 @@ static void write_file(const char *dir, const char *name, const uint8_t *data, s
 void fuzz_restore(const fuzz_template *t, const char *which, const uint8_t *data, size_t len,
                   size_t size)
 {
-    const char *names[3] = {"pages", "catalog", "wal"};
-    const fuzz_file *files[3] = {&t->pages, &t->catalog, &t->wal};
-    for (int i = 0; i < 3; i++) {
+    const char *names[4] = {"pages", "catalog", "wal", "ptable"};
+    const fuzz_file *files[4] = {&t->pages, &t->catalog, &t->wal, &t->ptable};
+    for (int i = 0; i < 4; i++) {
         if (which && strcmp(which, names[i]) == 0)
             write_file(t->dir, names[i], data, len, size);
         else

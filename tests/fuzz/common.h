@@ -29,8 +29,8 @@ typedef struct fuzz_file {
 
 typedef struct fuzz_template {
     char dir[512];          /* scratch database directory, rewritten per input */
-    fuzz_file pages, catalog, wal;
-    uint32_t data_pages[64];   /* page numbers holding data in the template */
+    fuzz_file pages, catalog, wal, ptable;
+    uint32_t data_pages[64];   /* page numbers with a blob in the template */
     size_t ndata_pages;
     uint64_t start_lsn;     /* of the log cycle the template's wal holds */
 } fuzz_template;
@@ -39,7 +39,7 @@ typedef struct fuzz_template {
 const fuzz_template *fuzz_template_get(void);
 
 /* Write the template's files into its directory, with `which` ("pages",
- * "catalog", "wal") replaced by data[0..len) and zero-filled to `size`. */
+ * "catalog", "wal", "ptable") replaced by data[0..len) and zero-filled to `size`. */
 void fuzz_restore(const fuzz_template *t, const char *which, const uint8_t *data, size_t len,
                   size_t size);
 
@@ -57,5 +57,8 @@ uint32_t fuzz_crc32c(const void *buf, size_t len);
 /* Seed writing: when FUZZ_WRITE_SEEDS names a directory, harnesses write
  * their seed inputs there from LLVMFuzzerInitialize (tools/fuzz.py seeds). */
 void fuzz_write_seed(const char *name, const uint8_t *data, size_t len);
+
+/* The page table entry of page pno in a ptable image (FORMAT.md), 0 if none. */
+uint64_t fuzz_entry(const fuzz_file *ptable, uint32_t pno);
 
 #endif

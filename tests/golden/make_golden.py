@@ -34,7 +34,7 @@ def main():
         build(db)
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-            for name in ("pages", "catalog", "wal", "lock"):
+            for name in ("pages", "ptable", "catalog", "wal", "lock"):
                 tar.add(os.path.join(db, name), arcname=name)
         with open(out, "wb") as f:
             f.write(buf.getvalue())
