@@ -170,12 +170,15 @@ static int scan_open(scan *s, const char *path, unsigned flags)
         return rc;
     if (!(flags & TSM_CHECK_LOCK_HELD))
         probe_writer(s);
+    int sb_ok = 0;
     if (s->npages == 0) {
         finding(s, TSM_ECORRUPT, s->pages_path, 0, "%s is empty: no superblock", s->pages_path);
     } else if (tsm_sb_check((const tsm_superblock *)(void *)s->base, s->pages_path) != TSM_OK) {
         tsm_error e;
         tsm_last_error(&e);
         finding(s, TSM_ECORRUPT, e.file, e.offset, "%s", e.message);
+    } else {
+        sb_ok = 1;
     }
     rc = read_file(s, s->catalog_path, &s->catalog, &s->catalog_file);
     if (rc == TSM_ENODB)
@@ -184,7 +187,9 @@ static int scan_open(scan *s, const char *path, unsigned flags)
         return rc;
     s->catalog_len = s->catalog_file;
     s->hot.fd = -1;
-    if (s->npages) {
+    /* a damaged superblock publishes nothing to trust: the whole catalog file
+     * is walked (leniently) and no hot file is looked for */
+    if (s->npages && sb_ok) {
         const tsm_superblock *sb = (const tsm_superblock *)(void *)s->base;
         /* the pages changed since the last checkpoint are in the writer's hot
          * file (a live writer's, or a killed one's): read them there */
@@ -602,7 +607,10 @@ static tsm_page_copy *overlay_get(scan *s, uint32_t pno, int create)
         tsm_page_copy *c = aligned_alloc(64, sizeof *c);
         if (!c)
             return NULL;
-        if (pno < s->npages && copy_page(s, pno, c) == TSM_OK)
+        /* a sealed page that fails its checksum is no base to replay the log
+         * onto: it starts blank (no identity), so it counts as lost */
+        if (pno < s->npages && copy_page(s, pno, c) == TSM_OK &&
+            (tsm_page_dirty(c->bytes) || tsm_page_verify(c, s->pages_path, pno) == TSM_OK))
             ;
         else
             memset(c, 0, sizeof *c);
