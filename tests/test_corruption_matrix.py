@@ -24,7 +24,7 @@ accepts silent loss are listed in SILENT_OK with the reason; any other one
 fails. The counts go to $TISMET_CORRUPTION_REPORT (JSON lines) for
 RELIABILITY.md.
 
-Repair: every *detected* case is then repaired with `tismet check --repair`
+Repair: every case that is not harmless is then repaired with `tismet check --repair`
 (REPAIR_HOOK), on the damaged copy as it was found (the probe reads another
 copy, since its writer open recovers what it opens): it must complete, keep
 the damaged directory as <dir>.damaged-<time> unchanged, and leave a database
@@ -118,9 +118,15 @@ def layout(dbdir):
     # a page of the deleted metric, or else one past every used page
     free = [p for p in data_pages if p not in used] or [max(used) + 1]
     wal = (dbdir / "wal").read_bytes()
-    end = 4096
-    while end + 24 <= len(wal) and struct.unpack_from("<I", wal, end + 4)[0] >= 24:
-        end += struct.unpack_from("<I", wal, end + 4)[0]
+    # the records of this log cycle: consecutive LSNs from the first (what follows
+    # is zeros or an older cycle's bytes, which a length alone does not tell apart)
+    end, lsn = 4096, None
+    while end + 24 <= len(wal):
+        length, rec_lsn = struct.unpack_from("<IQ", wal, end + 4)
+        if length < 24 or end + length > len(wal) or (lsn is not None and rec_lsn != lsn + 1):
+            break
+        end, lsn = end + length, rec_lsn
+    assert 4096 < end < len(wal), end
     clean = sorted(p for p in used if not pages[p * PAGE + 10] & 1)
     assert clean and not any(pages[p * PAGE + 10] & 1 for p in used)   # never DIRTY on disk
     # the page of a.b.c (the first metric written) that the killed writer changed after
@@ -200,13 +206,14 @@ def file_digests(dbdir):
 
 
 def REPAIR_HOOK(dbdir, model, region, kind, outcome):
-    """`tismet check --repair` on a detected case's damaged copy (as it was before any
-    open): it must complete, keep the damaged directory as <dir>.damaged-<time>
+    """`tismet check --repair` on the damaged copy of a case that was not harmless
+    (as it was before any open; for a silent loss the deep check may see what the
+    engine's open passes over, and repair then rebuilds): it must complete, keep the damaged directory as <dir>.damaged-<time>
     byte for byte, leave a database that opens and checks clean (engine check and
     deep check), hold no value the model never wrote and no name it never made, and
     what is missing must be what the report says was lost.  Returns the report and
     the repaired database's reading, for the figures."""
-    if outcome != "detected":
+    if outcome == "harmless":
         return None
     where = "repair after %s %s" % (kind, region)
     before = file_digests(dbdir)
