@@ -663,30 +663,49 @@ static void replay_alloc(scan *s, const tsm_rec *r)
                   m->arch[al.archive].points, r->lsn);
 }
 
-/* Recovery in memory: the records after the checkpoint, up to the first bad one. */
+static void replay_record(scan *s, const tsm_rec *r)
+{
+    s->applied++;
+    if (r->type == TSM_REC_ALLOC && r->lsn > s->cat.max_lsn)
+        tsm_catalog_apply(&s->cat, r, NULL, NULL);
+    if (r->type == TSM_REC_ALLOC)
+        replay_alloc(s, r);
+    else if (r->type == TSM_REC_UPDATE) {
+        replay c = {s, r->lsn, NULL};
+        tsm_update_walk(r, replay_group, replay_run, &c);
+    } else if (r->lsn > s->cat.max_lsn) {
+        tsm_catalog_apply(&s->cat, r, NULL, NULL);
+    }
+}
+
+/* Recovery in memory: the records after the checkpoint, up to the first bad one.
+ * When no header slot is readable, or the chosen one is older than the first
+ * record (the newer slot was damaged), the header cannot say where the cycle
+ * starts: the chain of consecutive LSNs from the first record is replayed, and
+ * the LSN guards decide what applies (a page already holding a change, I5, a
+ * catalog already past a record), as they make any older cycle's record a no-op. */
 static void replay_log(scan *s)
 {
-    if (!s->wal_ok || s->writer_live)
+    if (s->writer_live || !s->wal || s->wal_size < 2 * TSM_WAL_DATA)
         return;
     uint64_t off = TSM_WAL_DATA;
+    tsm_rec r;
+    int first_ok = tsm_rec_parse(s->wal + off, s->wal_size - off, &r) == TSM_OK;
+    if (!s->wal_ok || (first_ok && s->log_records == 0 && r.lsn > s->start_lsn)) {
+        for (uint64_t next = first_ok ? r.lsn : 0; first_ok && r.lsn == next; next++) {
+            replay_record(s, &r);
+            off += r.len;
+            first_ok = off < s->wal_size &&
+                       tsm_rec_parse(s->wal + off, s->wal_size - off, &r) == TSM_OK;
+        }
+        return;
+    }
     for (uint64_t lsn = s->start_lsn; lsn <= s->last_lsn; lsn++) {
-        tsm_rec r;
         if (tsm_rec_parse(s->wal + off, s->wal_size - off, &r) != TSM_OK)
             break;
         off += r.len;
-        if (r.lsn <= s->checkpoint_lsn)
-            continue;
-        s->applied++;
-        if (r.type == TSM_REC_ALLOC && r.lsn > s->cat.max_lsn)
-            tsm_catalog_apply(&s->cat, &r, NULL, NULL);
-        if (r.type == TSM_REC_ALLOC)
-            replay_alloc(s, &r);
-        else if (r.type == TSM_REC_UPDATE) {
-            replay c = {s, r.lsn, NULL};
-            tsm_update_walk(&r, replay_group, replay_run, &c);
-        } else if (r.lsn > s->cat.max_lsn) {
-            tsm_catalog_apply(&s->cat, &r, NULL, NULL);
-        }
+        if (r.lsn > s->checkpoint_lsn)
+            replay_record(s, &r);
     }
 }
 
