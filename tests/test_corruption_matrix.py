@@ -30,10 +30,11 @@ copy, since its writer open recovers what it opens): it must complete, keep
 the damaged directory as <dir>.damaged-<time> unchanged, and leave a database
 that opens, checks clean (check() and the deep check) and holds only values
 the model wrote; what is missing must be what the report says was lost
-(ring pages left out, damaged catalog bytes, a log cut by damage).  Two
+(ring pages left out, damaged catalog bytes, a log cut by damage).  Three
 salvage bugs this found are fixed in native/check.c and stay covered here:
-a zeroed superblock dropped the whole catalog (pages.super-zero), and a
-damaged page the log had changed was trusted (pages.data_slots-flip).
+a zeroed superblock dropped the whole catalog (pages.super-zero), a damaged
+page the log had changed was trusted (pages.data_slots-flip), and a damaged
+log header lost the log's intact records (wal.header1-zero).
 
 One seed per case by default (~15 s); TISMET_SOAK=1 runs ten.
 """
@@ -81,6 +82,14 @@ SILENT_OK = {
     ("wal.records", "truncate"): "a cut log loses the records after the cut",
     ("wal.records", "garble"): "random bytes over records end the log",
 }
+
+
+# (region, kind) pairs whose repair must lose nothing: the damage hits a structure
+# the salvage can do without (the superblock: the catalog and the pages say it
+# all; a log header: the records follow it intact)
+LOSSLESS_REPAIR = ({(r, k) for r in ("pages.super", "pages.super_live") for k in ("flip", "zero")} |
+                   {(r, k) for r in ("wal.header0", "wal.header1")
+                    for k in ("flip", "zero", "garble")})
 
 
 def run_probe(cmd, dbdir, model):
@@ -245,6 +254,10 @@ def REPAIR_HOOK(dbdir, model, region, kind, outcome):
         where, out["extra_names"], report)
     assert out["errors"] == [] and out["check"] == [], (where, out["errors"], out["check"])
     assert out["deep"]["clean"], (where, out["deep"]["problems"][:3])
+    if (region, kind) in LOSSLESS_REPAIR:
+        assert out["missing_points"] == 0 and out["missing_names"] == [], (
+            "%s: the repair lost %d points, names %r: %r" % (
+                where, out["missing_points"], out["missing_names"], report))
     if report["repaired"]:
         lost_slots = {}
         for p_ in report["pages_lost"]:
