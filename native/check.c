@@ -228,12 +228,15 @@ static int scan_open(scan *s, const char *path, unsigned flags)
         check_table_header(s);
     if (!(flags & TSM_CHECK_LOCK_HELD))
         probe_writer(s);
+    int sb_ok = 0;
     if (s->npages == 0) {
         finding(s, TSM_ECORRUPT, s->pages_path, 0, "%s is empty: no superblock", s->pages_path);
     } else if (tsm_sb_check((const tsm_superblock *)(void *)s->base, s->pages_path) != TSM_OK) {
         tsm_error e;
         tsm_last_error(&e);
         finding(s, TSM_ECORRUPT, e.file, e.offset, "%s", e.message);
+    } else {
+        sb_ok = 1;
     }
     rc = read_file(s, s->catalog_path, &s->catalog, &s->catalog_file);
     if (rc == TSM_ENODB)
@@ -242,7 +245,9 @@ static int scan_open(scan *s, const char *path, unsigned flags)
         return rc;
     s->catalog_len = s->catalog_file;
     s->hot.fd = -1;
-    if (s->npages) {
+    /* a damaged superblock publishes nothing to trust: the whole catalog file
+     * is walked (leniently) and no hot file is looked for */
+    if (s->npages && sb_ok) {
         const tsm_superblock *sb = (const tsm_superblock *)(void *)s->base;
         /* the pages changed since the last checkpoint are in the writer's hot
          * file (a live writer's, or a killed one's): read them there */
@@ -769,7 +774,10 @@ static tsm_page_copy *overlay_get(scan *s, uint32_t pno, int create)
         tsm_page_copy *c = aligned_alloc(64, sizeof *c);
         if (!c)
             return NULL;
-        if (pno < s->nentries && copy_page(s, pno, c) == TSM_OK)
+        /* a sealed page that fails its checksum is no base to replay the log
+         * onto: it starts blank (no identity), so it counts as lost */
+        if (pno < s->nentries && copy_page(s, pno, c) == TSM_OK &&
+            (tsm_page_dirty(c->bytes) || tsm_page_verify(c, s->pages_path, pno) == TSM_OK))
             ;
         else
             memset(c, 0, sizeof *c);
@@ -822,30 +830,49 @@ static void replay_alloc(scan *s, const tsm_rec *r)
                   m->arch[al.archive].points, r->lsn);
 }
 
-/* Recovery in memory: the records after the checkpoint, up to the first bad one. */
+static void replay_record(scan *s, const tsm_rec *r)
+{
+    s->applied++;
+    if (r->type == TSM_REC_ALLOC && r->lsn > s->cat.max_lsn)
+        tsm_catalog_apply(&s->cat, r, NULL, NULL);
+    if (r->type == TSM_REC_ALLOC)
+        replay_alloc(s, r);
+    else if (r->type == TSM_REC_UPDATE) {
+        replay c = {s, r->lsn, NULL};
+        tsm_update_walk(r, replay_group, replay_run, &c);
+    } else if (r->lsn > s->cat.max_lsn) {
+        tsm_catalog_apply(&s->cat, r, NULL, NULL);
+    }
+}
+
+/* Recovery in memory: the records after the checkpoint, up to the first bad one.
+ * When no header slot is readable, or the chosen one is older than the first
+ * record (the newer slot was damaged), the header cannot say where the cycle
+ * starts: the chain of consecutive LSNs from the first record is replayed, and
+ * the LSN guards decide what applies (a page already holding a change, I5, a
+ * catalog already past a record), as they make any older cycle's record a no-op. */
 static void replay_log(scan *s)
 {
-    if (!s->wal_ok || s->writer_live)
+    if (s->writer_live || !s->wal || s->wal_size < 2 * TSM_WAL_DATA)
         return;
     uint64_t off = TSM_WAL_DATA;
+    tsm_rec r;
+    int first_ok = tsm_rec_parse(s->wal + off, s->wal_size - off, &r) == TSM_OK;
+    if (!s->wal_ok || (first_ok && s->log_records == 0 && r.lsn > s->start_lsn)) {
+        for (uint64_t next = first_ok ? r.lsn : 0; first_ok && r.lsn == next; next++) {
+            replay_record(s, &r);
+            off += r.len;
+            first_ok = off < s->wal_size &&
+                       tsm_rec_parse(s->wal + off, s->wal_size - off, &r) == TSM_OK;
+        }
+        return;
+    }
     for (uint64_t lsn = s->start_lsn; lsn <= s->last_lsn; lsn++) {
-        tsm_rec r;
         if (tsm_rec_parse(s->wal + off, s->wal_size - off, &r) != TSM_OK)
             break;
         off += r.len;
-        if (r.lsn <= s->checkpoint_lsn)
-            continue;
-        s->applied++;
-        if (r.type == TSM_REC_ALLOC && r.lsn > s->cat.max_lsn)
-            tsm_catalog_apply(&s->cat, &r, NULL, NULL);
-        if (r.type == TSM_REC_ALLOC)
-            replay_alloc(s, &r);
-        else if (r.type == TSM_REC_UPDATE) {
-            replay c = {s, r.lsn, NULL};
-            tsm_update_walk(&r, replay_group, replay_run, &c);
-        } else if (r.lsn > s->cat.max_lsn) {
-            tsm_catalog_apply(&s->cat, &r, NULL, NULL);
-        }
+        if (r.lsn > s->checkpoint_lsn)
+            replay_record(s, &r);
     }
 }
 

@@ -86,6 +86,7 @@ def read_all(db, model, out, at_checkpoint, older=None):
         want = {int(t): v for t, v in model[name].items() if int(t) > NOW - 3600}
         old = {int(t): v for t, v in (older or {}).get(name, {}).items() if int(t) > NOW - 3600}
         ckpt = {int(t): v for t, v in at_checkpoint.get(name, {}).items() if int(t) > NOW - 3600}
+        missing = 0
         for t, v in got.items():
             if want.get(t) == v:
                 continue
@@ -93,11 +94,14 @@ def read_all(db, model, out, at_checkpoint, older=None):
                 # an older value (written, then overwritten after the checkpoint): the
                 # newer one is lost (a reader before recovery may see it legitimately)
                 if older is None:
-                    out["missing_points"] += 1
+                    missing += 1
                 continue
             out["wrong"].append([name, t, v, want.get(t)])
         need = want if older is None else old
-        out["missing_points"] += sum(1 for t in need if t not in got)
+        missing += sum(1 for t in need if t not in got)
+        out["missing_points"] += missing
+        if missing:
+            out.setdefault("missing_by_name", {})[name] = missing
     try:
         out["check"] = db.check()
     except tismet.TismetError as e:
@@ -132,6 +136,24 @@ def probe(dbdir, model_path):
     print(json.dumps(result))
 
 
+def repaired(dbdir, model_path):
+    from tismet import repair
+    with open(model_path) as f:
+        model = json.load(f)
+    with open(model_path + ".ckpt") as f:
+        at_checkpoint = json.load(f)
+    out = {"open": "ok", "errors": [], "wrong": [], "missing_points": 0, "check": []}
+    try:
+        db = tismet.Database(dbdir, durability="none")
+    except tismet.TismetError as e:
+        out["open"] = error_of(e)
+    else:
+        with db:
+            read_all(db, model, out, at_checkpoint)
+    out["deep"] = repair.deep_check(dbdir)
+    print(json.dumps(out))
+
+
 if __name__ == "__main__":
     cmd, dbdir, model_path = sys.argv[1:4]
-    build(dbdir, model_path) if cmd == "build" else probe(dbdir, model_path)
+    {"build": build, "probe": probe, "repaired": repaired}[cmd](dbdir, model_path)

@@ -79,6 +79,7 @@ class Browser:
         wrapper = [shutil.which("bash") or "/bin/bash", "-c",
                    'exec "$0" "$@" 3<&%d 4>&%d' % (to_chrome_r, from_chrome_w)]
         env = dict(os.environ, TZ="UTC")
+        env.pop("LD_PRELOAD", None)   # tox -e sanitize preloads ASan for Python: not for chromium
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(wrapper + args, env=env, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=log,

@@ -116,65 +116,152 @@ def _mount_tmpfs(path, size):
     return r.returncode == 0
 
 
-@pytest.mark.timeout(180)
+def _stored(db, names, frm, until):
+    """{name: {t: v}} for the names that exist."""
+    names = [n for n in names if db.exists(n)]
+    out = {}
+    for n, r in zip(names, db.fetch_many(names, frm, until)):
+        (start, _end, step), values = r
+        out[n] = {start + i * step: v for i, v in enumerate(values) if v is not None}
+    return out
+
+
+@pytest.mark.timeout(240)
 def test_full_disk_through_carbon(tmp_path):
     """TISMET_DIR on a 6 MiB tmpfs (needs root): carbon fills it. Writes then fail
     with a logged StorageError naming ENOSPC, carbon keeps running and accepting,
-    readers keep reading, nothing stored before is lost or damaged; once the
-    filesystem has room again, a restarted carbon-cache recovers the database
-    and stores again (the plugin's handle stays failed until then: DESIGN.md I9)."""
+    readers keep reading, nothing stored before is lost or damaged. Once the
+    filesystem has room again, the plugin reopens the database by itself (no
+    restart of carbon-cache, at most one attempt per TISMET_REOPEN_INTERVAL) and
+    every point carbon accepted, before, during and after the full disk, ends up
+    stored: the plugin keeps the points of failed writes in carbon's cache."""
+    mnt = tmp_path / "small"
+    if not _mount_tmpfs(mnt, "6m"):
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    interval = 2
+    try:
+        db_dir = str(mnt / "db")
+        c = Carbon(tmp_path / "graphite", schemas=SCHEMAS, metric_interval=60,
+                   settings={"TISMET_DIR": db_dir, "TISMET_DURABILITY": "sync",
+                             "TISMET_REOPEN_INTERVAL": interval})
+        try:
+            c.start(daemon=False)
+            pid = c._read_pidfile()
+            now = int(time.time())
+            sent = {}          # name -> {t: v}: every point carbon accepted
+
+            def send(points):
+                c.send_lines(["%s %r %d" % (n, v, t) for n, t, v in points])
+                for n, t, v in points:
+                    sent.setdefault(n, {})[t] = float(v)
+
+            send([("full.first.m%d" % i, now - 10, i) for i in range(20)])
+            reader = open_reader(db_dir)
+            try:
+                wait_for(lambda: all(points(reader, "full.first.m%d" % i, now - 20, now)
+                                     .get(now - 10) == i for i in range(20)), 30)
+                # fill: many metrics, each with points spanning its pages (pages are
+                # stored compressed, so it takes many of them)
+                for batch in range(600):
+                    send([("full.fill.b%02d.m%03d" % (batch, i), now - 3000 + k, i)
+                          for i in range(40) for k in range(0, 3000, 400)])
+                    if "No space left" in c.logs() or "ENOSPC" in c.logs():
+                        break
+                wait_for(lambda: "No space left" in c.logs() or "ENOSPC" in c.logs(), 60,
+                         message=lambda: "an ENOSPC error in carbon's log:\n" + c.logs()[-3000:])
+                failed_at = time.monotonic()
+                assert c.running()
+                # while the disk stays full (past two reopen attempts): existing metrics
+                # and new ones, accepted and kept
+                for k in range(5):
+                    send([("full.first.m%d" % i, now - 5 + k, 100 * k + i) for i in range(20)])
+                    send([("full.during.new%d" % k, now - 5, k)])
+                    time.sleep(1)
+                    assert c.running()
+                logs = c.logs()
+                assert (logs.count("tismet: cannot reopen") +
+                        logs.count("refuses writes until it is reopened")) >= 2, logs[-3000:]
+                for i in range(20):                              # nothing lost
+                    assert points(reader, "full.first.m%d" % i, now - 20, now)[now - 10] == i
+                assert reader.check() == []
+                subprocess.run(["mount", "-o", "remount,size=256m", str(mnt)], check=True)
+                send([("full.after.room", now, 5)])
+                # the reader opened before the failure sees the writer's new handle
+                wait_for(lambda: points(reader, "full.after.room", now - 5, now + 1)
+                         .get(now) == 5.0, 60,
+                         message=lambda: "a point after the room came back:\n" +
+                         c.logs()[-3000:])
+                wait_for(lambda: _stored(reader, list(sent), now - 3500, now + 1) == sent, 60,
+                         message=lambda: "every point sent, stored:\n" + c.logs()[-3000:])
+                elapsed = time.monotonic() - failed_at
+                assert reader.check() == []
+            finally:
+                reader.close()
+            if os.environ.get("TISMET_SHOW_LOG"):
+                print(c.logs())
+            assert c.running() and c._read_pidfile() == pid      # never restarted
+            logs = c.logs()
+            assert "tismet: reopened %s after the failure" % db_dir in logs, logs[-3000:]
+            attempts = logs.count("tismet: cannot reopen") + 1
+            assert attempts <= elapsed / interval + 2, (attempts, elapsed)
+            c.stop()
+            with tismet.Database(db_dir) as db:
+                assert db.check() == []
+                assert _stored(db, list(sent), now - 3500, now + 1) == sent
+            from tismet import repair
+            assert repair.deep_check(db_dir)["clean"]
+        finally:
+            c.close()
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.timeout(180)
+def test_stop_while_the_disk_is_full(tmp_path):
+    """carbon-cache stopped while its disk is still full: it exits promptly (the
+    plugin stops keeping points back and makes one last reopen attempt), logs the
+    points it could not write, and the database it leaves recovers and checks
+    clean with everything written before the failure."""
     mnt = tmp_path / "small"
     if not _mount_tmpfs(mnt, "6m"):
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     try:
         db_dir = str(mnt / "db")
         c = Carbon(tmp_path / "graphite", schemas=SCHEMAS, metric_interval=60,
-                   settings={"TISMET_DIR": db_dir, "TISMET_DURABILITY": "sync"})
+                   settings={"TISMET_DIR": db_dir, "TISMET_DURABILITY": "sync",
+                             "TISMET_REOPEN_INTERVAL": 30})
         try:
             c.start(daemon=False)
             now = int(time.time())
-            c.send_lines(["full.first.m%d %d %d" % (i, i, now - 10) for i in range(20)])
+            c.send_lines(["stop.first.m%d %d %d" % (i, i, now - 10) for i in range(20)])
             reader = open_reader(db_dir)
             try:
-                wait_for(lambda: all(points(reader, "full.first.m%d" % i, now - 20, now)
+                wait_for(lambda: all(points(reader, "stop.first.m%d" % i, now - 20, now)
                                      .get(now - 10) == i for i in range(20)), 30)
-                # fill: many metrics, each with points spanning its pages (pages are
-                # stored compressed, so the log's growth is what fills the disk first)
-                for batch in range(600):
-                    c.send_lines(["full.fill.b%02d.m%03d %d %d" % (batch, i, i, now - 3000 + k)
-                                  for i in range(40) for k in range(0, 3000, 400)])
-                    if "No space left" in c.logs() or "ENOSPC" in c.logs():
-                        break
-                wait_for(lambda: "No space left" in c.logs() or "ENOSPC" in c.logs(), 60,
-                         message=lambda: "an ENOSPC error in carbon's log:\n" + c.logs()[-3000:])
-                assert c.running()
-                c.send_lines(["full.later 1 %d" % now])          # still accepted, logged
-                time.sleep(1.5)
-                assert c.running()
-                for i in range(20):                              # nothing lost
-                    assert points(reader, "full.first.m%d" % i, now - 20, now)[now - 10] == i
-                assert reader.check() == []
             finally:
                 reader.close()
-            c.kill()
-            subprocess.run(["mount", "-o", "remount,size=256m", str(mnt)], check=True)
-            c.start(daemon=False)
-            c.send_lines(["full.after.room 5 %d" % now])
-            reader = open_reader(db_dir)
-            try:
-                wait_for(lambda: points(reader, "full.after.room", now - 5, now + 1)
-                         .get(now) == 5.0, 30,
-                         message=lambda: "a point after the room came back:\n" +
-                         c.logs()[-3000:])
-                for i in range(20):
-                    assert points(reader, "full.first.m%d" % i, now - 20, now)[now - 10] == i
-            finally:
-                reader.close()
-            c.stop()
-            with tismet.Database(db_dir) as db:
-                assert db.check() == []
+            for batch in range(600):
+                c.send_lines(["stop.fill.b%02d.m%03d %d %d" % (batch, i, i, now - 3000 + k)
+                              for i in range(40) for k in range(0, 3000, 400)])
+                if "refuses writes until it is reopened" in c.logs():
+                    break
+            wait_for(lambda: "refuses writes until it is reopened" in c.logs(), 60,
+                     message=lambda: "a storage failure in carbon's log:\n" + c.logs()[-3000:])
+            t0 = time.monotonic()
+            c.stop(timeout=60)
+            assert time.monotonic() - t0 < 30
+            logs = c.logs()
+            assert re.search(r"tismet: \d+ points of stop\.fill\.\S+ are lost", logs), logs[-3000:]
         finally:
             c.close()
+        subprocess.run(["mount", "-o", "remount,size=256m", str(mnt)], check=True)
+        with tismet.Database(db_dir) as db:
+            assert db.check() == []
+            for i in range(20):
+                assert points(db, "stop.first.m%d" % i, now - 20, now)[now - 10] == i
+        from tismet import repair
+        assert repair.deep_check(db_dir)["clean"]
     finally:
         subprocess.run(["umount", "-l", str(mnt)], stdout=subprocess.DEVNULL,
                        stderr=subprocess.DEVNULL)

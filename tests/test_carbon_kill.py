@@ -111,7 +111,9 @@ def test_kill9_carbon_cache_loses_nothing_the_engine_promised(tmp_path):
     try:
         for cycle in range(CYCLES):
             c.start(daemon=False)
-            ts0 = int(time.time()) - 7200 + cycle * 1000
+            # each cycle has its own metrics; 7200 rounds fit before now (at 20 a
+            # second, two hours' worth: a cycle lasts seconds)
+            ts0 = int(time.time()) - 7200
             feeder = Feeder(c, cycle, ts0)
             feeder.start()
             reader = open_reader(c.tismet_dir)

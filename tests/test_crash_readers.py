@@ -8,9 +8,10 @@ through a fresh one, and check against the writers' TRY/ACK logs that no
 value was invented or torn, that every point acknowledged before the round
 reads back from the fresh handle, and that names appear and disappear as
 acknowledged. After each kill the parent recovers the database (opening it
-as the writer, while the readers go on), checks it (`check_database`) and
-compares it with its model, as test_crash.py does. At the end `tismet check`
-must pass on the directory.
+as the writer, while the readers go on), checks it (`check_database`, then
+the deep check of `tismet check --deep` on the files once the writer has
+closed) and compares it with its model, as test_crash.py does. At the end
+`tismet check --deep` must pass on the directory.
 
 Default: 15 cycles per durability mode (about 25 s in all); TISMET_SOAK=1:
 200 per mode.
@@ -27,15 +28,16 @@ import pytest
 
 import tismet
 from test_crash import Model, run_cycle, verify
+from tismet import repair
 from tismet_testutil import SOAK, TESTS, subprocess_env
 
 CYCLES = 200 if SOAK else 15
 READERS = 2
 READER = str(TESTS / "crash_reader.py")
 
-# What runs after every recovery.  The CLI's `check --deep` (being written)
-# replaces db.check() here when it lands: set CLI_CHECK = ["check", "--deep"].
-CLI_CHECK = ["check"]
+# What runs at the end, on the final state (after every recovery: db.check() and
+# the deep check, in this process)
+CLI_CHECK = ["check", "--deep"]
 
 
 def check_database(db, where):
@@ -100,6 +102,9 @@ def test_kill9_with_readers_throughout(tmp_path, mode):
             with tismet.Database(str(dbdir), durability=mode) as db:
                 check_database(db, where)
                 verify(db, model, inflight, where)
+            deep = repair.deep_check(str(dbdir))      # `tismet check --deep`
+            assert deep["clean"], "%s: check --deep after recovery: %r" % (
+                where, deep["problems"][:3])
         time.sleep(0.3)              # a last round on the final state
     finally:
         results = stop_readers(readers, stopfile)

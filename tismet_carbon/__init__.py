@@ -31,6 +31,9 @@ Settings, in carbon.conf's ``[cache]`` (or ``[cache:<instance>]``,
     (tismet.admin), through which ``tismet delete/expire/resize`` change the
     database while carbon holds it; ``False``: no channel (those commands
     then need carbon stopped).
+``TISMET_REOPEN_INTERVAL``
+    seconds between two attempts to reopen the database after a storage
+    failure (see below), default 5.
 
 How carbon calls us (DESIGN.md section 6): the writer thread calls
 ``exists``/``create``/``write``, the tag thread ``tag``, the reactor thread
@@ -46,10 +49,28 @@ message instead of failing every write).  At shutdown, after carbon's
 receivers and writer thread have stopped, a reactor trigger writes what is
 left in carbon's cache (carbon itself would drop it) and closes the
 database, making everything durable; atexit closes it as a fallback.
+
+After a storage failure (a full disk, an I/O error) the engine's handle
+refuses every later write until it is reopened (native/DESIGN.md I9).  The
+plugin then reopens it by itself, with recovery, at the next write once
+``TISMET_REOPEN_INTERVAL`` seconds have passed since the last attempt, and
+logs each failure and each attempt.  Meanwhile nothing carbon hands it is
+dropped: carbon 1.1.10's writer thread takes a metric's points out of its
+cache before it calls ``write`` and discards them when ``write`` raises, so
+the plugin puts them back into the cache first (a newer value carbon
+received for the same timestamp meanwhile wins), and holds the writer
+thread until the next attempt, so it does not spin.  While the database
+cannot be written, ``exists`` answers True and ``create`` defers (the
+metric is created at the first write after the reopen), since carbon drops
+the points of a metric whose ``exists`` or ``create`` raises.  The points
+wait in carbon's cache, whose size ``MAX_CACHE_SIZE`` bounds (past it carbon
+drops new points, as with any slow disk).  At shutdown one last attempt is
+made; points that still cannot be written are then lost, and logged.
 """
 import atexit
 import os
 import threading
+import time
 
 from carbon import log
 from carbon.database import TimeSeriesDatabase
@@ -107,6 +128,18 @@ class TismetDatabase(TimeSeriesDatabase):
         except (TypeError, ValueError):
             raise SystemExit("carbon: TISMET_HOT_PAGES must be a number of 4 KiB pages")
         self.admin_enabled = _flag(settings.get("TISMET_ADMIN", True), "TISMET_ADMIN")
+        try:
+            self.reopen_interval = float(settings.get("TISMET_REOPEN_INTERVAL", 5))
+        except (TypeError, ValueError):
+            raise SystemExit("carbon: TISMET_REOPEN_INTERVAL must be a number of seconds")
+        if not 0 < self.reopen_interval <= 3600:
+            raise SystemExit("carbon: TISMET_REOPEN_INTERVAL must be in (0, 3600] seconds")
+        # after a storage failure: what failed, and when the next reopen may be tried
+        self._failure = None
+        self._retry_at = 0.0
+        self._stopping = False
+        self._wake = threading.Event()      # ends _keep's wait at shutdown
+        self._deferred_creates = set()
         self._admin = None
         self.metric_interval = settings.get("CARBON_METRIC_INTERVAL", 60)
         self._settings = settings
@@ -125,6 +158,7 @@ class TismetDatabase(TimeSeriesDatabase):
         except ImportError:  # used outside carbon's daemon
             return
         reactor.callWhenRunning(self._start)
+        reactor.addSystemEventTrigger("before", "shutdown", self._stop_retrying)
         reactor.addSystemEventTrigger("after", "shutdown", self._shutdown)
         atexit.register(self.close)
 
@@ -142,6 +176,13 @@ class TismetDatabase(TimeSeriesDatabase):
             self._figures = LoopingCall(self.record_figures)
             self._figures.start(self.metric_interval, now=False)
 
+    def _stop_retrying(self):
+        """carbon stops: after a failure, one last reopen at the next write, and no
+        more points kept back in carbon's cache (nobody would write them)."""
+        self._stopping = True
+        self._retry_at = 0.0
+        self._wake.set()
+
     def _shutdown(self):
         """After carbon's shutdown: write what is still in its cache, then close.
 
@@ -149,7 +190,8 @@ class TismetDatabase(TimeSeriesDatabase):
         leaves at shutdown without a last drain, so whatever arrived in that
         second would be lost (with whisper too).  Here the receivers are
         closed and the writer thread has ended, so nothing new arrives."""
-        if self._db is not None and self._pid == os.getpid():
+        self._stop_retrying()
+        if self._pid == os.getpid() and (self._db is not None or self._failure is not None):
             try:
                 from carbon.cache import MetricCache
                 from carbon.writer import writeCachedDataPoints
@@ -162,13 +204,24 @@ class TismetDatabase(TimeSeriesDatabase):
         self.close()
 
     def database(self):
-        """The writer handle, opened on first use in this process."""
+        """The writer handle, opened on first use in this process; after a storage
+        failure, reopened (with recovery) once the reopen interval has passed."""
         db = self._db
-        if db is not None and self._pid == os.getpid():
+        if db is not None and self._pid == os.getpid() and self._failure is None:
             return db
         with self._lock:
             if self._closed:
                 raise tismet.DatabaseClosed("carbon is shutting down; %s is closed" % self.path)
+            if self._failure is not None and self._pid == os.getpid():
+                if time.monotonic() < self._retry_at:
+                    if self._db is None:
+                        raise tismet.StorageError("%s cannot be written since: %s (next "
+                                                  "reopen in %.1fs)" % (
+                                                      self.path, self._failure,
+                                                      self._retry_at - time.monotonic()))
+                    return self._db        # refuses writes: write() keeps the points
+                self._reopen_locked()
+                return self._db
             if self._db is None or self._pid != os.getpid():
                 os.makedirs(self.path, exist_ok=True)
                 db = tismet.Database(self.path, durability=self.durability,
@@ -182,6 +235,72 @@ class TismetDatabase(TimeSeriesDatabase):
                 self._db = db
                 self._pid = os.getpid()
             return self._db
+
+    def _failed(self, error, what):
+        """A storage failure: the handle refuses writes until reopened."""
+        with self._lock:
+            first = self._failure is None
+            if first:
+                self._failure = str(error)
+                self._retry_at = time.monotonic() + self.reopen_interval
+        if first:
+            log.err("tismet: %s failed: %s; %s refuses writes until it is reopened: the "
+                    "plugin reopens it with recovery every %gs until that works, and keeps "
+                    "the points in carbon's cache meanwhile"
+                    % (what, error, self.path, self.reopen_interval))
+
+    def _reopen_locked(self):
+        """Close the failed handle and open the database again (recovery redoes its
+        log).  Called with self._lock held, at most once per reopen interval."""
+        self._retry_at = time.monotonic() + self.reopen_interval
+        server, self._admin = self._admin, None
+        if server is not None:
+            try:
+                server.stop()
+            except Exception as e:
+                log.err("tismet: stopping the admin channel: %s" % e)
+        db, self._db = self._db, None
+        if db is not None:
+            try:
+                db.close()
+            except tismet.TismetError:
+                pass      # the failure it reports is self._failure, logged already
+        try:
+            db = tismet.Database(self.path, durability=self.durability,
+                                 commit_interval=self.commit_interval,
+                                 hot_dir=self.hot_dir, hot_pages=self.hot_pages)
+        except tismet.TismetError as e:
+            log.err("tismet: cannot reopen %s yet: %s (next attempt in %gs; the points "
+                    "stay in carbon's cache)" % (self.path, e, self.reopen_interval))
+            raise tismet.StorageError("%s cannot be reopened: %s" % (self.path, e)) from e
+        log.msg("tismet: reopened %s after the failure (%s): recovery done, writing again"
+                % (self.path, self._failure))
+        self._failure = None
+        self._admin = self._start_admin(db)
+        self._db = db
+
+    def _keep(self, metric, datapoints):
+        """Put points carbon took out of its cache back into it (a write that could not
+        be made), unless carbon stopped; then hold carbon's writer thread until the
+        next reopen attempt, so that it does not drain and fail in a loop."""
+        if self._stopping:
+            log.err("tismet: %d points of %s are lost: %s cannot be written at shutdown"
+                    % (len(datapoints), metric, self.path))
+            return
+        try:
+            from carbon.cache import MetricCache
+        except ImportError:   # used outside carbon
+            return
+        cache = MetricCache()
+        with cache.lock:      # as MetricCache.store, without its full check: they were in
+            slot = cache[metric]
+            for timestamp, value in datapoints:
+                if timestamp not in slot:      # a value received since then is newer
+                    slot[timestamp] = value
+                    cache.size += 1
+        wait = self._retry_at - time.monotonic()
+        if wait > 0:
+            self._wake.wait(min(wait, self.reopen_interval))
 
     def _start_admin(self, db):
         """The admin channel on db (None when disabled or when it cannot start: carbon
@@ -218,7 +337,12 @@ class TismetDatabase(TimeSeriesDatabase):
             except Exception as e:
                 log.err("tismet: stopping the admin channel: %s" % e)
         if db is not None and self._pid == os.getpid():
-            db.close()
+            try:
+                db.close()
+            except tismet.StorageError as e:
+                log.err("tismet: closed %s after a storage failure: %s (the next open "
+                        "recovers it)" % (self.path, e))
+                return
             try:
                 log.msg("tismet: closed %s, everything written is durable" % self.path)
             except Exception:  # logging may be gone at interpreter exit
@@ -229,20 +353,40 @@ class TismetDatabase(TimeSeriesDatabase):
     # exists/create/write pass the admin channel's gate: they wait while an admin
     # operation resizes or expires that very metric (tismet.admin.Gate)
 
+    # a StorageError (other than PageBusy) means the handle failed: see the module doc
+
     def write(self, metric, datapoints):
-        db = self.database()
-        server = self._admin
-        if server is None:
-            db.update_many(metric, datapoints)
-            return
-        server.gate.enter(metric)
         try:
-            db.update_many(metric, datapoints)
-        finally:
-            server.gate.leave()
+            db = self.database()
+            server = self._admin
+            if server is None:
+                db.update_many(metric, datapoints)
+            else:
+                server.gate.enter(metric)
+                try:
+                    db.update_many(metric, datapoints)
+                finally:
+                    server.gate.leave()
+        except tismet.PageBusy:
+            raise
+        except tismet.StorageError as e:
+            self._failed(e, "writing %s" % metric)
+            self._keep(metric, list(datapoints))
+            raise
+        except tismet.MetricNotFound:
+            if metric not in self._deferred_creates:
+                raise
+            self._deferred_creates.discard(metric)
+            self._keep(metric, list(datapoints))     # carbon creates it at its next drain
+            raise
+        self._deferred_creates.discard(metric)
 
     def exists(self, metric):
-        db = self.database()
+        try:
+            db = self.database()
+        except tismet.StorageError:
+            self._deferred_creates.add(metric)
+            return True       # so carbon calls write(), which keeps the points
         server = self._admin
         if server is not None:
             server.gate.enter(metric)
@@ -255,7 +399,11 @@ class TismetDatabase(TimeSeriesDatabase):
                 server.gate.leave()
 
     def create(self, metric, retentions, xfilesfactor, aggregation_method):
-        db = self.database()
+        try:
+            db = self.database()
+        except tismet.StorageError:
+            self._deferred_creates.add(metric)    # write() keeps its points
+            return
         server = self._admin
         if server is not None:
             server.gate.enter(metric)
@@ -263,6 +411,11 @@ class TismetDatabase(TimeSeriesDatabase):
             db.create(metric, retentions, xfilesfactor, aggregation_method)
         except tismet.MetricExists:
             pass
+        except tismet.PageBusy:
+            raise
+        except tismet.StorageError as e:
+            self._failed(e, "creating %s" % metric)
+            self._deferred_creates.add(metric)
         finally:
             if server is not None:
                 server.gate.leave()
