@@ -219,11 +219,22 @@ static void free_sink(void *ctx, uint32_t pno)
         db->nfreed = 0;     /* out of memory: the page is leaked until the next open */
 }
 
+/* At a checkpoint, once the DELETEs are durable: the pages they freed lose
+ * their blobs in this checkpoint's table (drop_freed, before hot_flush), and
+ * only then join the free list (release_freed, after it).  So a page is never
+ * reused while the table still names its previous owner's blob, which a
+ * reader without the hot file would otherwise find there. */
+static void drop_freed(tsm_db *db)
+{
+    for (size_t i = 0; i < db->nfreed; i++)
+        if (push_u32(&db->drops, &db->ndrops, &db->drops_cap, db->freed[i]) != TSM_OK)
+            break;              /* out of memory: the blob stays until the page is reused */
+}
+
 static void release_freed(tsm_db *db)
 {
     for (size_t i = 0; i < db->nfreed; i++)
-        if (push_u32(&db->free_pages, &db->nfree, &db->free_cap, db->freed[i]) != TSM_OK ||
-            push_u32(&db->drops, &db->ndrops, &db->drops_cap, db->freed[i]) != TSM_OK)
+        if (push_u32(&db->free_pages, &db->nfree, &db->free_cap, db->freed[i]) != TSM_OK)
             break;
     db->nfreed = 0;
 }
@@ -715,8 +726,6 @@ static int finish_write(tsm_db *db, int rc)
         rc = tsm_wal_sync(&db->wal);
         if (rc)
             set_fatal(db, rc);
-        else
-            release_freed(db);
     }
     if (rc == TSM_OK && tsm_wal_room(&db->wal) < db->wal.max_size / 4) {
         rc = checkpoint_locked(db);
@@ -813,11 +822,11 @@ static int hot_flush(tsm_db *db)
         return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
     int rc = TSM_OK;
     db->npend = 0;
-    /* free pages (their DELETE is durable) lose their blob, unless they
-     * were allocated again since */
+    /* pages no live metric owns lose their blob (their DELETE is durable:
+     * checkpoint_locked; or compaction met them), hot or not */
     for (size_t i = 0; i < db->ndrops && rc == TSM_OK; i++) {
         uint32_t pno = db->drops[i];
-        if (tsm_hot_lookup(&db->hot, pno) || pno >= atomic_load(&db->pt_entries) ||
+        if (tsm_catalog_owns(&db->cat, pno) || pno >= atomic_load(&db->pt_entries) ||
             !table_get(db, pno))
             continue;
         rc = push_pending(db, pno, table_get(db, pno), 0);
@@ -828,6 +837,8 @@ static int hot_flush(tsm_db *db)
         uint8_t *slot = tsm_hot_slot(&db->hot, k);
         if (!tsm_page_dirty(slot))
             continue;                   /* unchanged since promoted: its blob stands */
+        if (!tsm_catalog_owns(&db->cat, pno))
+            continue;                   /* its metric was deleted: no blob to write */
         tsm_page_write_begin(slot);
         tsm_page_seal(slot);
         tsm_page_write_end(slot);
@@ -957,8 +968,14 @@ static void compact(tsm_db *db, size_t reserve)
 
 static int checkpoint_locked(tsm_db *db)
 {
-    int rc = hot_flush(db);
-    if (rc)
+    int rc;
+    if (db->nfreed) {
+        /* the DELETEs that freed pages durable before their blobs go */
+        if ((rc = tsm_wal_sync(&db->wal)))
+            return rc;
+        drop_freed(db);
+    }
+    if ((rc = hot_flush(db)))
         return rc;
     if (db->io->datasync(db->catalog_fd) != 0)
         return tsm_io_error(errno, db->catalog_path, "sync");
