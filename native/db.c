@@ -207,11 +207,9 @@ static int push_u32(uint32_t **v, size_t *n, size_t *cap, uint32_t x)
     return TSM_OK;
 }
 
-/* A page freed by a DELETE is reused only once the DELETE is durable (the
- * next checkpoint, or the log sync of a sync-mode call): the kernel may
- * write a page back at any time, and a reused page written back before the
- * DELETE is durable would destroy the deleted metric's promised points if a
- * power cut then lost the DELETE. */
+/* A page freed by a DELETE waits here for the next checkpoint (I10): a
+ * reused page written out before the DELETE is durable would destroy the
+ * deleted metric's promised points if a power cut then lost the DELETE. */
 static void free_sink(void *ctx, uint32_t pno)
 {
     tsm_db *db = ctx;
