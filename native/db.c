@@ -1696,7 +1696,11 @@ static void release_resources(tsm_db *db)
     if (db->has_wal)
         tsm_wal_close(&db->wal);
     db->has_wal = 0;
-    tsm_hot_detach(&db->hot, db->io, 0);
+    /* a hot file this writer made but never published (its open failed) is
+     * nobody's: remove it; a published one stays for the next writer (I14) */
+    int orphan = !db->opts.readonly && db->hot.gen && db->sb &&
+                 atomic_load_explicit(&db->sb->hot_gen, memory_order_acquire) != db->hot.gen;
+    tsm_hot_detach(&db->hot, db->io, orphan);
     if (db->base)
         db->io->unmap(db->base, db->reserved);
     db->base = NULL;
