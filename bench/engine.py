@@ -219,6 +219,20 @@ def timed_phase(fn, gauges, keys, rounds, phase):
     return seconds, len(call_keys), npoints
 
 
+def timed_call(fn):
+    """Seconds one fn() takes, garbage collection off; its result is dropped untimed."""
+    gc.collect()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - t0
+    finally:
+        gc.enable()
+    del result
+    return seconds
+
+
 def quiesce():
     """Untimed: push every dirty page to disk so the next timed section does not pay for
     the kernel writeback of earlier work (of either engine)."""
@@ -509,43 +523,21 @@ def run(a):
         fetch, fetch_many, wfetch = db.fetch, db.fetch_many, whisper.fetch
         times = {"tismet_fetch": [], "tismet_fetch_many": [], "whisper_fetch": []}
         quiesce()
+        tismet_fetch = lambda: [fetch(n, frm, until, NOW_END) for n in fnames]  # noqa: E731
+        tismet_fetch_many = lambda: fetch_many(fnames, frm, until, NOW_END)     # noqa: E731
+        whisper_fetch = lambda: [wfetch(p, frm, until, NOW_END) for p in fpaths]  # noqa: E731
         for _ in range(a.repeat):
-            gc.collect()
-            gc.disable()
-            t0 = time.perf_counter()
-            r_t = [fetch(n, frm, until, NOW_END) for n in fnames]
-            times["tismet_fetch"].append(time.perf_counter() - t0)
-            gc.enable()
-            del r_t
-            gc.collect()
-            gc.disable()
-            t0 = time.perf_counter()
-            r_tm = fetch_many(fnames, frm, until, NOW_END)
-            times["tismet_fetch_many"].append(time.perf_counter() - t0)
-            gc.enable()
-            del r_tm
-            gc.collect()
-            gc.disable()
-            t0 = time.perf_counter()
-            r_w = [wfetch(p, frm, until, NOW_END) for p in fpaths]
-            times["whisper_fetch"].append(time.perf_counter() - t0)
-            gc.enable()
-            del r_w
+            times["tismet_fetch"].append(timed_call(tismet_fetch))
+            times["tismet_fetch_many"].append(timed_call(tismet_fetch_many))
+            times["whisper_fetch"].append(timed_call(whisper_fetch))
         # the same fetch_many with the allocator's arenas kept, as the graphite-web finder
         # runs it (tismet.keep_arenas, TISMET_KEEP_ARENAS_MB=64): after the rows above, since
         # the setting is process-wide
         keep = getattr(tismet, "keep_arenas", None)
         if keep is not None:
-            times["tismet_fetch_many_kept"] = []
             keep(KEEP_ARENAS_MB)
-            for _ in range(a.repeat):
-                gc.collect()
-                gc.disable()
-                t0 = time.perf_counter()
-                r_tm = fetch_many(fnames, frm, until, NOW_END)
-                times["tismet_fetch_many_kept"].append(time.perf_counter() - t0)
-                gc.enable()
-                del r_tm
+            times["tismet_fetch_many_kept"] = [timed_call(tismet_fetch_many)
+                                               for _ in range(a.repeat)]
             keep(0)
         # results once more, untimed, to compare engines and count what came back
         r_t = [fetch(n, frm, until, NOW_END) for n in fnames]
