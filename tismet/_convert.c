@@ -27,6 +27,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -312,6 +313,202 @@ done:
     PyBuffer_Release(&series);
     PyBuffer_Release(&vals);
     return list;
+}
+
+/* ---- fetch_pipelined: decoding and making Python objects at once ----
+ *
+ * A large fetch spends about as long in the engine (reading and decoding
+ * pages, no GIL needed) as in making the Python floats and lists (GIL held).
+ * fetch_pipelined() cuts the names into chunks; a helper thread calls
+ * tsm_fetch_many chunk after chunk while the calling thread converts the
+ * chunks already done, so on two cores the two halves overlap.  The helper
+ * thread never touches Python objects.  It is a C thread, not a Python one:
+ * a Python thread would need the GIL back after every engine call, and the
+ * converting thread holds it. */
+typedef __typeof__(&tsm_fetch_many) fetch_many_fn;
+typedef __typeof__(&tsm_free) free_fn;
+
+typedef struct pipeline {
+    fetch_many_fn fetch;
+    tsm_db *db;
+    const char *names;          /* every name, concatenated */
+    const uint32_t *lens;       /* their lengths */
+    size_t count, chunk, nchunks;
+    int64_t from, until, now;
+    int use_until;
+    tsm_series *out;            /* count entries */
+    double **values;            /* nchunks arrays, one per tsm_fetch_many call */
+    int *rc;                    /* nchunks return codes */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    size_t done;                /* chunks finished by the helper (under mu) */
+    int stop;                   /* the converter gave up: the helper stops (under mu) */
+} pipeline;
+
+static void *pipeline_fetcher(void *arg)
+{
+    pipeline *pl = arg;
+    size_t off = 0;   /* byte offset of the chunk's first name */
+    for (size_t c = 0; c < pl->nchunks; c++) {
+        size_t first = c * pl->chunk;
+        size_t n = pl->count - first < pl->chunk ? pl->count - first : pl->chunk;
+        pthread_mutex_lock(&pl->mu);
+        int stop = pl->stop;
+        pthread_mutex_unlock(&pl->mu);
+        if (stop)
+            break;
+        pl->rc[c] = pl->fetch(pl->db, pl->names + off, pl->lens + first, n, pl->from,
+                              pl->until, pl->use_until, 1, pl->now, pl->out + first,
+                              &pl->values[c]);
+        for (size_t i = first; i < first + n; i++)
+            off += pl->lens[i];
+        pthread_mutex_lock(&pl->mu);
+        pl->done = c + 1;
+        pthread_cond_signal(&pl->cv);
+        pthread_mutex_unlock(&pl->mu);
+    }
+    return NULL;
+}
+
+/* Values a chunk's array holds: the end of its last TSM_SERIES_OK series
+ * (tsm_values_count, which this module does not link). */
+static uint64_t chunk_values(const tsm_series *s, size_t n)
+{
+    uint64_t end = 0;
+    for (size_t i = 0; i < n; i++)
+        if (s[i].status == TSM_SERIES_OK && s[i].offset + s[i].count > end)
+            end = s[i].offset + s[i].count;
+    return end;
+}
+
+/* Wait, without the GIL, until the helper has finished chunk c. */
+static void pipeline_wait(pipeline *pl, size_t c)
+{
+    pthread_mutex_lock(&pl->mu);
+    if (pl->done <= c) {
+        Py_BEGIN_ALLOW_THREADS
+        while (pl->done <= c)
+            pthread_cond_wait(&pl->cv, &pl->mu);
+        Py_END_ALLOW_THREADS
+    }
+    pthread_mutex_unlock(&pl->mu);
+}
+
+/* fetch_pipelined(fetch_fn, free_fn, db, names, lens, count, from, until,
+ *                 use_until, now, chunk) -> list or int
+ *
+ * tsm_fetch_many over `count` names (`names` concatenated, `lens` their
+ * uint32 lengths) in chunks of `chunk`, always with the given `now` (every
+ * chunk must see the same clock), converted as fetch_results() converts.
+ * Returns fetch_results()'s list, or the engine's return code (an int) when
+ * a tsm_fetch_many call itself failed; the caller then fetches serially to
+ * raise the engine's error with its details. */
+static PyObject *fetch_pipelined(PyObject *self, PyObject *args)
+{
+    (void)self;
+    PyObject *fetch_addr, *free_addr, *db_addr;
+    Py_buffer names, lens;
+    Py_ssize_t count, chunk;
+    long long from, until, now;
+    int use_until;
+    if (!PyArg_ParseTuple(args, "OOOy*y*nLLiLn", &fetch_addr, &free_addr, &db_addr, &names,
+                          &lens, &count, &from, &until, &use_until, &now, &chunk))
+        return NULL;
+    pipeline pl = {0};
+    PyObject *list = NULL, *result = NULL;
+    float_cache *fc = NULL;
+    free_fn release = (free_fn)PyLong_AsVoidPtr(free_addr);
+    pl.fetch = (fetch_many_fn)PyLong_AsVoidPtr(fetch_addr);
+    pl.db = PyLong_AsVoidPtr(db_addr);
+    if (PyErr_Occurred())
+        goto done;
+    if (count <= 0 || chunk <= 0 || (size_t)lens.len < (size_t)count * sizeof(uint32_t)) {
+        PyErr_SetString(PyExc_ValueError, "fetch_pipelined: bad count, chunk or lengths");
+        goto done;
+    }
+    uint64_t total = 0;
+    for (Py_ssize_t i = 0; i < count; i++)
+        total += ((const uint32_t *)lens.buf)[i];
+    if (total > (uint64_t)names.len) {
+        PyErr_SetString(PyExc_ValueError, "fetch_pipelined: names shorter than their lengths");
+        goto done;
+    }
+    pl.names = names.buf;
+    pl.lens = lens.buf;
+    pl.count = (size_t)count;
+    pl.chunk = (size_t)chunk;
+    pl.nchunks = (pl.count + pl.chunk - 1) / pl.chunk;
+    pl.from = from;
+    pl.until = until;
+    pl.use_until = use_until;
+    pl.now = now;
+    pl.out = PyMem_Calloc(pl.count, sizeof *pl.out);
+    pl.values = PyMem_Calloc(pl.nchunks, sizeof *pl.values);
+    pl.rc = PyMem_Calloc(pl.nchunks, sizeof *pl.rc);
+    if (!pl.out || !pl.values || !pl.rc) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (!(fc = float_cache_new()) || !(list = PyList_New(count)))
+        goto done;
+    pthread_mutex_init(&pl.mu, NULL);
+    pthread_cond_init(&pl.cv, NULL);
+    pthread_t helper;
+    if (pthread_create(&helper, NULL, pipeline_fetcher, &pl)) {
+        PyErr_SetString(PyExc_OSError, "fetch_pipelined: cannot start a thread");
+        goto destroy;
+    }
+    int failed_rc = 0;
+    for (size_t c = 0; c < pl.nchunks && !failed_rc; c++) {
+        pipeline_wait(&pl, c);
+        if (pl.rc[c]) {
+            failed_rc = pl.rc[c];
+            break;
+        }
+        size_t first = c * pl.chunk;
+        size_t n = pl.count - first < pl.chunk ? pl.count - first : pl.chunk;
+        uint64_t nvalues = chunk_values(pl.out + first, n);
+        Py_buffer vals = {.buf = pl.values[c], .len = (Py_ssize_t)(nvalues * sizeof(double))};
+        for (size_t i = first; i < first + n; i++) {
+            PyObject *item = one_result(&pl.out[i], &vals, fc);
+            if (!item)
+                goto stop;
+            PyList_SET_ITEM(list, (Py_ssize_t)i, item);
+        }
+        release(pl.values[c]);   /* converted: give the memory back now */
+        pl.values[c] = NULL;
+    }
+    if (failed_rc) {
+        Py_CLEAR(list);
+        result = PyLong_FromLong(failed_rc);
+    } else {
+        result = list;
+        list = NULL;
+    }
+stop:
+    pthread_mutex_lock(&pl.mu);
+    pl.stop = 1;
+    pthread_mutex_unlock(&pl.mu);
+    Py_BEGIN_ALLOW_THREADS
+    pthread_join(helper, NULL);
+    Py_END_ALLOW_THREADS
+destroy:
+    pthread_cond_destroy(&pl.cv);
+    pthread_mutex_destroy(&pl.mu);
+done:
+    if (pl.values)
+        for (size_t c = 0; c < pl.nchunks; c++)
+            if (pl.values[c])
+                release(pl.values[c]);
+    PyMem_Free(pl.out);
+    PyMem_Free(pl.values);
+    PyMem_Free(pl.rc);
+    if (fc)
+        float_cache_clear(fc);
+    Py_XDECREF(list);
+    PyBuffer_Release(&names);
+    PyBuffer_Release(&lens);
+    return result;
 }
 
 static PyObject *values_list(PyObject *self, PyObject *args)
@@ -612,6 +809,8 @@ static PyMethodDef methods[] = {
      "tsm_update_many with the points converted in C."},
     {"values_list", values_list, METH_VARARGS, "Doubles to a list, NaN as None."},
     {"fetch_results", fetch_results, METH_VARARGS, "tsm_series array to whisper fetch results."},
+    {"fetch_pipelined", fetch_pipelined, METH_VARARGS,
+     "tsm_fetch_many in chunks on a helper thread, converted as they come."},
     {"whisper_points", whisper_points, METH_VARARGS, "A whisper archive's stored points, packed."},
     {"whisper_ring", whisper_ring, METH_VARARGS, "Points as a whisper archive image."},
     {NULL, NULL, 0, NULL},
