@@ -900,11 +900,15 @@ int tsm_db_hot_reserve(tsm_db *db, size_t n)
 /* Compaction.  A checkpoint writes the pages changed since the last one
  * next to each other; those still written keep moving at every checkpoint
  * and leave their segment, those no longer written stay.  Segments thus
- * end up holding a few live blobs among dead ones.  When more than a
- * quarter of the space in use is dead, the pages of the emptiest segments
- * are made hot (a copy of their blob, marked changed) so that the next
- * checkpoint writes them out together, and their segments become free. */
+ * end up holding a few live blobs among dead ones.  The pages of the
+ * emptiest segments are made hot (a copy of their blob, marked changed) so
+ * that the next checkpoint writes them out together, and their segments
+ * become free: when more than a quarter of the space in use is dead,
+ * segments at most half live; otherwise segments at most an eighth live
+ * (moving 8 KiB frees 56), when there are at least COMPACT_MIN_SEGS of
+ * them.  A clean close runs a round before its checkpoint. */
 #define COMPACT_BYTES (8u << 20)        /* live bytes moved per round at most */
+#define COMPACT_MIN_SEGS 16
 
 static int cmp_u64(const void *x, const void *y)
 {
@@ -919,8 +923,10 @@ static void compact(tsm_db *db, size_t reserve)
     tsm_space *sp = &db->space;
     uint64_t used = tsm_space_used_bytes(sp);
     if (db->recovering || db->closing || used < 16ull * TSM_SEG_SIZE ||
-        (used - sp->live_bytes) * 4 < used || db->hot.used + reserve >= db->hot.cap)
+        db->hot.used + reserve >= db->hot.cap)
         return;
+    uint32_t most_live = (used - sp->live_bytes) * 4 >= used ? TSM_SEG_SIZE / 2
+                                                              : TSM_SEG_SIZE / 8;
     uint32_t room = (uint32_t)((db->hot.cap - db->hot.used - reserve) / 2);
     uint64_t *cand = malloc((size_t)sp->nseg * sizeof *cand);
     uint8_t *victim = calloc(sp->nseg, 1);
@@ -931,8 +937,13 @@ static void compact(tsm_db *db, size_t reserve)
     }
     size_t n = 0;
     for (uint32_t g = 1; g < sp->nseg; g++)
-        if (g != sp->cur && sp->live[g] && sp->live[g] <= TSM_SEG_SIZE / 2)
+        if (g != sp->cur && sp->live[g] && sp->live[g] <= most_live)
             cand[n++] = (uint64_t)sp->live[g] << 32 | g;
+    if (most_live < TSM_SEG_SIZE / 2 && n < COMPACT_MIN_SEGS) {
+        free(cand);
+        free(victim);
+        return;
+    }
     qsort(cand, n, sizeof *cand, cmp_u64);
     uint64_t budget = 0;
     for (size_t i = 0; i < n && budget < COMPACT_BYTES; i++) {
@@ -1824,10 +1835,16 @@ int tsm_close(tsm_db *db)
     int rc = TSM_OK;
     if (!db->closed) {
         if (!db->opts.readonly) {
+            /* pages of nearly empty segments go out with the last checkpoint */
+            if (!atomic_load(&db->fatal))
+                compact(db, 0);
             db->closing = 1;
             rc = atomic_load(&db->fatal)
                      ? fatal_error(db, 1)
                      : checkpoint_locked(db);
+            /* free segments' disk blocks back to the file system */
+            if (rc == TSM_OK)
+                (void)tsm_space_punch_free(&db->space, db->io, db->pages_fd);
             /* the log holds nothing now: leave it small on disk */
             if (rc == TSM_OK && (rc = tsm_wal_shrink(&db->wal)))
                 set_fatal(db, rc);

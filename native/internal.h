@@ -65,6 +65,9 @@ typedef struct tsm_io {
     int (*mkdir)(const char *path);
     int (*rename)(const char *from, const char *to);
     int (*syncdir)(const char *path);  /* make a directory's entries durable */
+    /* give a range's disk blocks back, its bytes reading as zeros, the size
+     * unchanged (-1 where the file system cannot) */
+    int (*punch)(int fd, off_t off, off_t len);
 } tsm_io;
 
 extern const tsm_io tsm_posix_io;
@@ -185,6 +188,8 @@ typedef struct tsm_space {
     size_t nfree, free_cap;
     uint32_t cur, cur_used;  /* segment being filled (0: none), bytes of it used */
     uint64_t live_bytes;
+    uint8_t *unreserved;     /* per segment: free, and its disk blocks may be gone (punched,
+                                or not known at open): allocated again before reuse */
 } tsm_space;
 
 int tsm_space_init(tsm_space *sp, uint64_t file_bytes);
@@ -200,6 +205,10 @@ int tsm_space_alloc(tsm_space *sp, const tsm_io *io, int fd, const char *file, u
 void tsm_space_release(tsm_space *sp, uint64_t entry);
 /* Bytes of segments in use (not free), superblock excluded. */
 uint64_t tsm_space_used_bytes(const tsm_space *sp);
+/* Give the disk blocks of every free segment back to the file system
+ * (io->punch; the file keeps its size, readers still mapping it read zeros
+ * there).  Returns the bytes punched; failures only leave space unreclaimed. */
+uint64_t tsm_space_punch_free(tsm_space *sp, const tsm_io *io, int fd);
 
 /* Superblock: page 0 of the page file. */
 #define TSM_SB_MAGIC "TISMETPG"

@@ -42,13 +42,25 @@ static int px_truncate(int fd, off_t len) { return ftruncate(fd, len); }
 static int px_allocate(int fd, off_t off, off_t len)
 {
     int rc = posix_fallocate(fd, off, len);
-    if (rc == EOPNOTSUPP || rc == EINVAL)
-        rc = ftruncate(fd, off + len) == 0 ? 0 : errno;
+    if (rc == EOPNOTSUPP || rc == EINVAL) {
+        /* no preallocation here: at least make the file long enough (never
+         * shorter: the range may lie inside it) */
+        struct stat st;
+        if (fstat(fd, &st) != 0)
+            rc = errno;
+        else
+            rc = st.st_size >= off + len || ftruncate(fd, off + len) == 0 ? 0 : errno;
+    }
     if (rc != 0) {
         errno = rc;
         return -1;
     }
     return 0;
+}
+
+static int px_punch(int fd, off_t off, off_t len)
+{
+    return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len);
 }
 
 static int px_size(int fd, off_t *len)
@@ -101,7 +113,7 @@ static int px_syncdir(const char *path)
 const tsm_io tsm_posix_io = {
     px_open, px_close, px_pread, px_pwrite, px_datasync, px_truncate,
     px_allocate, px_size, px_lock, px_lock_shared, px_unlock, px_reserve, px_map, px_msync, px_unmap,
-    px_mkdir, px_rename, px_syncdir,
+    px_mkdir, px_rename, px_syncdir, px_punch,
 };
 
 int tsm_io_error(int sys_errno, const char *file, const char *what)

@@ -15,6 +15,12 @@
  * whole.  The counts are memory only: the writer rebuilds them from the
  * table at open (tsm_space_note).
  *
+ * Space goes back to the file system at a clean close: the blocks of free
+ * segments are punched out (the file keeps its size, since readers map it).
+ * A segment that may have lost its blocks (punched, or free at open) is
+ * allocated again before reuse, so a full disk is reported when space is
+ * taken, never by a later write.
+ *
  * This file keeps only that bookkeeping and grows the file; db.c writes the
  * blobs and the table.
  */
@@ -29,6 +35,7 @@ void tsm_space_free(tsm_space *sp)
 {
     free(sp->live);
     free(sp->freelist);
+    free(sp->unreserved);
     memset(sp, 0, sizeof *sp);
 }
 
@@ -42,8 +49,13 @@ static int grow_live(tsm_space *sp, uint32_t nseg)
     uint32_t *p = realloc(sp->live, (size_t)c * sizeof *p);
     if (!p)
         return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
-    memset(p + sp->cap, 0, (size_t)(c - sp->cap) * sizeof *p);
     sp->live = p;
+    uint8_t *u = realloc(sp->unreserved, c);
+    if (!u)
+        return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+    sp->unreserved = u;
+    memset(p + sp->cap, 0, (size_t)(c - sp->cap) * sizeof *p);
+    memset(u + sp->cap, 0, c - sp->cap);
     sp->cap = c;
     return TSM_OK;
 }
@@ -90,9 +102,13 @@ int tsm_space_build_free(tsm_space *sp)
     sp->nfree = 0;
     /* highest first: segments are taken from the end of the list, so the
      * lowest free one is filled first and the file's tail stays free */
-    for (uint32_t s = sp->nseg; s-- > 1;)
-        if (sp->live[s] == 0 && push_free(sp, s))
+    for (uint32_t s = sp->nseg; s-- > 1;) {
+        if (sp->live[s])
+            continue;
+        if (push_free(sp, s))
             return TSM_ENOMEM;
+        sp->unreserved[s] = 1;      /* a clean close may have punched it */
+    }
     return TSM_OK;
 }
 
@@ -117,6 +133,12 @@ int tsm_space_alloc(tsm_space *sp, const tsm_io *io, int fd, const char *file, u
                 if (push_free(sp, s))
                     return TSM_ENOMEM;
             sp->nseg += add;
+        }
+        uint32_t seg = sp->freelist[sp->nfree - 1];
+        if (sp->unreserved[seg]) {
+            if (io->allocate(fd, (off_t)seg * TSM_SEG_SIZE, TSM_SEG_SIZE) != 0)
+                return tsm_io_error(errno, file, "allocate");
+            sp->unreserved[seg] = 0;
         }
         sp->cur = sp->freelist[--sp->nfree];
         sp->cur_used = 0;
@@ -145,4 +167,28 @@ void tsm_space_release(tsm_space *sp, uint64_t entry)
 uint64_t tsm_space_used_bytes(const tsm_space *sp)
 {
     return (uint64_t)(sp->nseg - 1 - sp->nfree) * TSM_SEG_SIZE;
+}
+
+uint64_t tsm_space_punch_free(tsm_space *sp, const tsm_io *io, int fd)
+{
+    uint64_t punched = 0;
+    uint32_t s = 1;
+    while (s < sp->nseg) {
+        /* a run of free segments: one call for it (punching a hole again
+         * costs next to nothing) */
+        uint32_t e = s;
+        while (e < sp->nseg && sp->live[e] == 0 && e != sp->cur)
+            e++;
+        if (e == s) {
+            s++;
+            continue;
+        }
+        off_t off = (off_t)s * TSM_SEG_SIZE, len = (off_t)(e - s) * TSM_SEG_SIZE;
+        if (io->punch(fd, off, len) == 0) {
+            memset(sp->unreserved + s, 1, e - s);
+            punched += (uint64_t)len;
+        }
+        s = e;
+    }
+    return punched;
 }

@@ -13,6 +13,7 @@ import random
 import threading
 
 import tismet
+from tismet import repair
 from tismet_testutil import blob_extent
 
 NOW = 1_700_006_400
@@ -201,3 +202,68 @@ def test_clean_close_leaves_the_log_small(tmp_path):
         db.update_many("a", [(NOW, 5.0)], now=NOW)
     with tismet.Database(path, readonly=True) as ro:
         assert ro.fetch("a", NOW - 600, NOW, now=NOW)[1][-1] == 5.0
+
+
+def segment_fill(path):
+    """{segment: live bytes} from the page table (FORMAT.md: 64 KiB segments)."""
+    import struct
+    live = {}
+    with open(os.path.join(path, "ptable"), "rb") as f:
+        table = f.read()
+    for p in range(1, (len(table) - 4096) // 8):
+        e = struct.unpack_from("<Q", table, 4096 + 8 * p)[0]
+        if e:
+            seg = (e & (2 ** 40 - 1)) * 4 // 65536
+            live[seg] = live.get(seg, 0) + ((e >> 40) & 0xFFFF)
+    return live
+
+
+def test_clean_close_gives_unused_space_back(tmp_path):
+    """Pages rewritten at every checkpoint leave dead blobs and free segments behind, and
+    the file grows ahead by an eighth.  A clean close compacts the nearly empty segments
+    and punches out the free ones: only segments in use keep disk blocks.  Readers see
+    the same data, and the writer reuses the punched space after reopening."""
+    path = str(tmp_path / "db")
+    pages = os.path.join(path, "pages")
+    rng = random.Random(5)
+    names = ["r.%04d" % i for i in range(2000)]
+    with tismet.Database(path, hot_pages=512) as db:
+        for n in names:
+            db.create(n, ARCHIVES)
+        for rnd in range(8):
+            t = NOW - 7200 + 600 * rnd
+            for n in names:
+                db.update_many(n, [(t + 10 * k, v) for k, v in enumerate(walk(rng, 60))],
+                               now=t + 600)
+            db.checkpoint()
+        before = allocated(pages)
+        want = {n: db.fetch(n, NOW - 7200, NOW, now=NOW) for n in names}
+        early = tismet.Database(path, readonly=True)    # maps the file before the punch
+        assert early.fetch(names[0], NOW - 7200, NOW, now=NOW) == want[names[0]]
+    with early:
+        assert all(early.fetch(n, NOW - 7200, NOW, now=NOW) == want[n] for n in names)
+    with tismet.Database(path, readonly=True) as ro:
+        fill = segment_fill(path)
+        after = allocated(pages)
+        # only segments in use keep disk blocks (and the superblock's)
+        assert after <= (len(fill) + 1) * 65536, (after, len(fill))
+        assert after < before, (before, after)
+        # and no more than a round's worth of them is nearly empty (an eighth live)
+        sparse = [s for s, b in fill.items() if b <= 65536 // 8]
+        assert len(sparse) <= 16, sparse
+        assert all(ro.fetch(n, NOW - 7200, NOW, now=NOW) == want[n] for n in names)
+        assert ro.check() == []
+    assert repair.deep_check(path)["clean"]
+    # the punched segments are allocated again as the writer takes them
+    with tismet.Database(path, hot_pages=512) as db:
+        for rnd in range(3):
+            t = NOW + 600 * rnd
+            for n in names:
+                db.update_many(n, [(t + 10 * k, 1.5 + k) for k in range(60)], now=t + 600)
+            db.checkpoint()
+        assert db.check() == []
+        want = {n: db.fetch(n, NOW - 7200, NOW + 1800, now=NOW + 1800) for n in names}
+    with tismet.Database(path, readonly=True) as ro:
+        assert all(ro.fetch(n, NOW - 7200, NOW + 1800, now=NOW + 1800) == want[n]
+                   for n in names)
+    assert repair.deep_check(path)["clean"]
