@@ -143,22 +143,3 @@ def test_damaged_catalog_record_before_the_durable_length_is_reported(tmp_path):
     assert ei.value.file.endswith("catalog") and ei.value.offset == 0
     with pytest.raises(tismet.CorruptDatabase):
         tismet.Database(path, readonly=True)
-
-
-def test_writer_reads_a_page_left_with_an_odd_seq_at_once(tmp_path):
-    """A page whose seqlock a dead writer (or damage) left odd, and that recovery
-    did not replay, is read at once by a writer handle, through its checksum; it
-    used to wait 2 s per read and fail with PageBusy (found by fuzzing)."""
-    import time
-    path = str(tmp_path / "db")
-    build(path)
-    pno = data_page_of(path, "a.one")
-    with open(os.path.join(path, "pages"), "r+b") as f:
-        f.seek(pno * PAGE + 4)
-        f.write(struct.pack("<I", 7))
-    with tismet.Database(path) as db:
-        t0 = time.monotonic()
-        values = db.fetch("a.one", NOW - 600, NOW, now=NOW)[1]
-        assert db.check() == []
-        assert time.monotonic() - t0 < 1.0
-        assert values[-1] == 0.0
