@@ -136,6 +136,25 @@ static void pcache_clear(tsm_db *db)
             db->pcache[i].pno = 0;
 }
 
+void tsm_db_prefetch(tsm_db *db, const uint32_t *pno, const uint32_t *slot, size_t n)
+{
+    const tsm_hot *hot = &db->hot;
+    if (!hot->base)
+        return;
+    for (size_t i = 0; i < n; i++)
+        if (pno[i] < hot->index_len)
+            __builtin_prefetch(&hot->index[pno[i]]);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t k = tsm_hot_lookup(hot, pno[i]);
+        if (!k)
+            continue;
+        const uint8_t *page = tsm_hot_slot(hot, k - 1);
+        __builtin_prefetch(page, 1);
+        __builtin_prefetch(page + TSM_PAGE_HDR + (size_t)slot[i] * 4, 1);
+        __builtin_prefetch(page + TSM_PAGE_HDR + TSM_SLOTS * 4 + (size_t)slot[i] * 8, 1);
+    }
+}
+
 /* Writer: the page as it stands: its hot working copy if it has one, else
  * its blob decoded (a page without one, or whose blob is damaged, reads as
  * an empty page without identity).  The pointer is valid until the next

@@ -537,6 +537,9 @@ void tsm_update_scratch_free(tsm_update_scratch *u);
 int tsm_db_read_page(struct tsm_db *db, uint32_t pno, tsm_page_copy *copy);
 /* The page as this handle sees it (hot copy, else the page file). */
 uint8_t *tsm_db_page_ptr(struct tsm_db *db, uint32_t pno);
+/* Writer: a hint that the hot pages pno[i] will be read and written at
+ * slot[i] soon (cache prefetches; pages that are not hot are skipped). */
+void tsm_db_prefetch(struct tsm_db *db, const uint32_t *pno, const uint32_t *slot, size_t n);
 /* Read ring page `ring` of the metric's archive; *owned is 0 when the page
  * no longer carries that identity (freed and reused: I7). */
 int tsm_db_read_owned_page(struct tsm_db *db, const tsm_metric *m, unsigned archive,
