@@ -57,6 +57,7 @@ struct tsm_db {
     _Atomic uint64_t pt_entries;    /* page numbers the mapping covers */
     tsm_space space;                /* writer: where blobs go (store.c) */
     struct pcache *pcache;          /* writer: decoded pages read by tsm_db_page_ptr */
+    uint8_t *pack_arena[2];         /* writer: hot_flush's blobs being packed, per thread */
     struct pending *pend;           /* writer: table entries a checkpoint changes */
     size_t npend, pend_cap;
     uint32_t *drops;                /* writer: free pages whose blob the next checkpoint drops */
@@ -506,6 +507,8 @@ static int rescue_page(tsm_db *db, uint32_t pno, tsm_page_copy *copy)
     if ((rc = tsm_io_write_full(db->io, db->ptable_fd, &e, 8,
                                 (off_t)(TSM_PT_HDR + 8ull * pno), db->ptable_path)))
         return rc;
+    free(db->pack_arena[0]);
+    free(db->pack_arena[1]);
     tsm_space_free(&db->space);
     return build_space(db);
 }
@@ -826,6 +829,54 @@ static int table_write(tsm_db *db)
     return TSM_OK;
 }
 
+/* Encoding is most of a checkpoint's work, and the writer waits for it: the
+ * changed hot pages are packed into blobs on two threads, a batch of slots
+ * at a time, each thread sealing and encoding its half into its own arena
+ * (pages are independent; the caller holds the write lock, so nothing else
+ * changes them or the catalog meanwhile).  The caller then places the
+ * blobs in slot order, as one thread would have. */
+#define PACK_HALF 512u
+
+typedef struct packed {
+    uint32_t pno, len;
+    size_t at;                      /* offset in the arena */
+} packed;
+
+typedef struct pack_half {
+    tsm_db *db;
+    uint32_t from, to;              /* hot slots */
+    uint8_t *arena;                 /* PACK_HALF * TSM_BLOB_MAX bytes */
+    size_t n;
+    packed out[PACK_HALF];
+} pack_half;
+
+static void *pack_range(void *arg)
+{
+    pack_half *h = arg;
+    tsm_db *db = h->db;
+    size_t used = 0;
+    for (uint32_t k = h->from; k < h->to; k++) {
+        uint32_t pno = tsm_hot_owner(&db->hot, k) - 1;
+        uint8_t *slot = tsm_hot_slot(&db->hot, k);
+        if (!tsm_page_dirty(slot))
+            continue;                   /* unchanged since promoted: its blob stands */
+        if (!tsm_catalog_owns(&db->cat, pno))
+            continue;                   /* its metric was deleted: no blob to write */
+        tsm_page_write_begin(slot);
+        tsm_page_seal(slot);
+        tsm_page_write_end(slot);
+        tsm_page_id id;
+        uint8_t type;
+        tsm_page_get_id(slot, &id, &type);
+        if (type != TSM_PAGE_DATA)
+            continue;
+        size_t len = tsm_page_pack(slot, pno, h->arena + used);
+        h->out[h->n++] = (packed){pno, (uint32_t)len, used};
+        used += len;
+    }
+    return NULL;
+}
+
 /* Write every changed hot page to the page file as a new blob, make them
  * durable, point the table at them and make it durable, and only then send
  * readers back to the page file and free the blobs replaced (I14, I15).
@@ -833,7 +884,6 @@ static int table_write(tsm_db *db)
  * cut anywhere in between leaves the old table naming intact old blobs. */
 static int hot_flush(tsm_db *db)
 {
-    uint8_t blob[TSM_BLOB_MAX] __attribute__((aligned(64)));
     blob_run w = {malloc(TSM_SEG_SIZE), 0, 0};
     if (!w.buf)
         return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
@@ -849,34 +899,40 @@ static int hot_flush(tsm_db *db)
         rc = push_pending(db, pno, table_get(db, pno), 0);
     }
     db->ndrops = 0;
-    for (uint32_t k = 0; k < db->hot.used && rc == TSM_OK; k++) {
-        uint32_t pno = tsm_hot_owner(&db->hot, k) - 1;
-        uint8_t *slot = tsm_hot_slot(&db->hot, k);
-        if (!tsm_page_dirty(slot))
-            continue;                   /* unchanged since promoted: its blob stands */
-        if (!tsm_catalog_owns(&db->cat, pno))
-            continue;                   /* its metric was deleted: no blob to write */
-        tsm_page_write_begin(slot);
-        tsm_page_seal(slot);
-        tsm_page_write_end(slot);
-        tsm_page_id id;
-        uint8_t type;
-        tsm_page_get_id(slot, &id, &type);
-        if (type != TSM_PAGE_DATA)
-            continue;
-        size_t len = tsm_page_pack(slot, pno, blob);
-        uint64_t off;
-        if ((rc = tsm_space_alloc(&db->space, db->io, db->pages_fd, db->pages_path,
-                                  (uint32_t)len, &off)))
-            break;
-        if (w.len && (off != w.off + w.len || w.len + len > TSM_SEG_SIZE))
-            if ((rc = run_flush(db, &w)))
-                break;
-        if (!w.len)
-            w.off = off;
-        memcpy(w.buf + w.len, blob, len);
-        w.len += len;
-        rc = push_pending(db, pno, table_get(db, pno), tsm_entry_make(off, (uint32_t)len));
+    for (size_t i = 0; i < 2 && rc == TSM_OK; i++)
+        if (!db->pack_arena[i] && !(db->pack_arena[i] = malloc(PACK_HALF * TSM_BLOB_MAX)))
+            rc = tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+    for (uint32_t b = 0; b < db->hot.used && rc == TSM_OK; b += 2 * PACK_HALF) {
+        /* pack a batch of slots on two threads, then place it in slot order */
+        uint32_t e = b + 2 * PACK_HALF < db->hot.used ? b + 2 * PACK_HALF : db->hot.used;
+        uint32_t mid = b + (e - b + 1) / 2;
+        pack_half h[2] = {{.db = db, .from = b, .to = mid, .arena = db->pack_arena[0]},
+                          {.db = db, .from = mid, .to = e, .arena = db->pack_arena[1]}};
+        pthread_t helper;
+        int threaded = e - b >= 64 && pthread_create(&helper, NULL, pack_range, &h[1]) == 0;
+        pack_range(&h[0]);
+        if (threaded)
+            pthread_join(helper, NULL);
+        else
+            pack_range(&h[1]);
+        for (size_t half = 0; half < 2 && rc == TSM_OK; half++) {
+            for (size_t j = 0; j < h[half].n && rc == TSM_OK; j++) {
+                const packed *p = &h[half].out[j];
+                uint64_t off;
+                if ((rc = tsm_space_alloc(&db->space, db->io, db->pages_fd, db->pages_path,
+                                          p->len, &off)))
+                    break;
+                if (w.len && (off != w.off + w.len || w.len + p->len > TSM_SEG_SIZE))
+                    if ((rc = run_flush(db, &w)))
+                        break;
+                if (!w.len)
+                    w.off = off;
+                memcpy(w.buf + w.len, h[half].arena + p->at, p->len);
+                w.len += p->len;
+                rc = push_pending(db, p->pno, table_get(db, p->pno),
+                                  tsm_entry_make(off, p->len));
+            }
+        }
     }
     if (rc == TSM_OK)
         rc = run_flush(db, &w);
