@@ -184,9 +184,10 @@ static void check_table_header(scan *s)
                 s->ptable_path);
         return;
     }
-    if (version != TSM_FORMAT_VERSION) {
-        finding(s, TSM_EVERSION, s->ptable_path, 8, "%s: format version %u, this build reads %u",
-                s->ptable_path, version, TSM_FORMAT_VERSION);
+    if (version < TSM_FORMAT_OLDEST || version > TSM_FORMAT_VERSION) {
+        finding(s, TSM_EVERSION, s->ptable_path, 8,
+                "%s: format version %u, this build reads %u to %u", s->ptable_path, version,
+                TSM_FORMAT_OLDEST, TSM_FORMAT_VERSION);
         return;
     }
     if ((s->ptable_size - TSM_PT_HDR) % 8)

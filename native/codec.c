@@ -394,6 +394,201 @@ static int get_xor(rbuf *r, double *out, size_t k)
     return 0;
 }
 
+/* ---------------------------------------------------------------- AVG */
+
+/*
+ * Averages of decimals (roll-ups): whisper's average is float(sum) / count
+ * of values that are often m / 10^d, so it is close to, but rarely exactly,
+ * an integer M over D = 10^d * k (k the count, or a multiple of every count
+ * that occurs).  Per value: M (as DELTA or DOD tokens) and the signed
+ * difference in ulps between the value's bits and those of the double
+ * division M / D (w bits each, packed); values that do not fit (NaN,
+ * infinities, -0.0, a difference wider than w bits) are escapes, stored raw.
+ */
+#define AVG_MAX_W 32     /* widest correction field */
+#define AVG_SAMPLE 16    /* values tried per candidate divisor */
+#define AVG_FIT_BITS 9   /* a sampled value fits if its zigzag correction has <= 9 bits */
+
+static const uint32_t AVG_K[] = {1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60, 120, 360};
+#define AVG_NK (sizeof AVG_K / sizeof AVG_K[0])
+#define AVG_MAX_D 6
+#define AVG_MIN_VALUES 4  /* fewer values never try AVG */
+
+typedef struct avg_fit {
+    int64_t m;       /* the integer numerator */
+    uint64_t zz;     /* zigzag of the correction in ulps */
+    int ok;          /* 0: must be an escape whatever w */
+} avg_fit;
+
+static int bit_len(uint64_t x) { return x ? 64 - __builtin_clzll(x) : 0; }
+
+/* M and the correction for value v over divisor D (a double, exact). */
+static avg_fit avg_fit_of(double v, double div)
+{
+    avg_fit f = {0, 0, 0};
+    if (!isfinite(v))
+        return f;
+    double q = nearbyint(v * div);
+    if (!(fabs(q) <= MAX_EXACT))
+        return f;
+    f.m = (int64_t)q;
+    int64_t corr = (int64_t)(bits_of(v) - bits_of((double)f.m / div));
+    f.zz = zigzag(corr);
+    f.ok = bit_len(f.zz) <= AVG_MAX_W;
+    return f;
+}
+
+/* The divisor for AVG, as d and k: candidates that fit most of a sample of
+ * the values are counted over every value (smallest divisor first, each
+ * stopping once it cannot win), and the one with the least estimated cost
+ * wins: about 72 bits per value that does not fit (an escape), plus log2 of
+ * the divisor per value (a larger divisor makes larger numerators).
+ * Returns 0 when no divisor fits more than half the sample. */
+static int avg_choose(const double *v, size_t k, int *d_out, uint32_t *k_out)
+{
+    size_t step = k > AVG_SAMPLE ? k / AVG_SAMPLE : 1, sampled = (k + step - 1) / step;
+    double best_cost = INFINITY;
+    for (int d = 0; d <= AVG_MAX_D; d++) {
+        for (size_t c = 0; c < AVG_NK; c++) {
+            double div = POW10[d] * AVG_K[c], base = (double)k * log2(div);
+            if (base >= best_cost)
+                continue;
+            size_t fails = 0;
+            for (size_t i = 0; i < k && fails * 2 < sampled; i += step) {
+                avg_fit f = avg_fit_of(v[i], div);
+                fails += !(f.ok && bit_len(f.zz) <= AVG_FIT_BITS);
+            }
+            if (fails * 2 >= sampled)
+                continue;
+            fails = 0;
+            for (size_t i = 0; i < k && base + 72.0 * (double)fails < best_cost; i++) {
+                avg_fit f = avg_fit_of(v[i], div);
+                fails += !(f.ok && bit_len(f.zz) <= AVG_FIT_BITS);
+            }
+            double cost = base + 72.0 * (double)fails;
+            if (cost < best_cost) {
+                best_cost = cost;
+                *d_out = d;
+                *k_out = AVG_K[c];
+            }
+        }
+    }
+    return best_cost < INFINITY;
+}
+
+/* The correction width: fewest bits for the corrections plus escapes
+ * (about 9 bytes each, 8 of them the raw value). */
+static int avg_width(const avg_fit *f, size_t k)
+{
+    size_t hist[AVG_MAX_W + 2] = {0};
+    for (size_t i = 0; i < k; i++)
+        hist[f[i].ok ? bit_len(f[i].zz) : AVG_MAX_W + 1]++;
+    size_t best_cost = SIZE_MAX, above = k - hist[AVG_MAX_W + 1];
+    int best_w = 0;
+    for (int w = 0; w <= AVG_MAX_W; w++) {
+        above -= hist[w];    /* values needing more than w bits */
+        size_t cost = (k - above) * (size_t)w + above * 72;
+        if (cost < best_cost) {
+            best_cost = cost;
+            best_w = w;
+        }
+    }
+    return best_w;
+}
+
+static void put_avg(wbuf *w, const double *v, size_t k, int d, uint32_t kdiv, int dod,
+                    int64_t *ys)
+{
+    double div = POW10[d] * kdiv;
+    avg_fit f[k ? k : 1];
+    for (size_t i = 0; i < k; i++)
+        f[i] = avg_fit_of(v[i], div);
+    int width = avg_width(f, k);
+    size_t nesc = 0;
+    for (size_t i = 0; i < k; i++) {
+        f[i].ok = f[i].ok && bit_len(f[i].zz) <= width;
+        nesc += !f[i].ok;
+    }
+    put_byte(w, (uint8_t)(d | (dod ? 0x80 : 0)));
+    put_varint(w, kdiv);
+    put_byte(w, (uint8_t)width);
+    put_varint(w, nesc);
+    for (size_t i = 0, last = 0; i < k; i++) {
+        if (f[i].ok)
+            continue;
+        put_varint(w, i - last);
+        put_u64(w, bits_of(v[i]));
+        last = i + 1;
+    }
+    /* the regular values' numerators as deltas or deltas of deltas (M fits
+     * in 54 bits, so neither can overflow), then their corrections */
+    size_t n = 0;
+    int64_t m1 = 0, m2 = 0;
+    for (size_t i = 0; i < k; i++) {
+        if (!f[i].ok)
+            continue;
+        int64_t delta = n ? f[i].m - m1 : f[i].m;
+        ys[n] = dod && n >= 2 ? delta - (m1 - m2) : delta;
+        m2 = m1;
+        m1 = f[i].m;
+        n++;
+    }
+    put_tokens(w, ys, n);
+    bitw b = {w, 0, 0};
+    for (size_t i = 0; i < k; i++)
+        if (f[i].ok)
+            put_bits(&b, f[i].zz, width);
+    flush_bits(&b);
+}
+
+static int get_avg(rbuf *r, double *out, size_t k, int64_t *ys)
+{
+    uint8_t flags, width;
+    uint64_t kdiv, nesc;
+    if (get_byte(r, &flags) || (flags & 0x7f) > MAX_DECIMALS || get_varint(r, &kdiv) ||
+        kdiv == 0 || kdiv > (uint64_t)MAX_EXACT || get_byte(r, &width) ||
+        width > AVG_MAX_W || get_varint(r, &nesc) || nesc > k)
+        return -1;
+    int d = flags & 0x7f, dod = flags >> 7;
+    double div = POW10[d] * (double)kdiv;
+    if (!(div <= MAX_EXACT))
+        return -1;
+    /* escapes first: mark their slots (ys as a scratch flag array) */
+    uint8_t esc[k ? k : 1];
+    memset(esc, 0, k ? k : 1);
+    for (uint64_t e = 0, at = 0; e < nesc; e++) {
+        uint64_t gap, b;
+        if (get_varint(r, &gap) || gap >= k - at || get_u64(r, &b))
+            return -1;
+        at += gap;
+        esc[at] = 1;
+        out[at] = double_of(b);
+        at++;
+    }
+    size_t n = k - (size_t)nesc;
+    if (get_tokens(r, ys, n))
+        return -1;
+    const uint8_t *p = r->p + r->pos;
+    size_t nbytes = r->len - r->pos, pos = 0;
+    uint64_t m = 0, delta = 0; /* unsigned: malformed input wraps */
+    for (size_t i = 0, j = 0; i < k; i++) {
+        if (esc[i])
+            continue;
+        if (dod && j >= 2)
+            delta += (uint64_t)ys[j];
+        else
+            delta = (uint64_t)ys[j];
+        m = j ? m + delta : delta;
+        j++;
+        uint64_t zz = 0;
+        if (width && take_bits(p, nbytes, &pos, width, &zz))
+            return -1;
+        out[i] = double_of(bits_of((double)(int64_t)m / div) + (uint64_t)unzigzag(zz));
+    }
+    r->pos += (pos + 7) / 8;
+    return 0;
+}
+
 /* ---------------------------------------------------------------- API */
 
 size_t tsm_codec_bound(size_t n)
@@ -402,11 +597,19 @@ size_t tsm_codec_bound(size_t n)
     return 1 + 10 + n * 20 + n * 8;
 }
 
+/* What the encoder learned about a page's values, for encode_kind. */
+typedef struct page_facts {
+    const int64_t *m;   /* the decimal numerators, when d >= 0 */
+    int d;              /* DELTA/DOD decimals, or -1 */
+    int avg_d;          /* AVG decimals and divisor multiple */
+    uint32_t avg_k;
+} page_facts;
+
 static size_t encode_kind(int kind, const uint32_t *tags, size_t n, const double *v, size_t k,
-                          const int64_t *m, int d, int64_t *ys, uint8_t *out, size_t cap)
+                          const page_facts *pf, int64_t *ys, uint8_t *out, size_t cap)
 {
     wbuf w = {out, 0, cap, 0};
-    put_byte(&w, (uint8_t)kind);
+    put_byte(&w, (uint8_t)(kind & 0xff));
     put_tags(&w, tags, n);
     switch (kind) {
     case TSM_CODEC_RAW:
@@ -419,7 +622,11 @@ static size_t encode_kind(int kind, const uint32_t *tags, size_t n, const double
         break;
     case TSM_CODEC_DELTA:
     case TSM_CODEC_DOD:
-        put_decimal(&w, m, k, d, kind == TSM_CODEC_DOD, ys);
+        put_decimal(&w, pf->m, k, pf->d, kind == TSM_CODEC_DOD, ys);
+        break;
+    case TSM_CODEC_AVG:
+    case TSM_CODEC_AVG + 0x100: /* AVG with deltas of deltas: same kind byte */
+        put_avg(&w, v, k, pf->avg_d, pf->avg_k, kind != TSM_CODEC_AVG, ys);
         break;
     case TSM_CODEC_XOR:
         put_xor(&w, v, k);
@@ -443,17 +650,24 @@ size_t tsm_codec_encode(const uint32_t *tags, const double *values, size_t n, ui
     int constant = 1;
     for (size_t i = 1; i < k && constant; i++)
         constant = bits_of(v[i]) == bits_of(v[0]);
-    int d = decimals_of(v, k, m);
+    page_facts pf = {m, decimals_of(v, k, m), 0, 1};
+    /* averages only when there are a few values (AVG's header is 4 bytes or
+     * more), not plain decimals (DELTA and DOD take those in fewer bytes),
+     * and some divisor fits most of them */
+    int avg = !constant && pf.d < 0 && k >= AVG_MIN_VALUES &&
+              avg_choose(v, k, &pf.avg_d, &pf.avg_k);
 
     uint8_t trial[tsm_codec_bound(n)];
-    size_t best = encode_kind(TSM_CODEC_RAW, tags, n, v, k, m, d, ys, out, cap);
-    int kinds[] = {TSM_CODEC_CONST, TSM_CODEC_DELTA, TSM_CODEC_DOD, TSM_CODEC_XOR};
+    size_t best = encode_kind(TSM_CODEC_RAW, tags, n, v, k, &pf, ys, out, cap);
+    int kinds[] = {TSM_CODEC_CONST, TSM_CODEC_DELTA, TSM_CODEC_DOD, TSM_CODEC_XOR,
+                   TSM_CODEC_AVG, TSM_CODEC_AVG + 0x100};
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
         int kind = kinds[i];
         if ((kind == TSM_CODEC_CONST && !constant) ||
-            ((kind == TSM_CODEC_DELTA || kind == TSM_CODEC_DOD) && d < 0))
+            ((kind == TSM_CODEC_DELTA || kind == TSM_CODEC_DOD) && pf.d < 0) ||
+            ((kind & 0xff) == TSM_CODEC_AVG && !avg))
             continue;
-        size_t len = encode_kind(kind, tags, n, v, k, m, d, ys, trial, sizeof trial);
+        size_t len = encode_kind(kind, tags, n, v, k, &pf, ys, trial, sizeof trial);
         if (len && len < best) {
             memcpy(out, trial, len);
             best = len;
@@ -464,7 +678,7 @@ size_t tsm_codec_encode(const uint32_t *tags, const double *values, size_t n, ui
 
 int tsm_codec_kind(const uint8_t *in, size_t len)
 {
-    return len && in[0] <= TSM_CODEC_XOR ? in[0] : -1;
+    return len && in[0] <= TSM_CODEC_AVG ? in[0] : -1;
 }
 
 int tsm_codec_decode(const uint8_t *in, size_t len, size_t n, uint32_t *tags, double *values)
@@ -474,7 +688,7 @@ int tsm_codec_decode(const uint8_t *in, size_t len, size_t n, uint32_t *tags, do
     rbuf r = {in, len, 0};
     uint8_t kind;
     size_t k;
-    if (get_byte(&r, &kind) || kind > TSM_CODEC_XOR || get_tags(&r, tags, n, &k))
+    if (get_byte(&r, &kind) || kind > TSM_CODEC_AVG || get_tags(&r, tags, n, &k))
         return -1;
     double v[k ? k : 1];
     int64_t ys[k ? k : 1];
@@ -501,6 +715,9 @@ int tsm_codec_decode(const uint8_t *in, size_t len, size_t n, uint32_t *tags, do
         break;
     case TSM_CODEC_XOR:
         rc = get_xor(&r, v, k);
+        break;
+    case TSM_CODEC_AVG:
+        rc = get_avg(&r, v, k, ys);
         break;
     }
     if (rc || r.pos != r.len)

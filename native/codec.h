@@ -12,6 +12,9 @@
  *           m as zigzag deltas, runs of equal values collapsed
  *   DOD     the same with deltas of deltas (steady counters)
  *   XOR     Gorilla-style XOR of consecutive values' bits (noisy floats)
+ *   AVG     (format 3) every value near M / (10^d * k), integer M: M as
+ *           DELTA or DOD tokens plus a few bits of ulp correction each,
+ *           exact; the rest stored raw (roll-up averages of decimals)
  *
  * Encoding is exact: decode(encode(x)) gives every tag and every value of a
  * non-empty slot bit for bit (NaN payloads, -0.0, infinities, denormals
@@ -31,6 +34,7 @@ enum {
     TSM_CODEC_DELTA = 2,
     TSM_CODEC_DOD = 3,
     TSM_CODEC_XOR = 4,
+    TSM_CODEC_AVG = 5,  /* format 3 */
 };
 
 /* Pages hold TSM_SLOTS (336) slots; the codec refuses more than this. */

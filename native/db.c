@@ -54,6 +54,7 @@ struct tsm_db {
     _Atomic uint64_t mapped_pages;  /* 4 KiB units of the page file mapped */
     uint8_t *pt_base;               /* reserved region; the page table mapped from 0 */
     uint64_t pt_reserved;
+    uint32_t pt_version;         /* format version in the page table's header */
     _Atomic uint64_t pt_entries;    /* page numbers the mapping covers */
     tsm_space space;                /* writer: where blobs go (store.c) */
     struct pcache *pcache;          /* writer: decoded pages read by tsm_db_page_ptr */
@@ -1529,10 +1530,11 @@ static int open_table(tsm_db *db)
     if (crc != tsm_crc32c(0, hdr, 12))
         return tsm_fail(TSM_ECORRUPT, 0, db->ptable_path, 0, "%s: header checksum mismatch",
                         db->ptable_path);
-    if (version != TSM_FORMAT_VERSION)
+    if (version < TSM_FORMAT_OLDEST || version > TSM_FORMAT_VERSION)
         return tsm_fail(TSM_EVERSION, 0, db->ptable_path, 8,
-                        "%s: format version %u, this build reads %u", db->ptable_path, version,
-                        TSM_FORMAT_VERSION);
+                        "%s: format version %u, this build reads %u to %u", db->ptable_path,
+                        version, TSM_FORMAT_OLDEST, TSM_FORMAT_VERSION);
+    db->pt_version = version;
     for (db->pt_reserved = TSM_PT_HDR + (8ull << 32); db->pt_reserved >= (1u << 20);
          db->pt_reserved /= 4)
         if ((db->pt_base = db->io->reserve(db->pt_reserved)))
@@ -1656,9 +1658,43 @@ static int build_space(tsm_db *db)
     return TSM_OK;
 }
 
+/* Writer: a database of an older format (FORMAT.md: version 2 lacks only
+ * codecs and records that version 3 added) gets this version in the log
+ * header, the page table header and last the superblock, each durable,
+ * before anything is written that only this version reads.  A crash
+ * half-way leaves files of both versions, which this build reads alike. */
+static int upgrade_format(tsm_db *db)
+{
+    int rc = tsm_wal_upgrade(&db->wal);
+    if (rc)
+        return rc;
+    if (db->pt_version != TSM_FORMAT_VERSION) {
+        uint8_t hdr[16];
+        uint32_t version = TSM_FORMAT_VERSION;
+        memcpy(hdr, TSM_PT_MAGIC, 8);
+        memcpy(hdr + 8, &version, 4);
+        uint32_t crc = tsm_crc32c(0, hdr, 12);
+        memcpy(hdr + 12, &crc, 4);
+        if ((rc = tsm_io_write_full(db->io, db->ptable_fd, hdr, sizeof hdr, 0, db->ptable_path)))
+            return rc;
+        if (db->io->datasync(db->ptable_fd) != 0)
+            return tsm_io_error(errno, db->ptable_path, "sync");
+        db->pt_version = version;
+    }
+    if (db->sb->version != TSM_FORMAT_VERSION) {
+        db->sb->version = TSM_FORMAT_VERSION;
+        db->sb->crc = tsm_crc32c(0, db->sb, 24);
+        if (db->io->msync(db->sb, TSM_PAGE_SIZE) != 0)
+            return tsm_io_error(errno, db->pages_path, "sync superblock of");
+    }
+    return TSM_OK;
+}
+
 static int open_writer(tsm_db *db)
 {
     int rc = tsm_wal_open(&db->wal, db->io, db->wal_path, db->opts.wal_bytes);
+    if (!rc)
+        rc = upgrade_format(db);
     if (rc)
         return rc;
     /* Recovery works in a hot file of its own, published only once it holds

@@ -256,9 +256,10 @@ int tsm_sb_check(const tsm_superblock *sb, const char *file)
         return tsm_fail(TSM_ECORRUPT, 0, file, 0, "%s: not a tismet page file", file);
     if (sb->crc != tsm_crc32c(0, sb, 24))
         return tsm_fail(TSM_ECORRUPT, 0, file, 0, "%s: superblock checksum mismatch", file);
-    if (sb->version != TSM_FORMAT_VERSION)
-        return tsm_fail(TSM_EVERSION, 0, file, 8, "%s: format version %u, this build reads %u",
-                        file, sb->version, TSM_FORMAT_VERSION);
+    if (sb->version < TSM_FORMAT_OLDEST || sb->version > TSM_FORMAT_VERSION)
+        return tsm_fail(TSM_EVERSION, 0, file, 8,
+                        "%s: format version %u, this build reads %u to %u", file, sb->version,
+                        TSM_FORMAT_OLDEST, TSM_FORMAT_VERSION);
     if (sb->page_size != TSM_PAGE_SIZE)
         return tsm_fail(TSM_ECORRUPT, 0, file, 12, "%s: page size %u", file, sb->page_size);
     return TSM_OK;

@@ -37,7 +37,9 @@ extern "C" {
 #endif
 
 /* CDEF-BEGIN */
-#define TSM_FORMAT_VERSION 2
+#define TSM_FORMAT_VERSION 3
+/* The oldest format this build reads; a writer upgrades it in place. */
+#define TSM_FORMAT_OLDEST 2
 
 /* Return codes: 0 is success, failures are negative and distinct from errno. */
 #define TSM_OK 0

@@ -68,10 +68,11 @@ static int read_header(tsm_wal *w)
         memcpy(&h, w->map + slot * 2048, sizeof h);
         if (memcmp(h.magic, TSM_WAL_MAGIC, 8) || h.crc != header_crc(h))
             continue;
-        if (h.version != TSM_FORMAT_VERSION)
+        if (h.version < TSM_FORMAT_OLDEST || h.version > TSM_FORMAT_VERSION)
             return tsm_fail(TSM_EVERSION, 0, w->path, slot * 2048,
                             "%s: log format version %u", w->path, h.version);
         if (!found || h.seq > w->hdr_seq) {
+            w->version = h.version;
             wal_ext x;
             memcpy(&x, w->map + slot * 2048 + EXT_OFF, sizeof x);
             w->hdr_seq = h.seq;
@@ -85,13 +86,14 @@ static int read_header(tsm_wal *w)
     return found ? TSM_OK : TSM_ENODB;
 }
 
-static int write_header(tsm_wal *w, uint64_t checkpoint_lsn, uint64_t catalog_len)
+static int write_header(tsm_wal *w, uint64_t start_lsn, uint64_t checkpoint_lsn,
+                        uint64_t catalog_len)
 {
     wal_header h = {0};
     memcpy(h.magic, TSM_WAL_MAGIC, 8);
     h.version = TSM_FORMAT_VERSION;
     h.seq = w->hdr_seq + 1;
-    h.start_lsn = checkpoint_lsn + 1;
+    h.start_lsn = start_lsn;
     h.checkpoint_lsn = checkpoint_lsn;
     h.crc = header_crc(h);
     wal_ext x = {catalog_len, h.seq, 0, 0};
@@ -101,10 +103,20 @@ static int write_header(tsm_wal *w, uint64_t checkpoint_lsn, uint64_t catalog_le
     if (w->io->msync(w->map, TSM_WAL_DATA) != 0)
         return tsm_io_error(errno, w->path, "sync log header of");
     w->hdr_seq = h.seq;
+    w->version = h.version;
     w->start_lsn = h.start_lsn;
     w->checkpoint_lsn = checkpoint_lsn;
     w->catalog_len = catalog_len;
     return TSM_OK;
+}
+
+int tsm_wal_upgrade(tsm_wal *w)
+{
+    /* the same cycle under a header of this version, in the other slot: a
+     * torn write leaves the old header ruling, which reads the same */
+    if (w->version == TSM_FORMAT_VERSION)
+        return TSM_OK;
+    return write_header(w, w->start_lsn, w->checkpoint_lsn, w->catalog_len);
 }
 
 /* Never written: its pages all map the kernel's zero page, so writing from
@@ -196,7 +208,7 @@ int tsm_wal_open(tsm_wal *w, const tsm_io *io, const char *path, uint64_t size)
         return tsm_io_error(errno ? errno : ENOMEM, path, "map");
     int rc = fresh ? TSM_ENODB : read_header(w);
     if (rc == TSM_ENODB)
-        rc = write_header(w, 0, TSM_WAL_UNKNOWN);
+        rc = write_header(w, 1, 0, TSM_WAL_UNKNOWN);
     /* a clean close leaves the log small (tsm_wal_shrink): room again */
     if (rc == TSM_OK && w->size < initial)
         rc = grow(w, initial);
@@ -309,7 +321,7 @@ int tsm_wal_sync(tsm_wal *w)
 int tsm_wal_reset(tsm_wal *w, uint64_t checkpoint_lsn, uint64_t catalog_len)
 {
     pthread_mutex_lock(&w->sync_mu);
-    int rc = write_header(w, checkpoint_lsn, catalog_len);
+    int rc = write_header(w, checkpoint_lsn + 1, checkpoint_lsn, catalog_len);
     if (rc == TSM_OK) {
         memset(w->map + TSM_WAL_DATA, 0, 8);
         atomic_store(&w->write_off, TSM_WAL_DATA);

@@ -26,6 +26,7 @@ typedef struct tsm_wal {
     uint64_t catalog_len;         /* catalog bytes made durable by that checkpoint,
                                      TSM_WAL_UNKNOWN when the header does not say */
     uint64_t syncs;
+    uint32_t version;             /* format version of the ruling header */
     int created;                  /* the file was created by tsm_wal_open */
     pthread_mutex_t sync_mu;      /* orders msync against reset */
     pthread_mutex_t grow_mu;      /* one growth at a time: the appender's or tsm_wal_grow_ahead's */
@@ -57,6 +58,10 @@ int tsm_wal_grow_ahead(tsm_wal *w);
  * with LSNs from checkpoint_lsn + 1; catalog_len is the catalog's durable
  * length at that checkpoint (kept in the header's extension). */
 int tsm_wal_reset(tsm_wal *w, uint64_t checkpoint_lsn, uint64_t catalog_len);
+/* Rewrite the ruling header at this build's format version (same cycle,
+ * same LSNs), durably; nothing when it already is.  A writer does this at
+ * open, before it writes anything an older version does not read. */
+int tsm_wal_upgrade(tsm_wal *w);
 /* After the last checkpoint of a clean close (the log holds no record):
  * cut the file to its header and one empty block.  The next open grows it
  * back to its initial size. */

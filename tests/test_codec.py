@@ -11,6 +11,9 @@
   `tox -e sanitize`, which builds the module with AddressSanitizer, for the
   memory checks; the soak profile runs many more examples).
 * The worked examples of FORMAT.md ("Page encoding"), one per codec, pin the bytes.
+* AVG (format 3): roll-up averages computed the way whisper does, for
+  every count and 0 to 4 decimals, with gaps and adversarial values mixed
+  in, round-trip bit for bit and take 1 to 3 bytes where XOR took 8.
 """
 import importlib.util
 import math
@@ -27,7 +30,7 @@ cffi = pytest.importorskip("cffi")
 NATIVE = pathlib.Path(__file__).resolve().parent.parent / "native"
 SANITIZE = bool(os.environ.get("TISMET_SANITIZE"))
 SLOTS = 336
-RAW, CONST, DELTA, DOD, XOR = range(5)
+RAW, CONST, DELTA, DOD, XOR, AVG = range(6)
 
 CDEF = """
 size_t tsm_codec_bound(size_t nslots);
@@ -232,6 +235,9 @@ def test_worked_example_bytes(codec):
     ([3] * 3, [1e300, -2.5e-300, 3.3e150],
      "00 010303 9c7500883ce4377e 2f30b7b3a7c9ba81 1d49cfdf4b21305f"),                 # RAW
     ([0] * SLOTS, [0.0] * SLOTS, "00 0100d002"),                                     # empty
+    ([7] * 4, [12.339999999999998, 12.396666666666667, 12.453333333333333,
+               12.503333333333332],
+     "05 010704 01 1e 01 00 d873 44 44 3c 90"),                                     # AVG
 ])
 def test_worked_examples_of_every_codec(codec, tags, values, hexbytes):
     """FORMAT.md, "Page encoding": the bytes of each worked example."""
@@ -276,3 +282,154 @@ def test_negative_zero_is_not_a_decimal(codec):
     (found by hypothesis: a page whose only value was -0.0 came back as 0.0)."""
     for values in ([-0.0], [-0.0, 1.5], [2.5, -0.0, 2.5]):
         assert_round_trip(codec, [1] * len(values), values)
+
+
+# --------------------------------------------------------------------- AVG (format 3)
+
+def whisper_average(values):
+    """whisper's aggregate('average', ...): float(sum(known)) / len(known)."""
+    return float(sum(values)) / len(values)
+
+
+def rollup(values, k):
+    """Averages of consecutive windows of k slots; None is a missing point."""
+    out = []
+    for i in range(0, len(values) - k + 1, k):
+        known = [v for v in values[i:i + k] if v is not None]
+        if known:
+            out.append(whisper_average(known))
+    return out
+
+
+@st.composite
+def averaged_pages(draw):
+    """A page of averages of a d-decimal random walk with gaps, windows of k."""
+    d = draw(st.integers(0, 4))
+    k = draw(st.integers(1, 15))
+    rnd = random.Random(draw(st.integers(0, 2 ** 32)))
+    gaps = draw(st.sampled_from([0.0, 0.05, 0.3]))
+    m, raw = rnd.randint(-10 ** 7, 10 ** 7), []
+    for _ in range(SLOTS * k):
+        m += rnd.randint(-10 ** draw(st.integers(0, 3)), 10 ** 2)
+        raw.append(None if rnd.random() < gaps else m / 10 ** d)
+    values = rollup(raw, k)
+    if draw(st.booleans()):                 # and again: averages of averages
+        values = rollup(values + [None] * 10, draw(st.integers(2, 10)))
+    for i in draw(st.lists(st.integers(0, max(0, len(values) - 1)), max_size=6)):
+        if values:
+            values[i] = draw(odd_floats)
+    n = len(values)
+    tags = [1] * n + [0] * (SLOTS - n) if n <= SLOTS else [1] * SLOTS
+    return tags[:SLOTS], (values + [0.0] * SLOTS)[:SLOTS]
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.large_base_example,
+                                                HealthCheck.too_slow])
+@given(page=averaged_pages())
+def test_round_trip_of_averages(codec, page):
+    assert_round_trip(codec, *page)
+
+
+@pytest.mark.parametrize("d", range(5))
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 5, 6, 7, 10, 15, 60])
+def test_whisper_averages_take_avg_and_few_bytes(codec, d, k):
+    """Averages of k d-decimal readings, exactly as whisper computes them:
+    every count 1..6 of a 10 s archive's minute, 15 (1 min into 15 min), 60;
+    7 is no usual count (no divisor fits: another codec, still exact)."""
+    rnd = random.Random(d * 100 + k)
+    m, raw = rnd.randint(0, 10 ** 6), []
+    for _ in range(SLOTS * k):
+        m += rnd.randint(-20, 20)
+        raw.append(m / 10 ** d)
+    values = rollup(raw, k)
+    data = assert_round_trip(codec, [1] * SLOTS, values)
+    if k == 7:
+        return
+    if k % 3 == 0:                  # thirds: no average is an exact decimal
+        assert codec.kind(data) == AVG
+    assert len(data) / SLOTS <= 3.0, (len(data) / SLOTS, codec.kind(data))
+
+
+def test_averages_with_gaps_take_a_common_divisor(codec):
+    """Windows missing some of their 6 points average over 5, 4, ...: the
+    divisor 60 fits them all, so no value is an escape (8 bytes each)."""
+    rnd = random.Random(5)
+    m, raw = 5000, []
+    for i in range(SLOTS * 6):
+        m += rnd.randint(-9, 9)
+        raw.append(None if rnd.random() < 0.15 else m / 100)
+    values = rollup(raw, 6)
+    data = assert_round_trip(codec, [1] * len(values), values)
+    assert codec.kind(data) == AVG
+    assert len(data) / len(values) <= 3.0
+
+
+def test_avg_adversarial_values(codec):
+    """NaN payloads, infinities, -0.0, denormals, huge values and deltas, long
+    constant runs amid averages: escapes or another codec, always exact."""
+    rnd = random.Random(9)
+    base = rollup([rnd.randint(0, 10 ** 4) / 100 for _ in range(SLOTS * 6)], 6)
+    specials = [math.nan, -math.nan, math.inf, -math.inf, -0.0, 0.0, 5e-324, -5e-324,
+                2.2250738585072014e-308, 1.7976931348623157e308, -1.7976931348623157e308,
+                2.0 ** 53 + 2, 1e300, -1e300, 1 / 3]
+    for j, x in enumerate(specials):
+        values = list(base)
+        for i in range(j % 7, SLOTS, 37):
+            values[i] = x
+        assert_round_trip(codec, [1] * SLOTS, values)
+    # huge deltas between averages; a long constant run; one value, negative ones
+    values = [v * (1e12 if i % 2 else 1) for i, v in enumerate(base)]
+    assert_round_trip(codec, [1] * SLOTS, values)
+    values = base[:20] + [base[20]] * 300 + base[:16]
+    assert codec.kind(assert_round_trip(codec, [1] * SLOTS, values)) == AVG
+    assert_round_trip(codec, [1], base[:1])
+    assert codec.kind(assert_round_trip(codec, [1] * SLOTS, [-v for v in base])) == AVG
+
+
+def avg_encoding(flags, k, w, escapes, tokens, bits_bytes, n=3):
+    """An AVG encoding of n slots of tag 1, built by hand."""
+    def varint(v):
+        out = bytearray()
+        while v >= 0x80:
+            out.append(v & 0x7F | 0x80)
+            v >>= 7
+        out.append(v)
+        return bytes(out)
+    body = bytes([AVG]) + varint(1) + varint(1) + varint(n) + bytes([flags]) + varint(k)
+    body += bytes([w]) + varint(len(escapes))
+    for gap, value in escapes:
+        body += varint(gap) + struct.pack("<d", value)
+    return body + tokens + bits_bytes
+
+
+def test_avg_decoder_refuses_malformed_headers(codec):
+    ok = avg_encoding(0, 3, 0, [], bytes([4, 4, 4]), b"")
+    assert codec.decode(ok, 3)[1] == [1 / 3, 2 / 3, 1.0]
+    assert codec.decode(avg_encoding(0, 0, 0, [], bytes([4, 4, 4]), b""), 3) is None    # k = 0
+    assert codec.decode(avg_encoding(10, 1, 0, [], bytes([4, 4, 4]), b""), 3) is None   # d > 9
+    assert codec.decode(avg_encoding(9, 10 ** 8, 0, [], bytes([4, 4, 4]), b""), 3) is None  # D
+    assert codec.decode(avg_encoding(0, 3, 33, [], bytes([4, 4, 4]), b"\0" * 13), 3) is None
+    esc = avg_encoding(0, 3, 0, [(0, 1.5), (0, 2.5), (0, 3.5)], b"", b"")
+    assert codec.decode(esc, 3)[1] == [1.5, 2.5, 3.5]
+    assert codec.decode(avg_encoding(0, 3, 0, [(0, 1.5)] * 4, b"", b""), 3) is None  # E > K
+    assert codec.decode(avg_encoding(0, 3, 0, [(3, 1.5)], bytes([4, 4]), b""), 3) is None
+    assert codec.decode(avg_encoding(0, 3, 2, [], bytes([4, 4, 4]), b""), 3) is None  # no bits
+    assert codec.decode(avg_encoding(0, 3, 2, [], bytes([4, 4, 4]), b"\x40\0"), 3) is None
+    fixed = codec.decode(avg_encoding(0, 3, 2, [], bytes([4, 4, 4]), b"\x40"), 3)[1]
+    assert fixed[0] != 1 / 3 and fixed[1:] == [2 / 3, 1.0]     # c_0 = zigzag 1 = -1 ulp
+
+
+def test_avg_bytes_per_value_on_rollups(codec):
+    """The issue's measure: roll-ups of the bench's series, bytes per value."""
+    rnd = random.Random(3)
+    sizes = {}
+    for name, d, sd in (("pct1", 1, 20), ("load2", 2, 10), ("gauge3", 3, 500)):
+        m, raw = rnd.randint(0, 10 ** 4), []
+        for _ in range(SLOTS * 60):
+            m += round(rnd.gauss(0, sd))
+            raw.append(m / 10 ** d)
+        minute = rollup(raw, 6)
+        ten = rollup(minute, 10)
+        sizes[name] = (per_point(codec, minute[:SLOTS]), per_point(codec, ten[:SLOTS]))
+    for name, (one, ten) in sizes.items():
+        assert one <= 3.0 and ten <= 3.5, (name, one, ten)

@@ -42,6 +42,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     seed("decimal-gauge", 6, 12.5, 0.25, 1);
     seed("counter", 7, 1e6, 60, 1);
     seed("sparse-xor", 8, 1.0 / 3, 1e-7, 17);
+    seed("averages", 9, 12.34, 1.0 / 3, 1);           /* AVG (format 3) */
+    seed("sparse-averages", 10, -7.5, 1.0 / 6, 3);
     return 0;
 }
 

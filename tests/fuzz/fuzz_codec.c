@@ -6,6 +6,7 @@
  * again: the second decode must give the same tags and, for non-empty
  * slots, the same values bit for bit (codec.h's promise).
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,16 +35,23 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     enum { N = 336 };
     static uint32_t tags[N];
     static double v[N];
-    for (int kind = 0; kind < 6; kind++) {
+    for (int kind = 0; kind < 8; kind++) {
         for (int i = 0; i < N; i++) {
             tags[i] = i < 300 ? 5 + (uint32_t)(i / 200) : 0;
             switch (kind) {
-            case 0: v[i] = 12.34 + 0.01 * (i % 17); break;      /* DELTA */
+            case 0: v[i] = 12.34 + 0.01 * (i % 17); break;      /* inexact: AVG */
             case 1: v[i] = 1000.0 + 10.0 * i; break;            /* DOD */
             case 2: v[i] = 7.0; break;                          /* CONST */
             case 3: v[i] = 1.0 / (i + 3.0); break;              /* XOR */
             case 4: v[i] = i % 2 ? -0.0 : 1e300 * (i + 1); break; /* RAW or XOR */
-            default: v[i] = (double)(i % 2); tags[i] = i % 3 ? 9 : 0; break;
+            case 5: v[i] = (double)(i % 2); tags[i] = i % 3 ? 9 : 0; break;
+            case 6: /* AVG: whisper's averages of three 2-decimal readings */
+                v[i] = (12.31 + 0.01 * (i % 7) + 12.35 + 0.02 * (i % 5) + 12.4) / 3;
+                break;
+            default: /* AVG with escapes (NaN, -0.0, infinity among averages) */
+                v[i] = i % 41 == 0 ? NAN : i % 43 == 0 ? -0.0 : i % 47 == 0 ? INFINITY
+                                                                  : (i * 7 % 100) / 6.0;
+                break;
             }
         }
         char name[32];

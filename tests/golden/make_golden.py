@@ -23,6 +23,14 @@ def build(path):
         db.create("golden.counter;host=a", ARCHIVES, 0.0, "sum")
         db.update_many("golden.gauge", [(NOW - 10 * k, k * 0.25) for k in range(30)], now=NOW)
         db.update_many("golden.counter;host=a", [(NOW - 7, 42.0)], now=NOW)
+        # format 3: 2-decimal readings whose 1-minute averages take the AVG codec
+        db.create("golden.avg", ARCHIVES, 0.5, "average")
+        db.update_many("golden.avg", [(NOW - 10 * k, avg_reading(k)) for k in range(60)], now=NOW)
+
+
+def avg_reading(k):
+    """The 2-decimal reading of golden.avg at NOW - 10 k."""
+    return round(20 + (k * 37 % 101) / 100.0, 2)
 
 
 def main():
