@@ -46,6 +46,12 @@ static void put_varint(wbuf *w, uint64_t v)
 
 static void put_u64(wbuf *w, uint64_t v)
 {
+    if (w->len <= w->cap && w->cap - w->len >= 8) {   /* room: no check per byte */
+        for (int i = 0; i < 8; i++)
+            w->p[w->len + (size_t)i] = (uint8_t)(v >> (8 * i));
+        w->len += 8;
+        return;
+    }
     for (int i = 0; i < 8; i++)
         put_byte(w, (uint8_t)(v >> (8 * i)));
 }
@@ -246,19 +252,20 @@ typedef struct bitw {
     int nbits;
 } bitw;
 
-/* The n low bits of v, most significant first, a byte's worth at a time
- * (acc holds the nbits < 8 bits not yet written). */
+/* The n low bits of v, most significant first.  acc's low nbits (< 8 between
+ * calls) are the bits not yet written; up to 56 new bits join them at a
+ * time, then every whole byte goes out.  Bits of acc above the pending ones
+ * are stale and never read. */
 static void put_bits(bitw *b, uint64_t v, int n)
 {
     while (n > 0) {
-        int take = 8 - b->nbits < n ? 8 - b->nbits : n;
+        int take = n > 56 ? 56 : n;
         n -= take;
-        b->acc = (b->acc << take) | ((v >> n) & ((1u << take) - 1));
+        b->acc = (b->acc << take) | ((v >> n) & (~0ull >> (64 - take)));
         b->nbits += take;
-        if (b->nbits == 8) {
-            put_byte(b->w, (uint8_t)b->acc);
-            b->acc = 0;
-            b->nbits = 0;
+        while (b->nbits >= 8) {
+            b->nbits -= 8;
+            put_byte(b->w, (uint8_t)(b->acc >> b->nbits));
         }
     }
 }
