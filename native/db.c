@@ -508,8 +508,6 @@ static int rescue_page(tsm_db *db, uint32_t pno, tsm_page_copy *copy)
     if ((rc = tsm_io_write_full(db->io, db->ptable_fd, &e, 8,
                                 (off_t)(TSM_PT_HDR + 8ull * pno), db->ptable_path)))
         return rc;
-    free(db->pack_arena[0]);
-    free(db->pack_arena[1]);
     tsm_space_free(&db->space);
     return build_space(db);
 }
@@ -1836,6 +1834,10 @@ static void release_resources(tsm_db *db)
     tsm_space_free(&db->space);
     free(db->pcache);
     db->pcache = NULL;
+    for (int i = 0; i < 2; i++) {
+        free(db->pack_arena[i]);
+        db->pack_arena[i] = NULL;
+    }
     free(db->pend);
     db->pend = NULL;
     db->npend = db->pend_cap = 0;
