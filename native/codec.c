@@ -612,12 +612,19 @@ typedef struct page_facts {
     uint32_t avg_k;
 } page_facts;
 
-static size_t encode_kind(int kind, const uint32_t *tags, size_t n, const double *v, size_t k,
+/* One codec's encoding: the kind byte, the tags (encoded once by the caller:
+ * tag_bytes), the values. */
+static size_t encode_kind(int kind, const wbuf *tag_bytes, const double *v, size_t k,
                           const page_facts *pf, int64_t *ys, uint8_t *out, size_t cap)
 {
     wbuf w = {out, 0, cap, 0};
     put_byte(&w, (uint8_t)(kind & 0xff));
-    put_tags(&w, tags, n);
+    if (tag_bytes->len <= w.cap - w.len) {
+        memcpy(w.p + w.len, tag_bytes->p, tag_bytes->len);
+        w.len += tag_bytes->len;
+    } else {
+        w.overflow = 1;
+    }
     switch (kind) {
     case TSM_CODEC_RAW:
         for (size_t i = 0; i < k; i++)
@@ -664,8 +671,13 @@ size_t tsm_codec_encode(const uint32_t *tags, const double *values, size_t n, ui
     int avg = !constant && pf.d < 0 && k >= AVG_MIN_VALUES &&
               avg_choose(v, k, &pf.avg_d, &pf.avg_k);
 
-    uint8_t trial[tsm_codec_bound(n)];
-    size_t best = encode_kind(TSM_CODEC_RAW, tags, n, v, k, &pf, ys, out, cap);
+    uint8_t trial[tsm_codec_bound(n)], tag_buf[tsm_codec_bound(n)];
+    wbuf tag_bytes = {tag_buf, 0, sizeof tag_buf, 0};
+    put_tags(&tag_bytes, tags, n);
+    /* RAW (always possible) is the size to beat: 1 + tags + 8 per value,
+     * written only if nothing is smaller */
+    size_t best = 1 + tag_bytes.len + 8 * k;
+    int raw = 1;
     int kinds[] = {TSM_CODEC_CONST, TSM_CODEC_DELTA, TSM_CODEC_DOD, TSM_CODEC_XOR,
                    TSM_CODEC_AVG, TSM_CODEC_AVG + 0x100};
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
@@ -674,13 +686,14 @@ size_t tsm_codec_encode(const uint32_t *tags, const double *values, size_t n, ui
             ((kind == TSM_CODEC_DELTA || kind == TSM_CODEC_DOD) && pf.d < 0) ||
             ((kind & 0xff) == TSM_CODEC_AVG && !avg))
             continue;
-        size_t len = encode_kind(kind, tags, n, v, k, &pf, ys, trial, sizeof trial);
+        size_t len = encode_kind(kind, &tag_bytes, v, k, &pf, ys, trial, sizeof trial);
         if (len && len < best) {
             memcpy(out, trial, len);
             best = len;
+            raw = 0;
         }
     }
-    return best;
+    return raw ? encode_kind(TSM_CODEC_RAW, &tag_bytes, v, k, &pf, ys, out, cap) : best;
 }
 
 int tsm_codec_kind(const uint8_t *in, size_t len)
