@@ -12,6 +12,7 @@ import tarfile
 import pytest
 
 import tismet
+from tismet_testutil import REC_MARK, REC_SCHEMA, read_catalog
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN_V1 = os.path.join(HERE, "golden", "v1.tar.gz")
@@ -55,14 +56,12 @@ def golden(tmp_path, version):
 
 
 def read_records(data):
-    recs, off = [], 0
-    while off + 24 <= len(data):
-        crc, length, lsn, rtype = struct.unpack_from("<IIQB", data, off)
-        if length < 24 or off + length > len(data) or crc32c(data[off + 4:off + length]) != crc:
-            break
-        recs.append((lsn, rtype, data[off + 24:off + length]))
-        off += length
-    return recs, off
+    """[(lsn, type, body in the log's layout)] of a catalog file's CREATE, DELETE, SETAGG
+    and ALLOC records, and the offset where decoding stopped (tismet_testutil.read_catalog:
+    FORMAT.md's "catalog" and "Compact records" in pure Python)."""
+    recs = read_catalog(data, strict=False)
+    end = recs[-1].offset + recs[-1].length if recs else 0
+    return [(r.lsn, r.type, r.body) for r in recs if r.type not in (REC_MARK, REC_SCHEMA)], end
 
 
 def superblock_version(path):
@@ -87,6 +86,13 @@ def test_catalog_records(golden, version):
     data = (golden / "catalog").read_bytes()
     recs, end = read_records(data)
     assert end == len(data)
+    kinds = [r.type for r in read_catalog(data)]
+    if version == 2:
+        assert REC_MARK not in kinds       # 24-byte headers throughout
+    else:
+        # a MARK, then compact records: one SCHEMA (both metrics share the archive list)
+        assert kinds[0] == REC_MARK and kinds.count(REC_SCHEMA) == 1
+        assert len(data) < 24 + 30 * len(recs)
     lsns = [r[0] for r in recs]
     assert lsns == sorted(lsns)
     creates = [r for r in recs if r[1] == 1]
