@@ -64,6 +64,12 @@ def read_records(data):
     return [(r.lsn, r.type, r.body) for r in recs if r.type not in (REC_MARK, REC_SCHEMA)], end
 
 
+def read_golden_catalog(version):
+    with tarfile.open(os.path.join(HERE, "golden", "v%d.tar.gz" % version)) as tar:
+        return next(tar.extractfile(m).read() for m in tar.getmembers()
+                    if m.name.endswith("catalog"))
+
+
 def superblock_version(path):
     with open(path / "pages", "rb") as f:
         sb = f.read(PAGE)
@@ -389,6 +395,12 @@ def test_version_2_upgrade_is_durable_and_refused_by_nothing(tmp_path):
     table = read_table(tmp_path, 3)
     kinds = {pages[(e & (2 ** 40 - 1)) * 4 + 28] for e in table if e}
     assert 5 in kinds, "an AVG blob"
+    # the catalog keeps its version 2 records, then a MARK and compact records
+    old_cat = read_catalog(read_golden_catalog(2))
+    cat = read_catalog((tmp_path / "catalog").read_bytes())
+    assert cat[:len(old_cat)] == old_cat
+    assert [r.type for r in cat[len(old_cat):len(old_cat) + 3]] == [REC_MARK, REC_SCHEMA, 1]
+    assert cat[len(old_cat) + 2].keyframe and REC_MARK not in [r.type for r in old_cat]
     want = {}
     for k in reversed(range(600)):         # summed oldest first, as whisper does
         t = NOW - 10 * k
