@@ -13,6 +13,7 @@
  * up to the length the writer has published in the superblock, so a reader
  * never parses a half-written record (DESIGN.md I6).
  */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,6 +27,7 @@
 typedef struct tsm_schema {
     uint64_t hash;
     uint32_t narch;
+    uint32_t num;               /* compact catalog: its SCHEMA number + 1, 0 = none yet */
     tsm_archive arch[];
 } tsm_schema;
 
@@ -33,6 +35,7 @@ int tsm_catalog_init(tsm_catalog *c)
 {
     memset(c, 0, sizeof *c);
     c->next_id = 1;
+    c->fmt.key_block = UINT64_MAX;
     if (tsm_index_new(&c->index) != TSM_OK || tsm_tags_new(&c->tags) != TSM_OK) {
         if (c->index)
             tsm_index_free(c->index);
@@ -64,6 +67,7 @@ void tsm_catalog_free(tsm_catalog *c)
     for (size_t i = 0; i < c->schemas_cap; i++)
         free(c->schemas ? c->schemas[i] : NULL);
     free(c->schemas);
+    free(c->fmt.num);
     free(c->owned);
     free(c->seen);
     if (c->index)
@@ -198,6 +202,7 @@ static const tsm_archive *schema_intern(tsm_catalog *c, const uint8_t *raw, uint
         return NULL;
     x->hash = h;
     x->narch = narch;
+    x->num = 0;
     for (uint32_t a = 0; a < narch; a++) {
         memcpy(&x->arch[a].seconds_per_point, raw + a * 8, 4);
         memcpy(&x->arch[a].points, raw + a * 8 + 4, 4);
@@ -471,6 +476,8 @@ int tsm_catalog_apply(tsm_catalog *c, const tsm_rec *r, tsm_page_sink freed, voi
 {
     int rc = TSM_OK;
     uint32_t id;
+    if (r->type == TSM_REC_MARK || r->type == TSM_REC_SCHEMA)
+        return TSM_OK;          /* the codec (tsm_catalog_next) took them in */
     memcpy(&id, r->body, 4);
     switch (r->type) {
     case TSM_REC_CREATE: rc = apply_create(c, r); break;
@@ -504,15 +511,388 @@ int tsm_catalog_load(tsm_catalog *c, const uint8_t *p, size_t len, size_t *used,
     size_t off = 0;
     while (off < len) {
         tsm_rec r;
-        if (tsm_rec_parse(p + off, len - off, &r) != TSM_OK)
+        size_t n;
+        if (tsm_catalog_next(c, p + off, len - off, &r, &n) != TSM_OK)
             break;
         int rc = tsm_catalog_apply(c, &r, freed, ctx);
         if (rc != TSM_OK) {
             *used = off;
             return rc;
         }
-        off += r.len;
+        off += n;
     }
     *used = off;
+    return TSM_OK;
+}
+
+/* ---- the catalog file's records (FORMAT.md, "Compact records") ----
+ *
+ * The log keeps the 24-byte-header records of record.c; the catalog file
+ * holds them only up to a MARK record (databases written before compact
+ * records), then compact records: u32 crc, varint size, u8 kind (type, bit 7
+ * set in a keyframe), varint LSN, body, each field coded against the
+ * previous record (its LSN, metric id, the previous ALLOC's page, the
+ * previous CREATE's name), except in a keyframe, coded against zero: the
+ * writer makes the first record it starts in each 512-byte block of the file a
+ * keyframe, so deep check can resume after damage.  Archive lists are
+ * written once, in numbered SCHEMA records, and CREATE names their number. */
+
+#define KEYFRAME 0x80u
+#define BLOCK 512u
+#define COMPACT_MAX 8192u        /* bytes after the size field, at most */
+
+static size_t put_varint(uint8_t *p, uint64_t v)
+{
+    size_t n = 0;
+    while (v >= 0x80) {
+        p[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    p[n++] = (uint8_t)v;
+    return n;
+}
+
+static int get_varint(const uint8_t *p, size_t end, size_t *pos, uint64_t *v)
+{
+    uint64_t x = 0;
+    for (unsigned shift = 0; shift < 64 && *pos < end; shift += 7) {
+        uint8_t b = p[(*pos)++];
+        if (shift == 63 && b > 1)
+            return 0;
+        x |= (uint64_t)(b & 0x7f) << shift;
+        if (b < 0x80) {
+            *v = x;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static uint64_t zigzag(int64_t v) { return ((uint64_t)v << 1) ^ (uint64_t)(v >> 63); }
+static int64_t unzigzag(uint64_t z) { return (int64_t)(z >> 1) ^ -(int64_t)(z & 1); }
+
+static tsm_schema *schema_of(const tsm_archive *arch)
+{
+    return (tsm_schema *)(void *)((char *)arch - offsetof(tsm_schema, arch));
+}
+
+static int number_schema(tsm_catfmt *f, tsm_schema *x)
+{
+    if (f->nnum == f->num_cap) {
+        uint32_t cap = f->num_cap ? f->num_cap * 2 : 16;
+        tsm_schema **p = realloc(f->num, cap * sizeof *p);
+        if (!p)
+            return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+        f->num = p;
+        f->num_cap = cap;
+    }
+    f->num[f->nnum++] = x;
+    x->num = f->nnum;
+    return TSM_OK;
+}
+
+/* The expanded record: header (len, lsn, type) and a body of n bytes. */
+static void expand_finish(tsm_catfmt *f, uint8_t type, uint64_t lsn, size_t n, tsm_rec *r)
+{
+    size_t len = (TSM_REC_HDR + n + 7) & ~(size_t)7;
+    memset(f->rec + TSM_REC_HDR + n, 0, len - TSM_REC_HDR - n);
+    r->len = (uint32_t)len;
+    r->lsn = lsn;
+    r->type = type;
+    r->body = f->rec + TSM_REC_HDR;
+}
+
+static int next_compact(tsm_catalog *c, const uint8_t *p, size_t avail, tsm_rec *r,
+                        size_t *used)
+{
+    tsm_catfmt *f = &c->fmt;
+    size_t pos = 4;
+    uint64_t size, v;
+    if (avail < 6 || !get_varint(p, avail < 8 ? avail : 8, &pos, &size) || size < 2 ||
+        size > COMPACT_MAX || pos + size > avail)
+        return TSM_ECORRUPT;
+    size_t end = pos + (size_t)size;
+    uint32_t crc;
+    memcpy(&crc, p, 4);
+    if (tsm_crc32c(0, p + 4, end - 4) != crc)
+        return TSM_ECORRUPT;
+    uint8_t kind = p[pos++], type = kind & 0x7f;
+    int key = (kind & KEYFRAME) != 0;
+    uint8_t *b = f->rec + TSM_REC_HDR;
+    if (type == TSM_REC_SCHEMA) {
+        /* varint number (the next one), u8 narch, narch x (varint step, varint points) */
+        uint8_t raw[8 * TSM_MAX_ARCHIVES];
+        if (key || !get_varint(p, end, &pos, &v) || v != f->nnum || pos >= end)
+            return TSM_ECORRUPT;
+        unsigned narch = p[pos++];
+        if (narch < 1 || narch > TSM_MAX_ARCHIVES)
+            return TSM_ECORRUPT;
+        for (unsigned a = 0; a < narch; a++) {
+            uint64_t step, pts;
+            if (!get_varint(p, end, &pos, &step) || !get_varint(p, end, &pos, &pts) ||
+                step > UINT32_MAX || pts > UINT32_MAX)
+                return TSM_ECORRUPT;
+            uint32_t s32 = (uint32_t)step, p32 = (uint32_t)pts;
+            memcpy(raw + a * 8, &s32, 4);
+            memcpy(raw + a * 8 + 4, &p32, 4);
+        }
+        if (pos != end)
+            return TSM_ECORRUPT;
+        const tsm_archive *arch = schema_intern(c, raw, narch);
+        if (!arch)
+            return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+        tsm_schema *x = schema_of(arch);
+        /* an equal list numbered twice keeps its first number for the writer */
+        uint32_t had = x->num;
+        int rc = number_schema(f, x);
+        if (rc)
+            return rc;
+        if (had)
+            x->num = had;
+        expand_finish(f, TSM_REC_SCHEMA, 0, 0, r);
+        *used = end;
+        return TSM_OK;
+    }
+    if (type < TSM_REC_CREATE || type > TSM_REC_ALLOC || (kind & 0x78))
+        return TSM_ECORRUPT;
+    uint64_t lsn0 = key ? 0 : f->lsn, lsn, did;
+    int64_t id;
+    if (!get_varint(p, end, &pos, &lsn) || (!key && lsn == 0) || lsn > UINT64_MAX - lsn0 ||
+        !get_varint(p, end, &pos, &did))
+        return TSM_ECORRUPT;
+    lsn += lsn0;
+    id = (int64_t)(key ? 0 : f->id) + unzigzag(did);
+    if (id <= 0 || id > UINT32_MAX)
+        return TSM_ECORRUPT;
+    uint32_t id32 = (uint32_t)id, pno = f->pno, name_len = f->name_len;
+    size_t n = 0;
+    memset(b, 0, 16);
+    memcpy(b, &id32, 4);
+    switch (type) {
+    case TSM_REC_CREATE: {
+        /* u8 aggregation, f32 xFilesFactor, varint schema, varint shared, varint
+         * suffix length, suffix */
+        uint64_t num, shared, suffix;
+        if (pos + 5 > end)
+            return TSM_ECORRUPT;
+        b[4] = p[pos];
+        memcpy(b + 8, p + pos + 1, 4);
+        pos += 5;
+        if (!get_varint(p, end, &pos, &num) || num >= f->nnum ||
+            !get_varint(p, end, &pos, &shared) || !get_varint(p, end, &pos, &suffix) ||
+            shared > (key ? 0 : f->name_len) || suffix > end - pos ||
+            shared + suffix < 1 || shared + suffix > TSM_MAX_NAME)
+            return TSM_ECORRUPT;
+        const tsm_schema *x = f->num[num];
+        uint16_t narch = (uint16_t)x->narch;
+        name_len = (uint32_t)(shared + suffix);
+        memcpy(b + 6, &narch, 2);
+        memcpy(b + 12, &name_len, 4);
+        for (unsigned a = 0; a < narch; a++) {
+            memcpy(b + 16 + a * 8, &x->arch[a].seconds_per_point, 4);
+            memcpy(b + 16 + a * 8 + 4, &x->arch[a].points, 4);
+        }
+        char *name = (char *)b + 16 + narch * 8;
+        memcpy(name, f->name, (size_t)shared);
+        memcpy(name + shared, p + pos, (size_t)suffix);
+        pos += (size_t)suffix;
+        n = 16 + narch * 8 + name_len;
+        break;
+    }
+    case TSM_REC_DELETE:
+        n = 4;
+        break;
+    case TSM_REC_SETAGG:
+        /* u8 aggregation, f32 xFilesFactor */
+        if (pos + 5 > end)
+            return TSM_ECORRUPT;
+        b[4] = p[pos];
+        memcpy(b + 8, p + pos + 1, 4);
+        pos += 5;
+        n = 12;
+        break;
+    default: {
+        /* ALLOC: u8 archive, varint ring page, varint zigzag(page - previous) */
+        uint64_t ring, dp;
+        if (pos >= end)
+            return TSM_ECORRUPT;
+        uint16_t arch = p[pos++];
+        if (!get_varint(p, end, &pos, &ring) || ring > UINT32_MAX ||
+            !get_varint(p, end, &pos, &dp))
+            return TSM_ECORRUPT;
+        int64_t pg = (int64_t)(key ? 0 : f->pno) + unzigzag(dp);
+        if (pg <= 0 || pg > UINT32_MAX)
+            return TSM_ECORRUPT;
+        pno = (uint32_t)pg;
+        uint32_t r32 = (uint32_t)ring;
+        memcpy(b + 4, &arch, 2);
+        memcpy(b + 8, &r32, 4);
+        memcpy(b + 12, &pno, 4);
+        n = 16;
+        break;
+    }
+    }
+    if (pos != end)
+        return TSM_ECORRUPT;
+    expand_finish(f, type, lsn, n, r);
+    f->lsn = lsn;
+    f->id = id32;
+    f->pno = pno;
+    if (type == TSM_REC_CREATE) {
+        memcpy(f->name, b + n - name_len, name_len);
+        f->name_len = name_len;
+    } else if (key) {
+        f->name_len = 0;
+    }
+    *used = end;
+    return TSM_OK;
+}
+
+int tsm_catalog_next(tsm_catalog *c, const uint8_t *p, size_t avail, tsm_rec *r, size_t *used)
+{
+    if (c->fmt.compact)
+        return next_compact(c, p, avail, r, used);
+    int rc = tsm_rec_parse(p, avail, r);
+    if (rc == TSM_OK && r->type == TSM_REC_SCHEMA)
+        rc = TSM_ECORRUPT;
+    if (rc == TSM_OK && r->type == TSM_REC_MARK) {
+        c->fmt.compact = 1;
+        c->fmt.lsn = 0;
+        c->fmt.id = c->fmt.pno = c->fmt.name_len = 0;
+    }
+    *used = rc == TSM_OK ? r->len : 0;
+    return rc;
+}
+
+int tsm_catalog_keyframe_at(const uint8_t *p, size_t avail, uint64_t *lsn)
+{
+    size_t pos = 4;
+    uint64_t size;
+    if (avail < 6 || !get_varint(p, avail < 8 ? avail : 8, &pos, &size) || size < 2 ||
+        size > COMPACT_MAX || pos + size > avail)
+        return 0;
+    size_t end = pos + (size_t)size;
+    uint32_t crc;
+    memcpy(&crc, p, 4);
+    uint8_t kind = p[pos++];
+    return (kind & KEYFRAME) && (kind & 0x7f) >= TSM_REC_CREATE &&
+           (kind & 0x7f) <= TSM_REC_ALLOC && tsm_crc32c(0, p + 4, end - 4) == crc &&
+           get_varint(p, end, &pos, lsn);
+}
+
+/* Frame body[0..n) as a compact record: crc, size, then the bytes. */
+static int put_compact(tsm_buf *b, const uint8_t *body, size_t n)
+{
+    int rc = tsm_buf_reserve(b, n + 8);
+    if (rc)
+        return rc;
+    uint8_t *h = b->data + b->len;
+    size_t k = 4 + put_varint(h + 4, n);
+    memcpy(h + k, body, n);
+    uint32_t crc = tsm_crc32c(0, h + 4, k + n - 4);
+    memcpy(h, &crc, 4);
+    b->len += k + n;
+    return TSM_OK;
+}
+
+int tsm_catalog_encode(tsm_catalog *c, const tsm_rec *r, uint64_t off, tsm_buf *out)
+{
+    tsm_catfmt *f = &c->fmt;
+    int rc;
+    if (r->type < TSM_REC_CREATE || r->type > TSM_REC_ALLOC)
+        return tsm_fail(TSM_ECORRUPT, 0, "", -1, "record type %u for the catalog", r->type);
+    if (!f->compact) {
+        size_t start;
+        if ((rc = tsm_rec_begin(out, TSM_REC_MARK, 0, &start)))
+            return rc;
+        tsm_rec_finish(out, start);
+        off += TSM_REC_HDR;
+        f->compact = 1;
+        f->lsn = 0;
+        f->id = f->pno = f->name_len = 0;
+    }
+    uint32_t id;
+    memcpy(&id, r->body, 4);
+    const tsm_schema *schema = NULL;
+    if (r->type == TSM_REC_CREATE) {
+        tsm_metric *m = tsm_catalog_by_id(c, id);
+        if (!m)
+            return tsm_fail(TSM_EINVAL, 0, "", -1, "internal: CREATE of %u not applied", id);
+        tsm_schema *x = schema_of(m->arch);
+        if (!x->num) {
+            uint8_t body[16 + 20 * TSM_MAX_ARCHIVES];
+            size_t n = 1 + put_varint(body + 1, f->nnum);
+            body[0] = TSM_REC_SCHEMA;
+            body[n++] = (uint8_t)x->narch;
+            for (uint32_t a = 0; a < x->narch; a++) {
+                n += put_varint(body + n, x->arch[a].seconds_per_point);
+                n += put_varint(body + n, x->arch[a].points);
+            }
+            size_t before = out->len;
+            if ((rc = put_compact(out, body, n)) || (rc = number_schema(f, x)))
+                return rc;
+            off += out->len - before;
+        }
+        schema = x;
+    }
+    int key = off / BLOCK != f->key_block;
+    uint64_t lsn0 = key ? 0 : f->lsn;
+    uint32_t id0 = key ? 0 : f->id, pno0 = key ? 0 : f->pno, prev_len = key ? 0 : f->name_len;
+    uint8_t small[64], *body = small;
+    size_t n = 0;
+    tsm_create_body cb = {0};
+    if (r->type == TSM_REC_CREATE) {
+        tsm_rec_decode_create(r, &cb);
+        body = f->rec;          /* room for a name (the codec's scratch: free while encoding) */
+    }
+    body[n++] = (uint8_t)(r->type | (key ? KEYFRAME : 0));
+    n += put_varint(body + n, r->lsn - lsn0);
+    n += put_varint(body + n, zigzag((int64_t)id - (int64_t)id0));
+    uint32_t pno = f->pno;
+    switch (r->type) {
+    case TSM_REC_CREATE: {
+        size_t shared = 0;
+        while (shared < prev_len && shared < cb.name_len && f->name[shared] == cb.name[shared])
+            shared++;
+        body[n++] = cb.agg;
+        memcpy(body + n, &cb.xff, 4);
+        n += 4;
+        n += put_varint(body + n, schema->num - 1);
+        n += put_varint(body + n, shared);
+        n += put_varint(body + n, cb.name_len - shared);
+        memcpy(body + n, cb.name + shared, cb.name_len - shared);
+        n += cb.name_len - shared;
+        break;
+    }
+    case TSM_REC_DELETE:
+        break;
+    case TSM_REC_SETAGG:
+        body[n++] = r->body[4];
+        memcpy(body + n, r->body + 8, 4);
+        n += 4;
+        break;
+    default: {
+        tsm_alloc_body al;
+        tsm_rec_decode_alloc(r, &al);
+        body[n++] = (uint8_t)al.archive;
+        n += put_varint(body + n, al.ring_page);
+        n += put_varint(body + n, zigzag((int64_t)al.pno - (int64_t)pno0));
+        pno = al.pno;
+        break;
+    }
+    }
+    if ((rc = put_compact(out, body, n)))
+        return rc;
+    if (key)
+        f->key_block = off / BLOCK;
+    f->lsn = r->lsn;
+    f->id = id;
+    f->pno = pno;
+    if (r->type == TSM_REC_CREATE) {
+        memcpy(f->name, cb.name, cb.name_len);
+        f->name_len = cb.name_len;
+    } else if (key) {
+        f->name_len = 0;
+    }
     return TSM_OK;
 }

@@ -299,14 +299,26 @@ static void scan_close(scan *s)
 
 /* ------------------------------------------------------------ catalog */
 
-/* The next offset after `off` holding a valid record with an LSN above
- * `after`, or `len` when there is none. */
-static uint64_t resync(const uint8_t *p, uint64_t off, uint64_t len, uint64_t after)
+/* The next offset after `off` where a record with an LSN above `after`
+ * starts: a valid record of the 24-byte-header kind (8-aligned, before the
+ * catalog's MARK), or a compact keyframe (any offset: the first record the
+ * writer started in each 512-byte block); `len` when there is none. */
+static uint64_t resync(scan *s, uint64_t off, uint64_t after, int *compact)
 {
-    for (off = (off + 8) & ~(uint64_t)7; off + TSM_REC_MIN <= len; off += 8) {
+    const uint8_t *p = s->catalog;
+    uint64_t len = s->catalog_len;
+    for (off++; off < len; off++) {
         tsm_rec r;
-        if (tsm_rec_parse(p + off, len - off, &r) == TSM_OK && r.lsn > after)
+        uint64_t lsn;
+        if (!s->cat.fmt.compact && off % 8 == 0 && off + TSM_REC_HDR <= len &&
+            tsm_rec_parse(p + off, len - off, &r) == TSM_OK && r.lsn > after) {
+            *compact = 0;
             return off;
+        }
+        if (tsm_catalog_keyframe_at(p + off, len - off, &lsn) && lsn > after) {
+            *compact = 1;
+            return off;
+        }
     }
     return len;
 }
@@ -316,14 +328,19 @@ static void load_catalog(scan *s)
     uint64_t off = 0, prev = 0;
     while (off < s->catalog_len) {
         tsm_rec r;
-        if (tsm_rec_parse(s->catalog + off, s->catalog_len - off, &r) != TSM_OK ||
-            r.lsn <= prev) {
-            uint64_t next = resync(s->catalog, off, s->catalog_len, prev);
+        size_t used = 0;
+        int ok = tsm_catalog_next(&s->cat, s->catalog + off, s->catalog_len - off, &r, &used) ==
+                 TSM_OK;
+        /* MARK and SCHEMA records carry no LSN */
+        if (!ok || (r.lsn <= prev && r.type != TSM_REC_MARK && r.type != TSM_REC_SCHEMA)) {
+            int compact = s->cat.fmt.compact;
+            uint64_t next = resync(s, off, prev, &compact);
             finding(s, TSM_ECORRUPT, s->catalog_path, (int64_t)off,
                     "damaged catalog record at offset %llu of %s (%llu bytes up to the next "
                     "valid record are lost)", (unsigned long long)off, s->catalog_path,
                     (unsigned long long)(next - off));
             s->skipped += next - off;
+            s->cat.fmt.compact = compact;
             off = next;
             continue;
         }
@@ -334,9 +351,11 @@ static void load_catalog(scan *s)
                     "catalog record at offset %llu (LSN %llu) does not apply: %s",
                     (unsigned long long)off, (unsigned long long)r.lsn, e.message);
         }
-        s->catalog_records++;
-        prev = r.lsn;
-        off += r.len;
+        if (r.type != TSM_REC_MARK && r.type != TSM_REC_SCHEMA) {
+            s->catalog_records++;
+            prev = r.lsn;
+        }
+        off += used;
     }
     if (s->catalog_file > s->catalog_len && !s->writer_live)
         finding(s, TSM_OK, s->catalog_path, (int64_t)s->catalog_len,

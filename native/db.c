@@ -82,6 +82,7 @@ struct tsm_db {
     uint32_t *freed;                /* freed by DELETEs not yet durable: not reusable */
     size_t nfreed, freed_cap;
     tsm_buf scratch[2];
+    tsm_buf catbuf;                 /* a catalog record in the file's form */
     tsm_update_scratch *upd;
     int closed;                     /* set by tsm_close under the write lock */
     int closing;                    /* tsm_close's checkpoint: no compaction */
@@ -623,13 +624,20 @@ int tsm_db_read_owned_page(tsm_db *db, const tsm_metric *m, unsigned archive, ui
 
 /* ------------------------------------------------------------ logging */
 
-static int publish_catalog(tsm_db *db, const uint8_t *rec, size_t len)
+/* Append the catalog file's form of r (already applied to the table) and
+ * publish it to readers (I6). */
+static int publish_catalog(tsm_db *db, const tsm_rec *r)
 {
-    int rc = tsm_io_write_full(db->io, db->catalog_fd, rec, len, (off_t)db->catalog_size,
-                               db->catalog_path);
+    tsm_buf *b = &db->catbuf;
+    b->len = 0;
+    int rc = tsm_catalog_encode(&db->cat, r, db->catalog_size, b);
     if (rc)
         return rc;
-    db->catalog_size += len;
+    rc = tsm_io_write_full(db->io, db->catalog_fd, b->data, b->len, (off_t)db->catalog_size,
+                           db->catalog_path);
+    if (rc)
+        return rc;
+    db->catalog_size += b->len;
     atomic_store_explicit(&db->sb->catalog_len, db->catalog_size, memory_order_release);
     return TSM_OK;
 }
@@ -680,7 +688,7 @@ static int catalog_commit(tsm_db *db, const tsm_rec *r)
 {
     int rc = tsm_catalog_apply(&db->cat, r, free_sink, db);
     if (!rc)
-        rc = publish_catalog(db, r->body - TSM_REC_HDR, r->len);
+        rc = publish_catalog(db, r);
     return rc ? set_fatal(db, rc) : TSM_OK;
 }
 
@@ -1258,7 +1266,7 @@ static int replay_one(void *arg, const tsm_rec *r)
     if (!rc && r->type != TSM_REC_UPDATE && r->lsn > db->cat.max_lsn) {
         rc = tsm_catalog_apply(&db->cat, r, NULL, NULL);
         if (!rc)
-            rc = publish_catalog(db, (const uint8_t *)r->body - TSM_REC_HDR, r->len);
+            rc = publish_catalog(db, r);
     }
     if (!rc && r->type == TSM_REC_UPDATE)
         rc = replay_update(db, r, c->allocs);
@@ -1861,6 +1869,7 @@ static void release_resources(tsm_db *db)
     db->nfree = db->free_cap = 0;
     tsm_buf_free(&db->scratch[0]);
     tsm_buf_free(&db->scratch[1]);
+    tsm_buf_free(&db->catbuf);
     tsm_update_scratch_free(db->upd);
     db->upd = NULL;
 }

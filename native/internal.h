@@ -289,6 +289,8 @@ int tsm_sb_check(const tsm_superblock *sb, const char *file);
 #define TSM_REC_SETAGG 3u
 #define TSM_REC_ALLOC 4u
 #define TSM_REC_UPDATE 5u
+#define TSM_REC_MARK 6u     /* catalog: compact records follow (FORMAT.md, "catalog") */
+#define TSM_REC_SCHEMA 7u   /* catalog, compact only: an archive list and its number */
 
 typedef struct tsm_rec {
     uint32_t len;       /* whole record, header included, multiple of 8 */
@@ -426,6 +428,22 @@ typedef struct tsm_alloc_seen {
     uint64_t lsn;
 } tsm_alloc_seen;
 
+/* The catalog file's record codec state (catalog.c, FORMAT.md "Compact
+ * records"): fields of the previous record that the next one is coded
+ * against, the numbered archive lists, and room for a compact record
+ * expanded into the log's record layout. */
+typedef struct tsm_catfmt {
+    int compact;                 /* past the MARK record: compact records */
+    uint64_t lsn;                /* the previous record's LSN, metric id, */
+    uint32_t id, pno;            /* and the previous ALLOC's page number */
+    uint32_t name_len;           /* the previous CREATE's name */
+    uint64_t key_block;          /* writer: 512-byte block of its last keyframe */
+    struct tsm_schema **num;     /* schema number -> archive list */
+    uint32_t nnum, num_cap;
+    char name[TSM_MAX_NAME];
+    uint8_t rec[TSM_REC_HDR + 16 + 8 * TSM_MAX_ARCHIVES + TSM_MAX_NAME + 8];
+} tsm_catfmt;
+
 typedef struct tsm_catalog {
     tsm_metric **chunks;         /* id >> TSM_CHUNK_BITS -> 2^TSM_CHUNK_BITS metrics, or NULL */
     uint32_t *chunk_live;        /* live metrics per chunk (a chunk is freed at 0) */
@@ -448,6 +466,7 @@ typedef struct tsm_catalog {
     uint64_t watch_lsn;
     tsm_alloc_seen *seen;
     size_t nseen, seen_cap;
+    tsm_catfmt fmt;
 } tsm_catalog;
 
 #define TSM_CHUNK_BITS 10
@@ -474,6 +493,19 @@ size_t tsm_catalog_memory(const tsm_catalog *c);
 typedef void (*tsm_page_sink)(void *ctx, uint32_t pno);
 int tsm_catalog_apply(tsm_catalog *c, const tsm_rec *r, tsm_page_sink freed,
                       void *ctx);
+/* Decode the catalog-file record at p (avail bytes) into *r, in the log's
+ * record layout (a compact record is expanded into c->fmt, valid until the
+ * next call); *used gets its bytes in the file.  The codec state advances
+ * only on TSM_OK; TSM_ECORRUPT for a torn or damaged record. */
+int tsm_catalog_next(tsm_catalog *c, const uint8_t *p, size_t avail, tsm_rec *r, size_t *used);
+/* Whether a compact keyframe record with a valid checksum starts at p (its
+ * LSN in *lsn): where deep check resumes after damage. */
+int tsm_catalog_keyframe_at(const uint8_t *p, size_t avail, uint64_t *lsn);
+/* Append to b the catalog-file form of r (a CREATE, DELETE, SETAGG or ALLOC
+ * in the log's layout, already applied to c), to be written at file offset
+ * off: a MARK first if the file has none yet, a SCHEMA first for a new
+ * archive list.  Advances the codec state: the bytes must then be written. */
+int tsm_catalog_encode(tsm_catalog *c, const tsm_rec *r, uint64_t off, tsm_buf *b);
 /* Parse and apply records in [p, p+len); *used receives the bytes consumed
  * (up to the first invalid record). */
 int tsm_catalog_load(tsm_catalog *c, const uint8_t *p, size_t len, size_t *used,

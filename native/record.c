@@ -98,6 +98,7 @@ static int body_ok(const tsm_rec *r)
     case TSM_REC_SETAGG: return n >= 12;
     case TSM_REC_ALLOC: return n >= 16;
     case TSM_REC_UPDATE: return tsm_update_walk(r, NULL, NULL, NULL) == TSM_OK;
+    case TSM_REC_MARK: return n == 0;
     default: return 0;
     }
 }

@@ -447,23 +447,15 @@ def write_dataset(series, now, whisper_dir=None, tismet_dir=None, hours=26, chun
 
 def catalog_metric_ids(db_dir):
     """{name: metric_id} from a closed database's `catalog` (native/FORMAT.md, CREATE records)."""
-    with open(os.path.join(str(db_dir), "catalog"), "rb") as f:
-        data = f.read()
+    from tismet_testutil import catalog_file_records
     ids = {}
-    pos = 0
-    while pos + 24 <= len(data):
-        crc, length, lsn, rtype = struct.unpack_from("<IIQB", data, pos)
-        if length < 24 or pos + length > len(data):
-            break
-        if rtype == 1:
-            body = pos + 24
-            metric_id, agg, _z, narch, xff, name_len = struct.unpack_from("<IBBHfI", data, body)
-            name_at = body + 16 + 8 * narch
-            ids[data[name_at:name_at + name_len].decode("utf-8")] = metric_id
-        elif rtype == 2:
-            (metric_id,) = struct.unpack_from("<I", data, pos + 24)
+    for r in catalog_file_records(db_dir):
+        if r.type == 1:
+            metric_id, agg, _z, narch, xff, name_len = struct.unpack_from("<IBBHfI", r.body)
+            ids[r.body[16 + 8 * narch:16 + 8 * narch + name_len].decode("utf-8")] = metric_id
+        elif r.type == 2:
+            (metric_id,) = struct.unpack_from("<I", r.body)
             ids = {n: i for n, i in ids.items() if i != metric_id}
-        pos += length
     return ids
 
 

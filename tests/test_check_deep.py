@@ -16,6 +16,7 @@ import pytest
 
 import tismet
 from tismet import cli, repair
+from tismet_testutil import catalog_file_records, write_catalog
 from tismet_testutil import blob_extent, entry_offset, subprocess_env
 
 NOW = 1_700_000_000
@@ -34,14 +35,8 @@ def crc32c(data, crc=0xFFFFFFFF):
 
 
 def records(path):
-    """[(offset, length, lsn, type, body)] of the catalog file."""
-    data = open(os.path.join(path, "catalog"), "rb").read()
-    out, off = [], 0
-    while off + 24 <= len(data):
-        length, lsn = struct.unpack_from("<IQ", data, off + 4)
-        out.append((off, length, lsn, data[off + 16], data[off + 24:off + length]))
-        off += length
-    return out
+    """[(offset, length, lsn, type, body)] of the catalog file (bodies in the log's layout)."""
+    return [r[:5] for r in catalog_file_records(path)]
 
 
 def catalog_map(path):
@@ -220,7 +215,16 @@ def test_damaged_catalog_record(db, pristine, capsys):
     victim = "srv.b.cpu"
     create = next(r for r in records(db) if r[3] == 1 and
                   struct.unpack_from("<I", r[4])[0] == ids[victim])
-    flip(os.path.join(db, "catalog"), create[0] + 30)
+    # compact records are coded against the one before: the salvage resumes at the next
+    # keyframe (the first record in each 512-byte block), so the records up to it are lost too
+    resume = next(r.offset for r in catalog_file_records(db) if r.keyframe and r.offset > create[0])
+    names = {i: n for n, i in ids.items()}
+    lost_names = {names[struct.unpack_from("<I", r[4])[0]] for r in records(db)
+                  if create[0] <= r[0] < resume and r[3] == 1}
+    lost = lost_names | {(names[struct.unpack_from("<I", r[4])[0]], r[4][4])
+                         for r in records(db) if create[0] <= r[0] < resume and r[3] == 4}
+    assert resume - create[0] <= 512 and victim in lost_names
+    flip(os.path.join(db, "catalog"), create[0] + create[1] - 2)    # in its name
     _report, problems = deep(db)
     assert ("catalog", create[0]) in [(f, o) for f, o, _ in problems]
     assert any("damaged catalog record" in m for _f, _o, m in problems)
@@ -231,20 +235,27 @@ def test_damaged_catalog_record(db, pristine, capsys):
     code = cli.main(["check", db, "--deep", "--json"])
     out, _ = capsys.readouterr()
     assert code == 1 and any(p["offset"] == create[0] for p in json.loads(out)["problems"])
-    got = assert_repaired(db, pristine[1], lost={victim})
-    assert victim not in got and len(got) == len(NAMES) - 1
+    got = assert_repaired(db, pristine[1], lost=lost)
+    assert victim not in got and len(got) == len(NAMES) - len(lost_names)
 
 
 def test_page_referenced_twice(db, pristine):
     ids, pages = catalog_map(db)
     shared = pages[(ids["srv.a.cpu"], 0, 1)][0]
     pno, off = pages[(ids["srv.b.mem"], 0, 1)]
-    # rewrite srv.b.mem's ALLOC record to name srv.a.cpu's page, with a valid checksum
-    data = bytearray(open(os.path.join(db, "catalog"), "rb").read())
-    length = struct.unpack_from("<I", data, off + 4)[0]
-    struct.pack_into("<I", data, off + 24 + 12, shared)
-    struct.pack_into("<I", data, off, crc32c(bytes(data[off + 4:off + length])))
-    open(os.path.join(db, "catalog"), "wb").write(bytes(data))
+    # rewrite srv.b.mem's ALLOC record to name srv.a.cpu's page, with valid checksums (the
+    # catalog is written anew: a compact record's page is coded against the one before)
+    recs = []
+    for r in records(db):
+        body = bytearray(r[4])
+        if r[0] == off:
+            struct.pack_into("<I", body, 12, shared)
+        recs.append((r[2], r[3], bytes(body)))
+    data = write_catalog(recs)
+    open(os.path.join(db, "catalog"), "wb").write(data)
+    with open(os.path.join(db, "pages"), "r+b") as f:     # the superblock's catalog_len
+        f.seek(64)
+        f.write(struct.pack("<Q", len(data)))
     _report, problems = deep(db)
     assert ("ptable", entry_offset(shared)) in [(f, o) for f, o, _ in problems]
     assert any("referenced twice" in m for _f, _o, m in problems)

@@ -6,7 +6,7 @@ import struct
 import pytest
 
 import tismet
-from tismet_testutil import blob_extent
+from tismet_testutil import blob_extent, catalog_file_records
 
 NOW = 1700000000
 ARCHIVES = [(10, 360), (60, 1440)]
@@ -22,19 +22,15 @@ def build(path):
 
 def data_page_of(path, name):
     """Page number of the metric's first archive page, from the catalog records."""
-    data = open(os.path.join(path, "catalog"), "rb").read()
-    ids, off, pages = {}, 0, []
-    while off + 24 <= len(data):
-        length = struct.unpack_from("<I", data, off + 4)[0]
-        rtype = data[off + 16]
-        body = data[off + 24:off + length]
-        if rtype == 1:
+    ids, pages = {}, []
+    for r in catalog_file_records(path):
+        body = r.body
+        if r.type == 1:
             narch, name_len = struct.unpack_from("<H", body, 6)[0], struct.unpack_from("<I", body, 12)[0]
             ids[body[16 + 8 * narch:16 + 8 * narch + name_len].decode()] = struct.unpack_from("<I", body)[0]
-        elif rtype == 4:
+        elif r.type == 4:
             mid, archive, _ring, pno = struct.unpack_from("<IHxxII", body)
             pages.append((mid, archive, pno))
-        off += length
     return next(p for m, a, p in pages if m == ids[name] and a == 0)
 
 
@@ -75,13 +71,13 @@ def test_damaged_catalog_is_reported(tmp_path):
     path = str(tmp_path / "db")
     build(path)
     catalog = os.path.join(path, "catalog")
-    flip(catalog, 30)          # inside the first record, far from the tail
+    flip(catalog, 30)          # inside the first record after the 24-byte MARK, far from the tail
     with open(catalog, "ab") as f:
         f.write(b"\0" * 5 * PAGE)   # more than a torn tail could be
     with pytest.raises(tismet.CorruptDatabase) as ei:
         tismet.Database(path)
     assert ei.value.file.endswith("catalog")
-    assert ei.value.offset == 0
+    assert ei.value.offset == 24
 
 
 def test_torn_catalog_tail_is_recovered(tmp_path):
@@ -140,6 +136,6 @@ def test_damaged_catalog_record_before_the_durable_length_is_reported(tmp_path):
     flip(catalog, 30)
     with pytest.raises(tismet.CorruptDatabase) as ei:
         tismet.Database(path)
-    assert ei.value.file.endswith("catalog") and ei.value.offset == 0
+    assert ei.value.file.endswith("catalog") and ei.value.offset == 24
     with pytest.raises(tismet.CorruptDatabase):
         tismet.Database(path, readonly=True)

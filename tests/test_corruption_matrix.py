@@ -52,7 +52,7 @@ import sys
 
 import pytest
 
-from tismet_testutil import SOAK, TESTS, subprocess_env
+from tismet_testutil import REC_MARK, REC_SCHEMA, SOAK, TESTS, read_catalog, subprocess_env
 
 NOW = 1_700_000_000      # corruption_probe.NOW
 DELETED = {"gone.soon"}  # written, then deleted before the checkpoint (corruption_probe.build)
@@ -119,17 +119,15 @@ def template(tmp_path_factory):
 def layout(dbdir):
     """Byte ranges (file, start, end) of each region of the template."""
     cat = (dbdir / "catalog").read_bytes()
-    records, off, data_pages, allocs = [], 0, [], []
-    while off + 24 <= len(cat):
-        length = struct.unpack_from("<I", cat, off + 4)[0]
-        if length < 24:
-            break
-        records.append((off, off + length))
-        if cat[off + 16] == 4:
-            mid_, arch, ring, pno = struct.unpack_from("<IHxxII", cat, off + 24)
+    records, data_pages, allocs = [], [], []
+    for r in read_catalog(cat):
+        if r.type in (REC_MARK, REC_SCHEMA):
+            continue
+        records.append((r.offset, r.offset + r.length))
+        if r.type == 4:
+            mid_, arch, ring, pno = struct.unpack_from("<IHxxII", r.body)
             data_pages.append(pno)
             allocs.append((mid_, arch, ring, pno))
-        off += length
     pages = (dbdir / "pages").read_bytes()
     table = (dbdir / "ptable").read_bytes()
 

@@ -12,6 +12,7 @@ import tarfile
 import pytest
 
 import tismet
+from tismet_testutil import REC_MARK, REC_SCHEMA, read_catalog
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN_V1 = os.path.join(HERE, "golden", "v1.tar.gz")
@@ -55,14 +56,18 @@ def golden(tmp_path, version):
 
 
 def read_records(data):
-    recs, off = [], 0
-    while off + 24 <= len(data):
-        crc, length, lsn, rtype = struct.unpack_from("<IIQB", data, off)
-        if length < 24 or off + length > len(data) or crc32c(data[off + 4:off + length]) != crc:
-            break
-        recs.append((lsn, rtype, data[off + 24:off + length]))
-        off += length
-    return recs, off
+    """[(lsn, type, body in the log's layout)] of a catalog file's CREATE, DELETE, SETAGG
+    and ALLOC records, and the offset where decoding stopped (tismet_testutil.read_catalog:
+    FORMAT.md's "catalog" and "Compact records" in pure Python)."""
+    recs = read_catalog(data, strict=False)
+    end = recs[-1].offset + recs[-1].length if recs else 0
+    return [(r.lsn, r.type, r.body) for r in recs if r.type not in (REC_MARK, REC_SCHEMA)], end
+
+
+def read_golden_catalog(version):
+    with tarfile.open(os.path.join(HERE, "golden", "v%d.tar.gz" % version)) as tar:
+        return next(tar.extractfile(m).read() for m in tar.getmembers()
+                    if m.name.endswith("catalog"))
 
 
 def superblock_version(path):
@@ -87,6 +92,13 @@ def test_catalog_records(golden, version):
     data = (golden / "catalog").read_bytes()
     recs, end = read_records(data)
     assert end == len(data)
+    kinds = [r.type for r in read_catalog(data)]
+    if version == 2:
+        assert REC_MARK not in kinds       # 24-byte headers throughout
+    else:
+        # a MARK, then compact records: one SCHEMA (both metrics share the archive list)
+        assert kinds[0] == REC_MARK and kinds.count(REC_SCHEMA) == 1
+        assert len(data) < 24 + 30 * len(recs)
     lsns = [r[0] for r in recs]
     assert lsns == sorted(lsns)
     creates = [r for r in recs if r[1] == 1]
@@ -383,6 +395,12 @@ def test_version_2_upgrade_is_durable_and_refused_by_nothing(tmp_path):
     table = read_table(tmp_path, 3)
     kinds = {pages[(e & (2 ** 40 - 1)) * 4 + 28] for e in table if e}
     assert 5 in kinds, "an AVG blob"
+    # the catalog keeps its version 2 records, then a MARK and compact records
+    old_cat = read_catalog(read_golden_catalog(2))
+    cat = read_catalog((tmp_path / "catalog").read_bytes())
+    assert cat[:len(old_cat)] == old_cat
+    assert [r.type for r in cat[len(old_cat):len(old_cat) + 3]] == [REC_MARK, REC_SCHEMA, 1]
+    assert cat[len(old_cat) + 2].keyframe and REC_MARK not in [r.type for r in old_cat]
     want = {}
     for k in reversed(range(600)):         # summed oldest first, as whisper does
         t = NOW - 10 * k
