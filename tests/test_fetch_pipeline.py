@@ -105,3 +105,30 @@ def test_call_errors_are_the_serial_paths(tmp_path, monkeypatch):
     db.close()
     with pytest.raises(tismet.DatabaseClosed):
         db.fetch_many(names, NOW - 60, NOW, now=NOW)
+
+
+def test_repeated_values_share_objects_and_noisy_series_do_not(tmp_path):
+    """fetch results share one float object per repeated value within a call (values
+    repeat a lot: flat series, flags), but a series whose first values hardly repeat
+    gets plain floats for the rest (the sharing cache would only cost evictions).
+    Values are the same either way."""
+    import random
+    path = str(tmp_path / "db")
+    rng = random.Random(9)
+    start = NOW - 3000
+    flat = [(start + 10 * k, float(k % 3)) for k in range(300)]
+    # noisy first, then a flat stretch that no longer shares
+    noisy = [(start + 10 * k, rng.random() if k < 200 else 5.5) for k in range(300)]
+    with tismet.Database(path) as db:
+        db.create("flat", [(10, 360)])
+        db.create("noisy", [(10, 360)])
+        db.update_many("flat", flat, now=NOW)
+        db.update_many("noisy", noisy, now=NOW)
+    with tismet.Database(path, readonly=True) as db:
+        (_, f), (_, n) = db.fetch_many(["flat", "noisy"], start - 1, NOW, now=NOW)
+    assert [v for v in f if v is not None] == [v for _, v in flat]
+    assert [v for v in n if v is not None] == [v for _, v in noisy]
+    fv = [v for v in f if v is not None]
+    assert len({id(v) for v in fv}) == 3            # 0.0, 1.0, 2.0: one object each
+    tail = [v for v in n if v is not None][200:]
+    assert len({id(v) for v in tail}) == len(tail)  # 100 x 5.5, each its own object

@@ -206,6 +206,7 @@ static PyObject *update_many(PyObject *self, PyObject *const *args, Py_ssize_t n
 typedef struct float_cache {
     uint64_t bits[FLOAT_CACHE];
     PyObject *obj[FLOAT_CACHE];
+    Py_ssize_t hits;            /* lookups answered from the cache */
 } float_cache;
 
 static PyObject *cached_float(float_cache *fc, double v)
@@ -216,6 +217,7 @@ static PyObject *cached_float(float_cache *fc, double v)
     PyObject *o = fc->obj[h];
     if (o && fc->bits[h] == bits) {
         Py_INCREF(o);
+        fc->hits++;
         return o;
     }
     o = PyFloat_FromDouble(v);
@@ -235,19 +237,28 @@ static void float_cache_clear(float_cache *fc)
     PyMem_Free(fc);
 }
 
+/* A series whose first SHARE_PROBE values hit the cache less than a quarter
+ * of the time (a noisy one) gets plain floats for the rest: sharing would
+ * save little, and each miss costs an eviction. */
+#define SHARE_PROBE 128
+
 static PyObject *doubles_to_list(const char *base, Py_ssize_t count, float_cache *fc)
 {
     PyObject *list = PyList_New(count);
     if (!list)
         return NULL;
+    Py_ssize_t hits0 = fc->hits;
+    int share = 1;
     for (Py_ssize_t i = 0; i < count; i++) {
         double v;
         memcpy(&v, base + i * (Py_ssize_t)sizeof(double), sizeof v);
+        if (i == SHARE_PROBE && (fc->hits - hits0) * 4 < SHARE_PROBE)
+            share = 0;
         PyObject *o;
         if (isnan(v)) {
             o = Py_None;
             Py_INCREF(o);
-        } else if (!(o = cached_float(fc, v))) {
+        } else if (!(o = share ? cached_float(fc, v) : PyFloat_FromDouble(v))) {
             Py_DECREF(list);
             return NULL;
         }
