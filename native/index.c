@@ -555,6 +555,23 @@ typedef struct level {
 
 #define SEARCH_OUT_OF_BUDGET 1 /* private: the top-down walk gave up */
 
+/* Spelling the names of a search's hits.  Consecutive hits are mostly
+ * siblings or cousins (postings and children come in creation order), so
+ * their names share all but the last components: the speller keeps the
+ * last name's ancestors, root first, and where each one's part of the name
+ * ends, and a new hit copies the prefix it shares from the last name
+ * instead of spelling it again (a component is a node, its record and its
+ * characters: three places in memory).  Names deeper than SPELL_DEPTH are
+ * spelled whole. */
+#define SPELL_DEPTH 64
+
+typedef struct speller {
+    uint32_t chain[SPELL_DEPTH];    /* the last name's nodes, root first */
+    size_t end[SPELL_DEPTH];        /* its length up to and including chain[i] */
+    size_t depth;                   /* 0: no last name to share */
+    size_t start;                   /* where the last name starts in the output */
+} speller;
+
 typedef struct search {
     const tsm_index *ix;
     level *lv;
@@ -566,6 +583,7 @@ typedef struct search {
     size_t nhits, cap;
     size_t budget;             /* nodes the top-down walk may still visit */
     int rc;
+    speller sp;
 } search;
 
 static int level_match(search *s, size_t i, uint32_t cid)
@@ -585,7 +603,7 @@ static int level_match(search *s, size_t i, uint32_t cid)
     return l->memo[cid] == 2;
 }
 
-static int emit(const tsm_index *ix, tsm_buf *out, uint32_t id);
+static int emit(const tsm_index *ix, tsm_buf *out, speller *sp, uint32_t id);
 
 static void add_hit(search *s, uint32_t id)
 {
@@ -593,7 +611,7 @@ static void add_hit(search *s, uint32_t id)
     if (s->rc || (!n->leaf && !n->nchildren))
         return;
     if (s->direct) {           /* emitted while its nodes are in the cache */
-        if (emit(s->ix, s->out, id))
+        if (emit(s->ix, s->out, &s->sp, id))
             s->rc = TSM_ENOMEM;
         else
             (*s->count)++;
@@ -735,18 +753,47 @@ static int hit_cmp(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static int emit(const tsm_index *ix, tsm_buf *out, uint32_t id)
+static int emit(const tsm_index *ix, tsm_buf *out, speller *sp, uint32_t id)
 {
-    const inode *n = &ix->nodes[id];
+    const inode *nodes = ix->nodes;
+    const inode *n = &nodes[id];
     uint8_t flags = (n->leaf ? TSM_FIND_LEAF : 0) | (n->nchildren ? TSM_FIND_BRANCH : 0);
     int rc = tsm_buf_reserve(out, TSM_MAX_NAME + 3);
     if (rc)
         return rc;
     /* every name in the tree came from a record, which holds at most
      * TSM_MAX_NAME bytes (record.c), so it fits */
-    char *dst = (char *)out->data + out->len + 1;
-    size_t len = tsm_index_name(ix, id, dst, TSM_MAX_NAME + 1);
-    out->data[out->len] = flags;
+    size_t start = out->len;
+    char *dst = (char *)out->data + start + 1;
+    uint32_t up[SPELL_DEPTH];       /* this hit's nodes, leaf first */
+    size_t depth = 0, len;
+    uint32_t p = id;
+    for (; p != ROOT && depth < SPELL_DEPTH; p = nodes[p].parent)
+        up[depth++] = p;
+    if (p != ROOT) {                /* too deep to keep: spelled whole */
+        len = tsm_index_name(ix, id, dst, TSM_MAX_NAME + 1);
+        sp->depth = 0;
+    } else {
+        /* the components it shares with the last name, root first */
+        size_t k = 0;
+        while (k < depth && k < sp->depth && up[depth - 1 - k] == sp->chain[k])
+            k++;
+        len = k ? sp->end[k - 1] : 0;
+        if (len)
+            memmove(dst, out->data + sp->start + 1, len);
+        for (; k < depth; k++) {
+            const comp *c = &ix->comps[nodes[up[depth - 1 - k]].comp];
+            if (len)
+                dst[len++] = '.';
+            memcpy(dst + len, ix->chars + c->off, c->len);
+            len += c->len;
+            sp->chain[k] = up[depth - 1 - k];
+            sp->end[k] = len;
+        }
+        sp->depth = depth;
+        sp->start = start;
+    }
+    out->data[start] = flags;
     dst[len] = '\n';
     out->len += len + 2;
     return TSM_OK;
@@ -761,7 +808,7 @@ static int emit_all(const tsm_index *ix, search *s, tsm_buf *out, size_t *count)
         qsort(s->hits, s->nhits, sizeof *s->hits, hit_cmp);
         for (size_t k = 0; k < s->nhits && rc == TSM_OK; k++)
             if (!k || s->hits[k] != s->hits[k - 1]) {
-                rc = emit(ix, out, s->hits[k]);
+                rc = emit(ix, out, &s->sp, s->hits[k]);
                 (*count)++;
             }
         return rc;
@@ -774,7 +821,7 @@ static int emit_all(const tsm_index *ix, search *s, tsm_buf *out, size_t *count)
         if (seen[id >> 6] & (1ull << (id & 63)))
             continue;
         seen[id >> 6] |= 1ull << (id & 63);
-        rc = emit(ix, out, id);
+        rc = emit(ix, out, &s->sp, id);
         (*count)++;
     }
     free(seen);
@@ -887,6 +934,7 @@ static int run(search *s)
     s->rc = TSM_OK;             /* start again from the pivot */
     s->nhits = 0;
     s->out->len = out_len;
+    s->sp.depth = 0;            /* the names it would share from are gone */
     *s->count = 0;
     s->budget = SIZE_MAX;
     s->direct = !any_globstar(s, bp + 1);

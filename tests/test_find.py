@@ -420,3 +420,30 @@ def test_families_crossing_the_scan_threshold(db):
             db.create("f.c%02d" % i, ARCH)
             alive.add("f.c%02d" % i)
             check_all()
+
+
+def test_names_spelled_from_shared_prefixes(tmp_path):
+    """Hits reuse the prefix they share with the previous hit's name (index.c, speller):
+    names of every depth, deeper than the speller keeps (64 components), interleaved in
+    creation order, branches that are also leaves, and a pattern that restarts from its
+    pivot must all come out spelled exactly."""
+    names = []
+    deep = ".".join("d%d" % i for i in range(70))
+    for h in range(30):
+        names += ["a.h%02d.cpu.%d.x" % (h, c) for c in range(3)]
+        names += ["a.h%02d.x" % h, "a.h%02d" % h, "b.h%02d.mem.x" % h]
+        names.append(deep + ".h%02d.x" % h)
+        names.append(deep[:40] + ".x")
+    names = list(dict.fromkeys(names))
+    with tismet.Database(str(tmp_path / "db")) as db:
+        for n in names:
+            db.create(n, [(60, 10)])
+        every = {n for n, leaf in db.find("**") if leaf}
+        assert every == set(names)
+        xs = sorted(n for n, leaf in db.find("**.x") if leaf)
+        assert xs == sorted(n for n in names if n.endswith(".x"))
+        assert sorted(n for n, _ in db.find("*.*.cpu.*.x")) == \
+            sorted(n for n in names if n.startswith("a.") and ".cpu." in n)
+        # each a.hNN is a leaf and a branch: yielded once as each
+        assert sorted(db.find("a.*")) == sorted(
+            [("a.h%02d" % h, True) for h in range(30)] + [("a.h%02d" % h, False) for h in range(30)])
