@@ -692,6 +692,9 @@ def run(a, tismet, tdir, wdir, r):
     say("close %.1f s; disk %.2f GB (%.2f B/point; %.2f without the log)" % (
         r["close_s"], total / 1e9, r["bytes_per_point"], r["bytes_per_point_nolog"]))
 
+    # the probes below start with the writes above flushed (untimed), so that they do
+    # not run beside the kernel's writeback of a gigabyte
+    os.sync()
     # each open 3 times in a fresh process, the median kept (the machine is shared)
     r["open"] = {}
     for kind, probe in (("writer", "open-writer"), ("reader", "open-reader")):
