@@ -2126,11 +2126,22 @@ int tsm_exists(tsm_db *db, const char *name, size_t len)
     return found;
 }
 
+/* whisper's clock: int(time.time()).  time(2) may read a coarse clock that
+ * lags the precise one by a tick, so just after a second begins it can name
+ * the second before the one Python's time.time() names: a point written at
+ * int(time.time()) would then be newer than the write's own now. */
+static int64_t wall_clock(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec;
+}
+
 int tsm_update_many(tsm_db *db, const char *name, size_t len, const void *points,
                     size_t npoints, int use_now, int64_t now)
 {
     if (!use_now)
-        now = (int64_t)time(NULL);
+        now = wall_clock();
     int rc = write_begin(db);
     if (rc)
         return rc;
@@ -2184,7 +2195,7 @@ int tsm_fetch_many(tsm_db *db, const char *names, const uint32_t *name_lens, siz
 {
     *values = NULL;
     if (!use_now)
-        now = (int64_t)time(NULL);
+        now = wall_clock();
     if (!use_until)
         until = now;
     if (from > until)

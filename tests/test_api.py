@@ -307,6 +307,22 @@ def test_real_clock_defaults(db):
     assert 42.0 in r[1]
 
 
+def test_real_clock_right_after_a_second_begins(db):
+    """The engine's clock is time.time()'s: just after a second begins, time(2) can
+    still name the second before (a coarse clock, a tick behind), and a point written
+    at int(time.time()) with now=None then fell outside the write's and the fetch's
+    own now (found by CI: test_real_clock_defaults failed once)."""
+    db.create("edge.m", [(1, 600)])
+    for k in range(3):
+        start = int(time.time())
+        while int(time.time()) == start:      # spin to the start of the next second
+            pass
+        t = int(time.time())
+        db.update_many("edge.m", [(t, 40.0 + k)])
+        r = db.fetch("edge.m", t - 5)
+        assert r is not None and 40.0 + k in r[1], (t, r)
+
+
 def test_set_aggregation_method(db, whisper_dir):
     arch = [(1, 60), (10, 30)]
     db.create("agg.m", arch, 0.5, "average")
