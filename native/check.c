@@ -262,13 +262,16 @@ static int scan_open(scan *s, const char *path, unsigned flags)
                 tsm_hot_detach(&s->hot, s->io, 0);
         }
         uint64_t published = atomic_load(&sb->catalog_len);
-        if (published <= s->catalog_file)
+        if (published <= s->catalog_file) {
             s->catalog_len = published;
-        else
+        } else {
             finding(s, TSM_ECORRUPT, s->catalog_path, (int64_t)s->catalog_file,
                     "%s has %llu bytes but the superblock publishes %llu: truncated",
                     s->catalog_path, (unsigned long long)s->catalog_file,
                     (unsigned long long)published);
+            /* the cut-off records are lost: the salvage report says so */
+            s->skipped += published - s->catalog_file;
+        }
     }
     rc = read_file(s, s->wal_path, &s->wal, &s->wal_size);
     if (rc == TSM_ENODB)

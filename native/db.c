@@ -1381,6 +1381,14 @@ static int load_catalog(tsm_db *db, uint64_t upto)
     off_t csize;
     if (db->io->size(db->catalog_fd, &csize) != 0)
         return tsm_io_error(errno, db->catalog_path, "stat");
+    /* a writer knows how much of the catalog the last checkpoint made
+     * durable (the log header): a file shorter than that lost records, even
+     * when it ends on a record boundary (found by the corruption soak) */
+    uint64_t synced = db->has_wal ? db->wal.catalog_len : TSM_WAL_UNKNOWN;
+    if (!db->opts.readonly && synced != TSM_WAL_UNKNOWN && (uint64_t)csize < synced)
+        return tsm_fail(TSM_ECORRUPT, 0, db->catalog_path, (int64_t)csize,
+                        "%s: %lld bytes, shorter than the %llu the last checkpoint made durable",
+                        db->catalog_path, (long long)csize, (unsigned long long)synced);
     if (upto > (uint64_t)csize)
         upto = (uint64_t)csize;
     if (upto <= from)

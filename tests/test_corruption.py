@@ -139,3 +139,22 @@ def test_damaged_catalog_record_before_the_durable_length_is_reported(tmp_path):
     assert ei.value.file.endswith("catalog") and ei.value.offset == 24
     with pytest.raises(tismet.CorruptDatabase):
         tismet.Database(path, readonly=True)
+
+
+def test_catalog_cut_on_a_record_boundary_is_reported(tmp_path):
+    """A catalog file shorter than the length the last checkpoint made durable lost
+    records even when it ends exactly between two of them (compact records are small,
+    so a cut often does): the writer refuses it, naming the file, and a repair reports
+    the bytes it could not get back (found by the corruption soak)."""
+    from tismet import repair
+    path = str(tmp_path / "db")
+    build(path)
+    catalog = os.path.join(path, "catalog")
+    with open(catalog, "r+b") as f:
+        f.truncate(24)                  # right after the first record (the MARK)
+    with pytest.raises(tismet.CorruptDatabase) as ei:
+        tismet.Database(path)
+    assert ei.value.file.endswith("catalog") and ei.value.offset == 24
+    report = repair.deep_check(path)
+    assert not report["clean"]
+    assert any(p["file"].endswith("catalog") for p in report["problems"])
