@@ -209,6 +209,11 @@ static int scan_open(scan *s, const char *path, unsigned flags)
 {
     s->io = &tsm_posix_io;
     s->pages_fd = -1;
+    /* before any early return: scan_close closes it, and a 0 from calloc
+     * is the process's stdin (a failed deep check closed it, and a later
+     * carbon-cache child started without one: its epoll descriptor took
+     * number 0, then twistd's daemonizing put /dev/null over it) */
+    s->hot.fd = -1;
     if (strlen(path) >= 3400)
         return tsm_fail(TSM_EINVAL, 0, "", -1, "path too long");
     snprintf(s->dir, sizeof s->dir, "%s", path);

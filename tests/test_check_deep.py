@@ -379,3 +379,22 @@ def test_recovery_seals_the_pages_a_killed_writer_left_dirty(db):
         pass
     report = repair.deep_check(db)
     assert report["clean"] and report["figures"]["pages_dirty"] == 0, report["problems"]
+
+
+def test_a_check_that_fails_early_leaves_the_callers_descriptors_alone(tmp_path):
+    """A deep check of a directory with no page file fails before it looks for a hot
+    file; it used to close descriptor 0 (a zeroed field taken for the hot file's),
+    the process's stdin: a carbon-cache started afterwards from the same process got
+    no stdin, and twistd's epoll descriptor then became number 0 and was overwritten
+    (epoll_ctl EINVAL: the test-order flake of earlier sessions)."""
+    empty = tmp_path / "nodb"
+    empty.mkdir()
+    saved = os.dup(0)
+    try:
+        with pytest.raises(tismet.TismetError):
+            repair.deep_check(str(empty))
+        os.fstat(0)                      # EBADF if the check closed it
+        assert os.path.samestat(os.fstat(0), os.fstat(saved))
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
