@@ -435,8 +435,11 @@ int tsm_index_add(tsm_index *ix, tsm_metric *m, const char *name, size_t len)
         if (i < len && name[i] != '.')
             continue;
         uint32_t c;
-        if (i <= same && (i == ix->last_len || ix->last[i] == '.')) {
-            c = ix->last_nodes[depth];      /* the same path as the last name so far */
+        if (ix->last_len && i <= same && (i == ix->last_len || ix->last[i] == '.')) {
+            /* the same path as the last name so far (with no last name, an
+             * empty first component would have read an unset entry: found by
+             * fuzzing the catalog) */
+            c = ix->last_nodes[depth];
         } else {
             uint32_t cid;
             if (comp_intern(ix, name + start, i - start, &cid))
