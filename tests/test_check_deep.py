@@ -26,14 +26,6 @@ NAMES = ["srv.a.cpu", "srv.a.mem", "srv.b.cpu", "srv.b.mem", "app.req;env=prod;d
          "app.req;env=dev;dc=y"]
 
 
-def crc32c(data, crc=0xFFFFFFFF):
-    for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-    return crc ^ 0xFFFFFFFF
-
-
 def records(path):
     """[(offset, length, lsn, type, body)] of the catalog file (bodies in the log's layout)."""
     return [r[:5] for r in catalog_file_records(path)]

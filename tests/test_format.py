@@ -12,7 +12,7 @@ import tarfile
 import pytest
 
 import tismet
-from tismet_testutil import REC_MARK, REC_SCHEMA, read_catalog
+from tismet_testutil import REC_MARK, REC_SCHEMA, crc32c, read_catalog
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN_V1 = os.path.join(HERE, "golden", "v1.tar.gz")
@@ -28,15 +28,6 @@ def avg_reading(k):
     return round(20 + (k * 37 % 101) / 100.0, 2)
 NOW = 1700000000
 PAGE = 4096
-
-
-def crc32c(data, crc=0):
-    crc ^= 0xFFFFFFFF
-    for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-    return crc ^ 0xFFFFFFFF
 
 
 def test_crc32c_reference_value():

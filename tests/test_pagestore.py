@@ -32,6 +32,18 @@ def allocated(path):
     return os.stat(path).st_blocks * 512
 
 
+def write_rounds(db, names, rng, start, rounds, step):
+    """`rounds` rounds of a random walk of step/10 points per metric, each round `step`
+    seconds after the last and followed by a checkpoint: every round rewrites the same
+    pages, so their old blobs die."""
+    for rnd in range(rounds):
+        t = start + step * rnd
+        for n in names:
+            db.update_many(n, [(t + 10 * k, v) for k, v in enumerate(walk(rng, step // 10))],
+                           now=t + step)
+        db.checkpoint()
+
+
 def test_a_decimal_gauge_costs_about_a_byte_per_point(tmp_path):
     """A full day of a 2-decimal random-walk gauge at 10 s, in one metric's 10 s archive:
     the blobs (headers included) hold it in under 2 bytes per point."""
@@ -61,12 +73,7 @@ def test_rewriting_the_same_pages_keeps_space_bounded(tmp_path):
         names = ["s.%03d" % i for i in range(200)]
         for n in names:
             db.create(n, ARCHIVES)
-        for rnd in range(60):
-            t = NOW - 3600 + 60 * rnd
-            for n in names:
-                db.update_many(n, [(t + 10 * k, v) for k, v in enumerate(walk(rng, 6))],
-                               now=t + 60)
-            db.checkpoint()
+        write_rounds(db, names, rng, NOW - 3600, 60, 60)
         st = db.stats()
         assert st["checkpoints"] >= 60 and st["blobs_written"] > 200 * 60
         assert st["blob_space"] <= 3 * st["blob_bytes"] + (1 << 20), st
@@ -230,12 +237,7 @@ def test_clean_close_gives_unused_space_back(tmp_path):
     with tismet.Database(path, hot_pages=512) as db:
         for n in names:
             db.create(n, ARCHIVES)
-        for rnd in range(8):
-            t = NOW - 7200 + 600 * rnd
-            for n in names:
-                db.update_many(n, [(t + 10 * k, v) for k, v in enumerate(walk(rng, 60))],
-                               now=t + 600)
-            db.checkpoint()
+        write_rounds(db, names, rng, NOW - 7200, 8, 600)
         before = allocated(pages)
         want = {n: db.fetch(n, NOW - 7200, NOW, now=NOW) for n in names}
         early = tismet.Database(path, readonly=True)    # maps the file before the punch
