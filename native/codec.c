@@ -157,6 +157,18 @@ static int get_tags(rbuf *r, uint32_t *tags, size_t n, size_t *nonempty)
 
 /* ---------------------------------------------------------------- decimals */
 
+/* nearbyint(x) in the default rounding mode (ties to even), up to the sign
+ * of a zero result, which no caller looks at (they keep (int64_t)x), and
+ * without a call into libm: adding and taking away 2^52 leaves x's integer
+ * part rounded, as every double at or past 2^52 is an integer. */
+static inline double round_even(double x)
+{
+    const double two52 = 4503599627370496.0;
+    if (!(fabs(x) < two52))
+        return x;                       /* an integer already, or inf, or NaN */
+    return x >= 0 ? (x + two52) - two52 : (x - two52) + two52;
+}
+
 /* The fewest decimals d such that every value is exactly m / 10^d, or -1. */
 static int decimals_of(const double *v, size_t k, int64_t *m)
 {
@@ -165,7 +177,7 @@ static int decimals_of(const double *v, size_t k, int64_t *m)
         for (; i < k; i++) {
             if (!isfinite(v[i]))
                 return -1;
-            double x = nearbyint(v[i] * POW10[d]);
+            double x = round_even(v[i] * POW10[d]);
             if (!(fabs(x) <= MAX_EXACT))
                 break;
             /* check what the decoder will compute, from the integer (so -0.0 fails) */
@@ -196,6 +208,36 @@ static void put_tokens(wbuf *w, const int64_t *ys, size_t k)
     }
 }
 
+/* Bytes put_varint and put_tokens would write: the encoder sizes the
+ * candidates first and writes only the one it keeps. */
+static size_t varint_len(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 0x80) {
+        v >>= 7;
+        n++;
+    }
+    return n;
+}
+
+static size_t tokens_len(const int64_t *ys, size_t k)
+{
+    size_t len = 0;
+    for (size_t i = 0; i < k;) {
+        if (ys[i] == 0) {
+            size_t j = i;
+            while (j < k && ys[j] == 0)
+                j++;
+            len += varint_len(((uint64_t)(j - i) << 1) | 1);
+            i = j;
+        } else {
+            len += varint_len(zigzag(ys[i]) << 1);
+            i++;
+        }
+    }
+    return len;
+}
+
 static int get_tokens(rbuf *r, int64_t *ys, size_t k)
 {
     for (size_t i = 0; i < k;) {
@@ -215,14 +257,20 @@ static int get_tokens(rbuf *r, int64_t *ys, size_t k)
     return 0;
 }
 
-static void put_decimal(wbuf *w, const int64_t *m, size_t k, int d, int dod, int64_t *ys)
+/* The DELTA (dod 0) or DOD tokens' values of numerators m. */
+static void decimal_ys(const int64_t *m, size_t k, int dod, int64_t *ys)
 {
-    put_byte(w, (uint8_t)d);
     for (size_t i = 0; i < k; i++) {
         /* m fits in 54 bits, so deltas and deltas of deltas cannot overflow */
         int64_t delta = i ? m[i] - m[i - 1] : m[i];
         ys[i] = dod && i >= 2 ? delta - (m[i - 1] - m[i - 2]) : delta;
     }
+}
+
+static void put_decimal(wbuf *w, const int64_t *m, size_t k, int d, int dod, int64_t *ys)
+{
+    put_byte(w, (uint8_t)d);
+    decimal_ys(m, k, dod, ys);
     put_tokens(w, ys, k);
 }
 
@@ -314,6 +362,35 @@ static void put_xor(wbuf *w, const double *v, size_t k)
         }
     }
     flush_bits(&b);
+}
+
+/* Bytes put_xor would write, counted the same way. */
+static size_t xor_len(const double *v, size_t k)
+{
+    if (k == 0)
+        return 0;
+    uint64_t prev = bits_of(v[0]);
+    size_t bits = 64;
+    int lead = -1, trail = 0;
+    for (size_t i = 1; i < k; i++) {
+        uint64_t cur = bits_of(v[i]), x = cur ^ prev;
+        prev = cur;
+        if (x == 0) {
+            bits += 1;
+            continue;
+        }
+        int l = clz64(x), t = ctz64(x);
+        if (l > 31)
+            l = 31;
+        if (lead >= 0 && l >= lead && t >= trail) {
+            bits += 2 + (size_t)(64 - lead - trail);
+        } else {
+            bits += 2 + 5 + 6 + (size_t)(64 - l - t);
+            lead = l;
+            trail = t;
+        }
+    }
+    return (bits + 7) / 8;
 }
 
 /* The XOR stream is read through a 64-bit window: up to 57 bits at bit
@@ -435,7 +512,7 @@ static avg_fit avg_fit_of(double v, double div)
     avg_fit f = {0, 0, 0};
     if (!isfinite(v))
         return f;
-    double q = nearbyint(v * div);
+    double q = round_even(v * div);
     if (!(fabs(q) <= MAX_EXACT))
         return f;
     f.m = (int64_t)q;
@@ -451,13 +528,24 @@ static avg_fit avg_fit_of(double v, double div)
  * wins: about 72 bits per value that does not fit (an escape), plus log2 of
  * the divisor per value (a larger divisor makes larger numerators).
  * Returns 0 when no divisor fits more than half the sample. */
+/* log2 of every AVG divisor, for avg_choose (log2 is a libm call; computed
+ * once, when the library loads, by the same function). */
+static double AVG_LOG2[AVG_MAX_D + 1][AVG_NK];
+
+__attribute__((constructor)) static void avg_log2_init(void)
+{
+    for (int d = 0; d <= AVG_MAX_D; d++)
+        for (size_t c = 0; c < AVG_NK; c++)
+            AVG_LOG2[d][c] = log2(POW10[d] * AVG_K[c]);
+}
+
 static int avg_choose(const double *v, size_t k, int *d_out, uint32_t *k_out)
 {
     size_t step = k > AVG_SAMPLE ? k / AVG_SAMPLE : 1, sampled = (k + step - 1) / step;
     double best_cost = INFINITY;
     for (int d = 0; d <= AVG_MAX_D; d++) {
         for (size_t c = 0; c < AVG_NK; c++) {
-            double div = POW10[d] * AVG_K[c], base = (double)k * log2(div);
+            double div = POW10[d] * AVG_K[c], base = (double)k * AVG_LOG2[d][c];
             if (base >= best_cost)
                 continue;
             size_t fails = 0;
@@ -503,48 +591,85 @@ static int avg_width(const avg_fit *f, size_t k)
     return best_w;
 }
 
-static void put_avg(wbuf *w, const double *v, size_t k, int d, uint32_t kdiv, int dod,
-                    int64_t *ys)
+/* An AVG encoding of a page's values with one divisor, worked out once for
+ * both token kinds: each value's fit, marked ok when it is a regular value
+ * (its correction has at most width bits), the rest escapes. */
+typedef struct avg_plan {
+    int d;
+    uint32_t kdiv;
+    int width;
+    size_t nesc;
+    avg_fit *f;
+} avg_plan;
+
+static void avg_plan_make(avg_plan *pl, const double *v, size_t k, int d, uint32_t kdiv,
+                          avg_fit *f)
 {
     double div = POW10[d] * kdiv;
-    avg_fit f[k ? k : 1];
     for (size_t i = 0; i < k; i++)
         f[i] = avg_fit_of(v[i], div);
-    int width = avg_width(f, k);
-    size_t nesc = 0;
+    pl->d = d;
+    pl->kdiv = kdiv;
+    pl->f = f;
+    pl->width = avg_width(f, k);
+    pl->nesc = 0;
     for (size_t i = 0; i < k; i++) {
-        f[i].ok = f[i].ok && bit_len(f[i].zz) <= width;
-        nesc += !f[i].ok;
+        f[i].ok = f[i].ok && bit_len(f[i].zz) <= pl->width;
+        pl->nesc += !f[i].ok;
     }
-    put_byte(w, (uint8_t)(d | (dod ? 0x80 : 0)));
-    put_varint(w, kdiv);
-    put_byte(w, (uint8_t)width);
-    put_varint(w, nesc);
+}
+
+/* The regular values' numerators as deltas or deltas of deltas (M fits in
+ * 54 bits, so neither can overflow); returns how many. */
+static size_t avg_ys(const avg_plan *pl, size_t k, int dod, int64_t *ys)
+{
+    size_t n = 0;
+    int64_t m1 = 0, m2 = 0;
+    for (size_t i = 0; i < k; i++) {
+        if (!pl->f[i].ok)
+            continue;
+        int64_t delta = n ? pl->f[i].m - m1 : pl->f[i].m;
+        ys[n] = dod && n >= 2 ? delta - (m1 - m2) : delta;
+        m2 = m1;
+        m1 = pl->f[i].m;
+        n++;
+    }
+    return n;
+}
+
+/* Bytes put_avg would write (ys: scratch). */
+static size_t avg_len(const avg_plan *pl, size_t k, int dod, int64_t *ys)
+{
+    size_t len = 1 + varint_len(pl->kdiv) + 1 + varint_len(pl->nesc);
     for (size_t i = 0, last = 0; i < k; i++) {
-        if (f[i].ok)
+        if (pl->f[i].ok)
+            continue;
+        len += varint_len(i - last) + 8;
+        last = i + 1;
+    }
+    size_t n = avg_ys(pl, k, dod, ys);
+    return len + tokens_len(ys, n) + (n * (size_t)pl->width + 7) / 8;
+}
+
+static void put_avg(wbuf *w, const double *v, size_t k, const avg_plan *pl, int dod,
+                    int64_t *ys)
+{
+    put_byte(w, (uint8_t)(pl->d | (dod ? 0x80 : 0)));
+    put_varint(w, pl->kdiv);
+    put_byte(w, (uint8_t)pl->width);
+    put_varint(w, pl->nesc);
+    for (size_t i = 0, last = 0; i < k; i++) {
+        if (pl->f[i].ok)
             continue;
         put_varint(w, i - last);
         put_u64(w, bits_of(v[i]));
         last = i + 1;
     }
-    /* the regular values' numerators as deltas or deltas of deltas (M fits
-     * in 54 bits, so neither can overflow), then their corrections */
-    size_t n = 0;
-    int64_t m1 = 0, m2 = 0;
-    for (size_t i = 0; i < k; i++) {
-        if (!f[i].ok)
-            continue;
-        int64_t delta = n ? f[i].m - m1 : f[i].m;
-        ys[n] = dod && n >= 2 ? delta - (m1 - m2) : delta;
-        m2 = m1;
-        m1 = f[i].m;
-        n++;
-    }
-    put_tokens(w, ys, n);
+    put_tokens(w, ys, avg_ys(pl, k, dod, ys));
     bitw b = {w, 0, 0};
     for (size_t i = 0; i < k; i++)
-        if (f[i].ok)
-            put_bits(&b, f[i].zz, width);
+        if (pl->f[i].ok)
+            put_bits(&b, pl->f[i].zz, pl->width);
     flush_bits(&b);
 }
 
@@ -608,8 +733,7 @@ size_t tsm_codec_bound(size_t n)
 typedef struct page_facts {
     const int64_t *m;   /* the decimal numerators, when d >= 0 */
     int d;              /* DELTA/DOD decimals, or -1 */
-    int avg_d;          /* AVG decimals and divisor multiple */
-    uint32_t avg_k;
+    avg_plan avg;       /* AVG's divisor and fits, when AVG is tried */
 } page_facts;
 
 /* One codec's encoding: the kind byte, the tags (encoded once by the caller:
@@ -640,7 +764,7 @@ static size_t encode_kind(int kind, const wbuf *tag_bytes, const double *v, size
         break;
     case TSM_CODEC_AVG:
     case TSM_CODEC_AVG + 0x100: /* AVG with deltas of deltas: same kind byte */
-        put_avg(&w, v, k, pf->avg_d, pf->avg_k, kind != TSM_CODEC_AVG, ys);
+        put_avg(&w, v, k, &pf->avg, kind != TSM_CODEC_AVG, ys);
         break;
     case TSM_CODEC_XOR:
         put_xor(&w, v, k);
@@ -649,8 +773,10 @@ static size_t encode_kind(int kind, const wbuf *tag_bytes, const double *v, size
     return w.overflow ? 0 : w.len;
 }
 
-size_t tsm_codec_encode(const uint32_t *tags, const double *values, size_t n, uint8_t *out,
-                        size_t cap)
+/* tsm_codec_encode, or with force >= 0 the encoding of that kind (0x105:
+ * AVG with deltas of deltas), 0 when it does not apply to the values. */
+static size_t encode_page(const uint32_t *tags, const double *values, size_t n, uint8_t *out,
+                          size_t cap, int force)
 {
     if (n > TSM_CODEC_MAX_SLOTS || cap < tsm_codec_bound(n))
         return 0;
@@ -664,36 +790,74 @@ size_t tsm_codec_encode(const uint32_t *tags, const double *values, size_t n, ui
     int constant = 1;
     for (size_t i = 1; i < k && constant; i++)
         constant = bits_of(v[i]) == bits_of(v[0]);
-    page_facts pf = {m, decimals_of(v, k, m), 0, 1};
+    page_facts pf = {m, decimals_of(v, k, m), {0, 1, 0, 0, NULL}};
     /* averages only when there are a few values (AVG's header is 4 bytes or
      * more), not plain decimals (DELTA and DOD take those in fewer bytes),
      * and some divisor fits most of them */
-    int avg = !constant && pf.d < 0 && k >= AVG_MIN_VALUES &&
-              avg_choose(v, k, &pf.avg_d, &pf.avg_k);
+    int avg_d = 0;
+    uint32_t avg_k = 1;
+    int avg = !constant && pf.d < 0 && k >= AVG_MIN_VALUES && avg_choose(v, k, &avg_d, &avg_k);
+    avg_fit fits[avg ? k : 1];
+    if (avg)
+        avg_plan_make(&pf.avg, v, k, avg_d, avg_k, fits);
 
-    uint8_t trial[tsm_codec_bound(n)], tag_buf[tsm_codec_bound(n)];
+    uint8_t tag_buf[tsm_codec_bound(n)];
     wbuf tag_bytes = {tag_buf, 0, sizeof tag_buf, 0};
     put_tags(&tag_bytes, tags, n);
-    /* RAW (always possible) is the size to beat: 1 + tags + 8 per value,
-     * written only if nothing is smaller */
-    size_t best = 1 + tag_bytes.len + 8 * k;
-    int raw = 1;
+    /* RAW (always possible) is the size to beat: 1 + tags + 8 per value.
+     * The first kind smaller than every kind before it wins.  The kinds are
+     * sized without being written; only the winner is written, into out. */
+    size_t best = 1 + tag_bytes.len + 8 * k, head = 1 + tag_bytes.len;
+    int winner = TSM_CODEC_RAW;
     int kinds[] = {TSM_CODEC_CONST, TSM_CODEC_DELTA, TSM_CODEC_DOD, TSM_CODEC_XOR,
                    TSM_CODEC_AVG, TSM_CODEC_AVG + 0x100};
     for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
         int kind = kinds[i];
         if ((kind == TSM_CODEC_CONST && !constant) ||
             ((kind == TSM_CODEC_DELTA || kind == TSM_CODEC_DOD) && pf.d < 0) ||
-            ((kind & 0xff) == TSM_CODEC_AVG && !avg))
+            ((kind & 0xff) == TSM_CODEC_AVG && !avg) || (force >= 0 && kind != force))
             continue;
-        size_t len = encode_kind(kind, &tag_bytes, v, k, &pf, ys, trial, sizeof trial);
+        if (force >= 0)
+            return encode_kind(kind, &tag_bytes, v, k, &pf, ys, out, cap);
+        size_t len;
+        switch (kind) {
+        case TSM_CODEC_CONST:
+            len = head + (k ? 8 : 0);
+            break;
+        case TSM_CODEC_DELTA:
+        case TSM_CODEC_DOD:
+            decimal_ys(pf.m, k, kind == TSM_CODEC_DOD, ys);
+            len = head + 1 + tokens_len(ys, k);
+            break;
+        case TSM_CODEC_XOR:
+            len = head + xor_len(v, k);
+            break;
+        default:
+            len = head + avg_len(&pf.avg, k, kind != TSM_CODEC_AVG, ys);
+            break;
+        }
+        if (len > tsm_codec_bound(n))
+            len = 0;                    /* bigger than the bound: not a candidate */
         if (len && len < best) {
-            memcpy(out, trial, len);
             best = len;
-            raw = 0;
+            winner = kind;
         }
     }
-    return raw ? encode_kind(TSM_CODEC_RAW, &tag_bytes, v, k, &pf, ys, out, cap) : best;
+    if (force >= 0 && force != TSM_CODEC_RAW)
+        return 0;                       /* that kind does not apply */
+    return encode_kind(force >= 0 ? force : winner, &tag_bytes, v, k, &pf, ys, out, cap);
+}
+
+size_t tsm_codec_encode(const uint32_t *tags, const double *values, size_t n, uint8_t *out,
+                        size_t cap)
+{
+    return encode_page(tags, values, n, out, cap, -1);
+}
+
+size_t tsm_codec_encode_as(int kind, const uint32_t *tags, const double *values, size_t n,
+                           uint8_t *out, size_t cap)
+{
+    return encode_page(tags, values, n, out, cap, kind);
 }
 
 int tsm_codec_kind(const uint8_t *in, size_t len)

@@ -48,6 +48,13 @@ size_t tsm_codec_bound(size_t nslots);
 size_t tsm_codec_encode(const uint32_t *tags, const double *values, size_t nslots,
                         uint8_t *out, size_t cap);
 
+/* For tests: the encoding of one kind (TSM_CODEC_AVG + 0x100: AVG with
+ * deltas of deltas), whether or not it is the smallest; 0 when that kind
+ * does not apply to the values (or cap is too small).  tsm_codec_encode
+ * returns the first of the smallest of these. */
+size_t tsm_codec_encode_as(int kind, const uint32_t *tags, const double *values,
+                           size_t nslots, uint8_t *out, size_t cap);
+
 /* Decode len bytes into n slots.  Returns 0, or -1 when the bytes are not a
  * valid encoding of n slots (tags and values are then unspecified). */
 int tsm_codec_decode(const uint8_t *in, size_t len, size_t nslots, uint32_t *tags,

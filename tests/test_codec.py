@@ -39,6 +39,8 @@ size_t tsm_codec_encode(const uint32_t *tags, const double *values, size_t nslot
 int tsm_codec_decode(const uint8_t *in, size_t len, size_t nslots, uint32_t *tags,
                      double *values);
 int tsm_codec_kind(const uint8_t *in, size_t len);
+size_t tsm_codec_encode_as(int kind, const uint32_t *tags, const double *values,
+                           size_t nslots, uint8_t *out, size_t cap);
 """
 
 
@@ -75,6 +77,15 @@ class Codec:
                                          self.ffi.new("double[]", values or 1), n, out, cap)
         assert size > 0
         return bytes(self.ffi.buffer(out, size))
+
+    def encode_as(self, kind, tags, values):
+        """The encoding of that kind, or None where it does not apply."""
+        n = len(tags)
+        cap = self.lib.tsm_codec_bound(n)
+        out = self.ffi.new("uint8_t[]", cap)
+        size = self.lib.tsm_codec_encode_as(kind, self.ffi.new("uint32_t[]", tags or 1),
+                                            self.ffi.new("double[]", values or 1), n, out, cap)
+        return bytes(self.ffi.buffer(out, size)) if size else None
 
     def decode(self, data, n):
         tags = self.ffi.new("uint32_t[]", n or 1)
@@ -193,6 +204,85 @@ def test_every_codec_decodes_what_it_encoded(codec):
     for kind, values in cases.items():
         data = assert_round_trip(codec, tags, values)
         assert codec.kind(data) == kind, (kind, codec.kind(data))
+
+
+# --------------------------------------------------------------------- the choice
+
+# the encoder's order of preference among equally small encodings
+KINDS_IN_ORDER = [RAW, CONST, DELTA, DOD, XOR, AVG, AVG + 0x100]
+
+
+def assert_smallest_kind_chosen(codec, tags, values):
+    """The encoder sizes every kind without writing it and writes the winner:
+    its choice must be the first of the smallest of the kinds written out."""
+    got = codec.encode(tags, values)
+    every = [(kind, codec.encode_as(kind, tags, values)) for kind in KINDS_IN_ORDER]
+    every = [(kind, data) for kind, data in every if data is not None]
+    smallest = min(len(data) for _, data in every)
+    first = next(data for _, data in every if len(data) == smallest)
+    assert got == first, [(kind, len(data)) for kind, data in every]
+    want_tags, want_values = codec.decode(got, len(tags))
+    for kind, data in every:                # and every kind decodes to the same slots
+        dtags, dvalues = codec.decode(data, len(tags))
+        assert dtags == want_tags and list(map(bits, dvalues)) == list(map(bits, want_values)), kind
+
+
+def mixed_page(rnd):
+    """A page of one of many shapes, where different kinds win or come close."""
+    n = rnd.randrange(1, SLOTS + 1) if rnd.random() < 0.2 else SLOTS
+    shape, d = rnd.randrange(10), rnd.randrange(5)
+    x, sd, fill = rnd.random() * 1000, 10.0 ** rnd.randrange(-3, 4), rnd.random()
+    tags, values = [], []
+    for _ in range(n):
+        tags.append(rnd.randrange(1, 4) if shape == 9 or rnd.random() < fill else 0)
+        if shape == 0:
+            v = 5.0
+        elif shape == 1:                    # a d-decimal random walk
+            x += rnd.gauss(0, sd)
+            v = round(x, d)
+        elif shape == 2:                    # a counter
+            x += 100 + rnd.randrange(7)
+            v = x
+        elif shape == 3:                    # noise
+            x += rnd.gauss(0, sd)
+            v = x
+        elif shape in (4, 8):               # averages of 6 or 3 d-decimal values
+            w = 6 if shape == 4 else 3
+            total = 0.0
+            for _ in range(w):
+                x += rnd.gauss(0, sd)
+                total += round(x, d)
+            v = total / w
+        elif shape == 5:
+            v = float(rnd.randrange(2))
+        elif shape == 6:                    # any bits
+            v = struct.unpack("<d", rnd.randbytes(8))[0]
+        elif shape == 7:
+            v = rnd.choice([math.nan, math.inf, -math.inf, -0.0, 5e-324, 1e308, 0.1])
+        else:                               # long runs
+            x += rnd.random() < 0.02
+            v = x
+        values.append(v)
+    return tags, values
+
+
+def test_encoder_keeps_the_smallest_kind_on_mixed_pages(codec):
+    rnd = random.Random(11)
+    for _ in range(1500):
+        assert_smallest_kind_chosen(codec, *mixed_page(rnd))
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.large_base_example])
+@given(page=pages())
+def test_encoder_keeps_the_smallest_kind(codec, page):
+    assert_smallest_kind_chosen(codec, *page)
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.large_base_example,
+                                                HealthCheck.too_slow])
+@given(page=st.deferred(lambda: averaged_pages()))
+def test_encoder_keeps_the_smallest_kind_of_averages(codec, page):
+    assert_smallest_kind_chosen(codec, *page)
 
 
 # --------------------------------------------------------------------- sizes
