@@ -670,10 +670,14 @@ static int log_append(tsm_db *db, tsm_buf *b, tsm_rec *r)
     db->next_lsn++;
     db->st.wal_bytes_written += r->len;
     /* past half the log: wake the group-commit thread to grow it ahead */
+    /* ... or to give memory to hot slots ahead of the writer (hot.c) */
     uint64_t size = atomic_load_explicit(&db->wal.size, memory_order_relaxed);
-    if (db->committer_running && size != db->grow_asked && size < db->wal.max_size &&
-        atomic_load_explicit(&db->wal.write_off, memory_order_relaxed) > size / 2) {
-        db->grow_asked = size;
+    int grow = size != db->grow_asked && size < db->wal.max_size &&
+               atomic_load_explicit(&db->wal.write_off, memory_order_relaxed) > size / 2;
+    if (db->committer_running && (grow || db->hot.bg_asked)) {
+        if (grow)
+            db->grow_asked = size;
+        db->hot.bg_asked = 0;
         pthread_mutex_lock(&db->commit_mu);
         pthread_cond_signal(&db->commit_cv);
         pthread_mutex_unlock(&db->commit_mu);
@@ -1085,27 +1089,39 @@ static int checkpoint_locked(tsm_db *db)
 
 /* ------------------------------------------------------------ group commit */
 
+/* The group-commit thread: makes the log durable every commit interval, and
+ * between syncs, when the writer wakes it, grows the log ahead of the writer
+ * and gives memory to hot slots ahead of it (log_append). */
 static void *committer_main(void *arg)
 {
     tsm_db *db = arg;
+    uint64_t interval = (uint64_t)db->opts.commit_interval_ms * 1000000ull;
+    struct timespec due;
+    clock_gettime(CLOCK_REALTIME, &due);
     pthread_mutex_lock(&db->commit_mu);
     while (!db->stopping) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        uint64_t ns = (uint64_t)ts.tv_nsec + (uint64_t)db->opts.commit_interval_ms * 1000000ull;
-        ts.tv_sec += (time_t)(ns / 1000000000ull);
-        ts.tv_nsec = (long)(ns % 1000000000ull);
-        pthread_cond_timedwait(&db->commit_cv, &db->commit_mu, &ts);
+        uint64_t ns = (uint64_t)due.tv_nsec + interval;
+        struct timespec wake = {due.tv_sec + (time_t)(ns / 1000000000ull),
+                                (long)(ns % 1000000000ull)};
+        pthread_cond_timedwait(&db->commit_cv, &db->commit_mu, &wake);
         if (db->stopping)
             break;
         pthread_mutex_unlock(&db->commit_mu);
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        int sync = now.tv_sec > wake.tv_sec ||
+                   (now.tv_sec == wake.tv_sec && now.tv_nsec >= wake.tv_nsec);
         if (!atomic_load(&db->fatal)) {
-            int rc = tsm_wal_sync(&db->wal);
+            int rc = sync ? tsm_wal_sync(&db->wal) : TSM_OK;
             if (!rc)
                 rc = tsm_wal_grow_ahead(&db->wal);
             if (rc)
                 set_fatal(db, rc);
+            else
+                tsm_hot_populate_behind(&db->hot);
         }
+        if (sync)
+            due = now;
         pthread_mutex_lock(&db->commit_mu);
     }
     pthread_mutex_unlock(&db->commit_mu);

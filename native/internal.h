@@ -253,6 +253,12 @@ typedef struct tsm_hot {
     uint8_t *slots;
     uint32_t used;                 /* writer: slots handed out since the last checkpoint */
     uint32_t populated;            /* writer: slots below it have memory (hot.c, promote) */
+    /* memory given ahead of the writer by the group-commit thread (hot.c,
+     * tsm_hot_populate_behind): the writer asks up to bg_want, the thread
+     * has done up to bg_done */
+    _Atomic uint32_t bg_want;
+    _Atomic uint32_t bg_done;
+    int bg_asked;                  /* writer: bg_want moved since the thread was woken */
 } tsm_hot;
 
 /* Writer: create and map a new hot file in hot_dir (NULL: /dev/shm when it is
@@ -275,6 +281,10 @@ uint32_t tsm_hot_owner(const tsm_hot *hot, uint32_t slot);
  * The caller made room (used < cap).  With file_page NULL the slot keeps
  * what it held and the caller initialises it (a new page). */
 uint8_t *tsm_hot_promote(tsm_hot *hot, uint32_t pno, const uint8_t *file_page);
+/* Group-commit thread: give memory to the slots the writer asked for
+ * (bg_want); the writer's promotions then find it there.  Never changes
+ * a slot's contents. */
+void tsm_hot_populate_behind(tsm_hot *hot);
 /* Writer: after the hot pages reached the page file, readers go back to it. */
 void tsm_hot_demote_all(tsm_hot *hot);
 int tsm_sb_check(const tsm_superblock *sb, const char *file);

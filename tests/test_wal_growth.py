@@ -123,3 +123,33 @@ def test_kill9_while_the_log_grows_loses_nothing(tmp_path):
             assert not missing, "cycle %d: %d acknowledged points lost, first %d" % (
                 cycle, len(missing), missing[0])
             start = max(known) + 1
+
+
+def test_group_commit_syncs_once_per_interval_however_often_it_is_woken(tmp_path):
+    """The group-commit thread is also woken to grow the log and to give memory to hot
+    slots (a wake every few thousand new pages); those wakes must not add syncs: the log
+    is made durable once per commit interval while writes come, and a write is durable
+    within one interval."""
+    interval = 0.1
+    with tismet.Database(str(tmp_path / "db"), durability="group",
+                         commit_interval=interval) as db:
+        db.create("first", ARCHIVES)
+        before = db.stats()["wal_syncs"]
+        t0 = time.monotonic()
+        db.update_many("first", [(NOW, 1.0)], now=NOW)
+        assert wait_for(lambda: db.stats()["wal_syncs"] > before, 5)
+        assert time.monotonic() - t0 < interval + 0.5
+        # one second of writes that make new pages all along: metrics with three archives
+        # each (a page per archive at their first point), and the log growing
+        before = db.stats()["wal_syncs"]
+        t0, i = time.monotonic(), 0
+        while time.monotonic() - t0 < 1.0:
+            for _ in range(200):
+                name = "m.%06d" % i
+                db.create(name, [(10, 2160), (60, 10080), (600, 262800)])
+                db.update_many(name, [(NOW - 10 * k, float(k)) for k in range(60)], now=NOW)
+                i += 1
+        elapsed = time.monotonic() - t0
+        syncs = db.stats()["wal_syncs"] - before
+        assert i > 5000, i                  # enough new pages to wake the thread often
+        assert 2 <= syncs <= elapsed / interval + 3, (syncs, elapsed, i)
