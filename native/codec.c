@@ -539,6 +539,22 @@ __attribute__((constructor)) static void avg_log2_init(void)
             AVG_LOG2[d][c] = log2(POW10[d] * AVG_K[c]);
 }
 
+/* Whether v fits divisor div closely enough for avg_choose: avg_fit_of's
+ * answer, with a quick refusal first.  A value that fits is within 256
+ * ulps of M / div, so v * div is within 6e-14 |M| of the integer M (the
+ * product's rounding included); a value farther than 1e-13 |M| (plus a
+ * little, for denormals near M = 0) from its nearest integer cannot fit,
+ * and that costs no division.  NaN and infinities fall through to
+ * avg_fit_of, which refuses them. */
+static int avg_fits(double v, double div)
+{
+    double x = v * div, q = round_even(x);
+    if (fabs(x - q) > 1e-13 * fabs(q) + 1e-250)
+        return 0;
+    avg_fit f = avg_fit_of(v, div);
+    return f.ok && bit_len(f.zz) <= AVG_FIT_BITS;
+}
+
 static int avg_choose(const double *v, size_t k, int *d_out, uint32_t *k_out)
 {
     size_t step = k > AVG_SAMPLE ? k / AVG_SAMPLE : 1, sampled = (k + step - 1) / step;
@@ -549,17 +565,13 @@ static int avg_choose(const double *v, size_t k, int *d_out, uint32_t *k_out)
             if (base >= best_cost)
                 continue;
             size_t fails = 0;
-            for (size_t i = 0; i < k && fails * 2 < sampled; i += step) {
-                avg_fit f = avg_fit_of(v[i], div);
-                fails += !(f.ok && bit_len(f.zz) <= AVG_FIT_BITS);
-            }
+            for (size_t i = 0; i < k && fails * 2 < sampled; i += step)
+                fails += !avg_fits(v[i], div);
             if (fails * 2 >= sampled)
                 continue;
             fails = 0;
-            for (size_t i = 0; i < k && base + 72.0 * (double)fails < best_cost; i++) {
-                avg_fit f = avg_fit_of(v[i], div);
-                fails += !(f.ok && bit_len(f.zz) <= AVG_FIT_BITS);
-            }
+            for (size_t i = 0; i < k && base + 72.0 * (double)fails < best_cost; i++)
+                fails += !avg_fits(v[i], div);
             double cost = base + 72.0 * (double)fails;
             if (cost < best_cost) {
                 best_cost = cost;
