@@ -18,7 +18,9 @@ Measured, in this order:
   write       --points points per 10 s metric (1/6 of that per 60 s metric), in calls of
               --batch points, round robin over the metrics like carbon's flushes (points/s)
   disk        every byte under the directory after close (st_blocks), per point written,
-              with and without the log file
+              with and without the log file; beside it the information in the values
+              written, by the generator's own model (information_bits): what any lossless
+              store needs at the least, on average
   open        writer and read-only opens in fresh processes, the files' page cache dropped
               first (posix_fadvise DONTNEED: "cold-ish"), then warm, 3 times each (median
               reported); the RSS growth of the
@@ -41,6 +43,7 @@ import argparse
 import array
 import gc
 import json
+import math
 import os
 import platform
 import random
@@ -176,6 +179,11 @@ def names(target, seed):
     return out[:target]
 
 
+# random-walk gauges: (decimals, low, high, standard deviation of a step)
+WALKS = {"pct1": (1, 0, 100, 2), "bytes0": (0, 1e6, 1e10, 1e6),
+         "load2": (2, 0, 16, 0.1), "gauge3": (3, -50, 50, 0.5)}
+
+
 def series(kind, n, rng):
     """n values (None = no point) of one series of this kind."""
     if kind == "const":
@@ -203,13 +211,77 @@ def series(kind, n, rng):
                 busy = not busy
             out.append(round(rng.uniform(1, 500), 3 if kind == "timer" else 0) if busy else None)
         return out
-    decimals, lo, hi, sd = {"pct1": (1, 0, 100, 2), "bytes0": (0, 1e6, 1e10, 1e6),
-                            "load2": (2, 0, 16, 0.1), "gauge3": (3, -50, 50, 0.5)}[kind]
+    decimals, lo, hi, sd = WALKS[kind]
     v, out = rng.uniform(lo, hi), []
     for _ in range(n):
         v = min(hi, max(lo, v + rng.gauss(0, sd)))
         out.append(round(v, decimals))
     return out
+
+
+def binary_entropy(p):
+    return -p * math.log2(p) - (1 - p) * math.log2(1 - p)
+
+
+def gauss_bits(sd):
+    """Entropy in bits of a Gaussian step of sd quantization units, rounded to a unit
+    (a good approximation from sd ~ 2 up)."""
+    return math.log2(sd) + 0.5 * math.log2(2 * math.pi * math.e)
+
+
+def small_bits():
+    """Entropy of int(max(0, gauss(5, 3))), exactly, from its distribution."""
+    cdf = lambda x: 0.5 * (1 + math.erf((x - 5) / (3 * math.sqrt(2))))  # noqa: E731
+    ps = [cdf(1)] + [cdf(k + 1) - cdf(k) for k in range(1, 40)]
+    return -sum(p * math.log2(p) for p in ps if p > 0)
+
+
+def information_bits(kind, steps, values):
+    """About how many bits of information series() put into one series' values: steps
+    is the number of intervals it covers, values the points it wrote (gaps left out).
+    The model is series()'s own: each random choice it draws, at the precision the values
+    are rounded to.  (The clamping of random walks at their bounds is ignored: near a
+    bound a walk carries a little less than this.)  No lossless storage of these values
+    can take fewer bits on average; roll-ups are functions of them and add none."""
+    n = len(values)
+    if kind == "const":
+        return 1.5                                  # one of 0.0, 0.0, 1024.0, 5.0
+    if kind == "flag":
+        return 1 + (n - 1) * binary_entropy(0.02)   # the first value, then flip or not
+    if kind == "small":
+        return n * small_bits()
+    if kind == "counter":                           # increments ~ N(rate, rate / 4)
+        rate = (values[-1] - values[0]) / max(1, n - 1)
+        return math.log2(10 ** 9) + (n - 1) * gauss_bits(max(rate / 4, 1.0))
+    if kind in ("timer", "gapcount"):               # busy or idle (flips with p 0.1),
+        # and uniform(1, 500) to 3 or 0 decimals when busy
+        width = 499000 if kind == "timer" else 499
+        return steps * binary_entropy(0.1) + n * math.log2(width)
+    decimals, lo, hi, sd = WALKS[kind]
+    return math.log2((hi - lo) * 10 ** decimals) + (n - 1) * gauss_bits(sd * 10 ** decimals)
+
+
+def information_per_point(mix, tpl, points, history, history_kinds):
+    """Bytes of information per point written: the mix's templates (as written by
+    phase_write) and the fetch series' histories, by information_bits."""
+    per_template, bits, written = {}, 0.0, 0
+    hist = set(history)
+    for i, (name, kind, step) in enumerate(mix):
+        if name in hist:
+            continue
+        key = (kind, step, i % TEMPLATES)
+        if key not in per_template:
+            vals = [v for call in tpl[kind, step][i % TEMPLATES] for _, v in call]
+            per_template[key] = (information_bits(kind, max(1, points * 10 // step), vals),
+                                 len(vals))
+        b, n = per_template[key]
+        bits += b
+        written += n
+    for kind, calls in zip(history_kinds, history.values()):
+        vals = [v for call in calls for _, v in call]
+        bits += information_bits(kind, len(vals), vals)
+        written += len(vals)
+    return bits / 8 / max(1, written)
 
 
 def templates(points, batch, seed):
@@ -261,15 +333,17 @@ def phase_write(db, mix, tpl):
 
 
 def fetch_history(step_values_seed, n):
-    """24 h of 10 s points for the fetch series: one list of 1-hour calls per series."""
+    """24 h of 10 s points for the fetch series: one list of 1-hour calls per series,
+    and the kind of each series."""
     rng = random.Random(step_values_seed)
     stamps = [NOW - DAY + 10 * (i + 1) for i in range(DAY // 10)]
-    out = []
+    out, kinds = [], []
     for _ in range(n):
-        vals = series(rng.choice(["pct1", "load2", "bytes0", "counter"]), len(stamps), rng)
+        kinds.append(rng.choice(["pct1", "load2", "bytes0", "counter"]))
+        vals = series(kinds[-1], len(stamps), rng)
         pts = list(zip(stamps, vals))
         out.append([pts[i:i + 360] for i in range(0, len(pts), 360)])
-    return out
+    return out, kinds
 
 
 # ----------------------------------------------------------------------------- probes (children)
@@ -559,6 +633,8 @@ def report(r):
          "%.0f B*" % r["whisper_bytes_per_point"], "<= 1.0 B"),
         ("disk per point written, without the log", "%.2f B" % r["bytes_per_point_nolog"],
          "", ""),
+        ("  information in the values written (no lossless store takes less)",
+         "%.2f B" % r["information_per_point"], "", ""),
     ]
     for key, label in [("writer_cold", "open, writer, cold-ish"),
                        ("writer_warm", "open, writer, warm"),
@@ -663,7 +739,7 @@ def run(a, tismet, tdir, wdir, r):
     plain10 = [n for n, k, s in mix if s == 10 and ";" not in n and k in
                ("pct1", "load2", "bytes0", "counter")]
     fetch_names = random.Random(a.seed).sample(plain10, min(a.fetch_series, len(plain10)))
-    history = fetch_history(a.seed + 1, len(fetch_names))
+    history, history_kinds = fetch_history(a.seed + 1, len(fetch_names))
     say("generated %d names in %.1f s" % (len(mix), time.perf_counter() - t0))
 
     db = tismet.Database(tdir)
@@ -689,6 +765,8 @@ def run(a, tismet, tdir, wdir, r):
     nolog = disk_usage(tdir, skip=("wal",))
     r["disk"], r["disk_nolog"] = total, nolog
     r["bytes_per_point"], r["bytes_per_point_nolog"] = total / written, nolog / written
+    r["information_per_point"] = information_per_point(
+        mix, tpl, a.points, dict(zip(fetch_names, history)), history_kinds)
     say("close %.1f s; disk %.2f GB (%.2f B/point; %.2f without the log)" % (
         r["close_s"], total / 1e9, r["bytes_per_point"], r["bytes_per_point_nolog"]))
 
