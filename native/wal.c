@@ -6,7 +6,8 @@
  * memcpy into the page cache (or, in sync mode, one pwrite), so a record
  * survives the death of the process as soon as it is copied, and fdatasync
  * makes it survive the machine.
- * Overwriting preallocated blocks keeps each sync cheap.
+ * Overwriting preallocated blocks keeps each sync cheap, and the appender
+ * keeps only the last pages it fills mapped (unmap_behind).
  *
  * Layout (FORMAT.md, "Log"): two 2048-byte header slots at 0 and 2048, the
  * newer valid one (by seq) rules; records from offset 4096, with LSNs
@@ -20,11 +21,13 @@
  * is written; (W3) reset happens only after a checkpoint made every change
  * up to checkpoint_lsn durable in the page file and the catalog.
  */
+#define _GNU_SOURCE                     /* madvise */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "wal.h"
 
@@ -214,6 +217,7 @@ int tsm_wal_open(tsm_wal *w, const tsm_io *io, const char *path, uint64_t size)
         rc = grow(w, initial);
     atomic_store(&w->write_off, TSM_WAL_DATA);
     w->synced_off = TSM_WAL_DATA;
+    w->unmapped_off = TSM_WAL_DATA;
     return rc;
 }
 
@@ -276,6 +280,24 @@ uint64_t tsm_wal_room(const tsm_wal *w)
     return w->max_size - atomic_load(&w->write_off);
 }
 
+/* Pages of the log the appender has filled are taken out of its mapping
+ * every WAL_UNMAP_STEP bytes (MADV_DONTNEED: the page cache keeps them,
+ * dirty, and the file gets them at writeback as before).  A page still
+ * mapped writable when the kernel writes it back must be write-protected
+ * in every process that maps it, which costs an inter-processor interrupt
+ * per page to the CPU the writer runs on (dear on virtual machines, ~10%
+ * of a batched write's time); a page no longer mapped costs nothing. */
+#define WAL_UNMAP_STEP (256u << 10)
+
+static void unmap_behind(tsm_wal *w, uint64_t end)
+{
+    uint64_t upto = end & ~(uint64_t)(TSM_PAGE_SIZE - 1);
+    if (upto < w->unmapped_off + WAL_UNMAP_STEP)
+        return;
+    (void)madvise(w->map + w->unmapped_off, upto - w->unmapped_off, MADV_DONTNEED);
+    w->unmapped_off = upto;
+}
+
 int tsm_wal_append(tsm_wal *w, const uint8_t *rec, size_t len, int by_write)
 {
     uint64_t off = atomic_load_explicit(&w->write_off, memory_order_relaxed);
@@ -296,6 +318,7 @@ int tsm_wal_append(tsm_wal *w, const uint8_t *rec, size_t len, int by_write)
             return rc;
     } else {
         memcpy(w->map + off, rec, len);
+        unmap_behind(w, off + len);
     }
     atomic_store_explicit(&w->write_off, off + len, memory_order_release);
     return TSM_OK;
@@ -325,6 +348,7 @@ int tsm_wal_reset(tsm_wal *w, uint64_t checkpoint_lsn, uint64_t catalog_len)
     if (rc == TSM_OK) {
         memset(w->map + TSM_WAL_DATA, 0, 8);
         atomic_store(&w->write_off, TSM_WAL_DATA);
+        w->unmapped_off = TSM_WAL_DATA;
         w->synced_off = TSM_WAL_DATA;
     }
     pthread_mutex_unlock(&w->sync_mu);

@@ -19,6 +19,7 @@ typedef struct tsm_wal {
     _Atomic uint64_t size;        /* bytes in the file, all mapped (grown under grow_mu) */
     uint64_t max_size;            /* the file grows up to this */
     _Atomic uint64_t write_off;   /* end of the last appended record */
+    uint64_t unmapped_off;        /* appender: log pages before this are not mapped (wal.c) */
     uint64_t synced_off;          /* everything before is durable */
     uint64_t hdr_seq;             /* sequence of the newest valid header slot */
     uint64_t start_lsn;           /* LSN of the first record after the header */
