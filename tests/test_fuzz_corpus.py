@@ -41,7 +41,25 @@ def replayed(tmp_path_factory):
         pytest.skip("no C compiler (%s)" % CC)
     tmp = tmp_path_factory.mktemp("fuzz_replay")
     sanitize = _asan_works(tmp)
-    return fuzz.replay(list(fuzz.TARGETS), str(tmp / "build"), sanitize=sanitize, cc=CC)
+    # the harnesses' databases go under FUZZ_TMPDIR (else /dev/shm): here, to see
+    # that they clean up after themselves
+    dbs = tmp / "databases"
+    dbs.mkdir()
+    old = os.environ.get("FUZZ_TMPDIR")
+    os.environ["FUZZ_TMPDIR"] = str(dbs)
+    try:
+        results = fuzz.replay(list(fuzz.TARGETS), str(tmp / "build"), sanitize=sanitize, cc=CC)
+    finally:
+        if old is None:
+            del os.environ["FUZZ_TMPDIR"]
+        else:
+            os.environ["FUZZ_TMPDIR"] = old
+    results["left behind"] = sorted(os.listdir(dbs))
+    return results
+
+
+def test_harnesses_leave_no_database_behind(replayed):
+    assert replayed["left behind"] == []
 
 
 @pytest.mark.timeout(300)

@@ -122,13 +122,23 @@ static void remove_tree(const char *dir)
 
 static char base_dir[256];
 
+/* Every database directory the harnesses made under base_dir (db, tmpl,
+ * db-names, ...), then base_dir itself. */
 static void cleanup(void)
 {
-    char path[600];
-    snprintf(path, sizeof path, "%s/db", base_dir);
-    remove_tree(path);
-    snprintf(path, sizeof path, "%s/tmpl", base_dir);
-    remove_tree(path);
+    DIR *d = opendir(base_dir);
+    if (d) {
+        struct dirent *e;
+        char path[600];
+        while ((e = readdir(d))) {
+            if (e->d_name[0] == '.')
+                continue;
+            snprintf(path, sizeof path, "%s/%s", base_dir, e->d_name);
+            remove_tree(path);
+            unlink(path);               /* a file, if it was not a directory */
+        }
+        closedir(d);
+    }
     rmdir(base_dir);
 }
 
