@@ -522,12 +522,6 @@ static avg_fit avg_fit_of(double v, double div)
     return f;
 }
 
-/* The divisor for AVG, as d and k: candidates that fit most of a sample of
- * the values are counted over every value (smallest divisor first, each
- * stopping once it cannot win), and the one with the least estimated cost
- * wins: about 72 bits per value that does not fit (an escape), plus log2 of
- * the divisor per value (a larger divisor makes larger numerators).
- * Returns 0 when no divisor fits more than half the sample. */
 /* log2 of every AVG divisor, for avg_choose (log2 is a libm call; computed
  * once, when the library loads, by the same function). */
 static double AVG_LOG2[AVG_MAX_D + 1][AVG_NK];
@@ -555,6 +549,12 @@ static int avg_fits(double v, double div)
     return f.ok && bit_len(f.zz) <= AVG_FIT_BITS;
 }
 
+/* The divisor for AVG, as d and k: candidates that fit most of a sample of
+ * the values are counted over every value (smallest divisor first, each
+ * stopping once it cannot win), and the one with the least estimated cost
+ * wins: about 72 bits per value that does not fit (an escape), plus log2 of
+ * the divisor per value (a larger divisor makes larger numerators).
+ * Returns 0 when no divisor fits more than half the sample. */
 static int avg_choose(const double *v, size_t k, int *d_out, uint32_t *k_out)
 {
     size_t step = k > AVG_SAMPLE ? k / AVG_SAMPLE : 1, sampled = (k + step - 1) / step;

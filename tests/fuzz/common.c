@@ -103,6 +103,8 @@ static void read_file(const char *dir, const char *name, fuzz_file *f)
         f->len = f->size;
 }
 
+/* Remove dir and everything under it (the harnesses make files and
+ * directories of files only). */
 static void remove_tree(const char *dir)
 {
     DIR *d = opendir(dir);
@@ -114,7 +116,8 @@ static void remove_tree(const char *dir)
         if (e->d_name[0] == '.')
             continue;
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        unlink(path);
+        if (unlink(path) != 0)
+            remove_tree(path);          /* a directory */
     }
     closedir(d);
     rmdir(dir);
@@ -122,24 +125,10 @@ static void remove_tree(const char *dir)
 
 static char base_dir[256];
 
-/* Every database directory the harnesses made under base_dir (db, tmpl,
- * db-names, ...), then base_dir itself. */
+/* Every database directory the harnesses made (db, tmpl, db-names, ...). */
 static void cleanup(void)
 {
-    DIR *d = opendir(base_dir);
-    if (d) {
-        struct dirent *e;
-        char path[600];
-        while ((e = readdir(d))) {
-            if (e->d_name[0] == '.')
-                continue;
-            snprintf(path, sizeof path, "%s/%s", base_dir, e->d_name);
-            remove_tree(path);
-            unlink(path);               /* a file, if it was not a directory */
-        }
-        closedir(d);
-    }
-    rmdir(base_dir);
+    remove_tree(base_dir);
 }
 
 static void make_base_dir(void)
