@@ -74,33 +74,50 @@ static int stopped(tsm_backup *b)
                     b->failure.offset, "backup stopped: %s", b->failure.message);
 }
 
-/* Copy the writer's log records in [src_off, write_off): complete records,
- * since appends happen under the write lock and we hold a lock.  Each is
- * checked, so the copy is exactly the chain of LSNs recovery will walk. */
+/* Copy the writer's log records from src_off to the end of its chain
+ * (wal.c: on from TSM_WAL_DATA where it wrapped): complete records, since
+ * appends happen under the write lock and we hold a lock.  Each is checked,
+ * so the copy is exactly the chain of LSNs recovery will walk. */
+static int copy_run(tsm_backup *b, struct tsm_wal *w, uint64_t from, uint64_t to)
+{
+    if (to <= from)
+        return TSM_OK;
+    int rc = tsm_io_write_full(b->io, b->wal_fd, w->map + from, to - from, (off_t)b->dst_off,
+                               b->wal_path);
+    if (rc)
+        return rc;
+    b->dst_off += to - from;
+    b->info.log_bytes += to - from;
+    return TSM_OK;
+}
+
 static int copy_log(tsm_backup *b, struct tsm_wal *w)
 {
-    uint64_t end = atomic_load_explicit(&w->write_off, memory_order_acquire);
-    uint64_t off = b->src_off;
-    while (off < end) {
+    uint64_t size = atomic_load_explicit(&w->size, memory_order_acquire);
+    uint64_t end_lsn = tsm_db_next_lsn(b->db) - 1;
+    uint64_t run = b->src_off, off = b->src_off;
+    while (b->next_lsn <= end_lsn) {
         tsm_rec r;
-        if (tsm_rec_parse(w->map + off, end - off, &r) != TSM_OK || r.lsn != b->next_lsn)
+        uint64_t at = tsm_wal_next(w->map, size, off, b->next_lsn, &r);
+        if (!at)
             return tsm_fail(TSM_ECORRUPT, 0, w->path, (int64_t)off,
                             "backup: log record at offset %llu of %s is not LSN %llu",
                             (unsigned long long)off, w->path,
                             (unsigned long long)b->next_lsn);
+        if (at != off) {
+            int rc = copy_run(b, w, run, off);
+            if (rc)
+                return rc;
+            run = at;
+        }
         b->next_lsn++;
         b->info.log_records++;
-        off += r.len;
+        off = at + r.len;
     }
-    if (off > b->src_off) {
-        int rc = tsm_io_write_full(b->io, b->wal_fd, w->map + b->src_off, off - b->src_off,
-                                   (off_t)b->dst_off, b->wal_path);
-        if (rc)
-            return rc;
-        b->dst_off += off - b->src_off;
-        b->info.log_bytes += off - b->src_off;
-        b->src_off = off;
-    }
+    int rc = copy_run(b, w, run, off);
+    if (rc)
+        return rc;
+    b->src_off = off;
     b->info.end_lsn = b->next_lsn - 1;
     return TSM_OK;
 }
@@ -187,7 +204,7 @@ int tsm_backup_begin(tsm_db *db, const char *dest, tsm_backup **out)
         b->info.checkpoint_lsn = v.wal->checkpoint_lsn;
         b->info.end_lsn = v.wal->checkpoint_lsn;
         b->next_lsn = v.wal->start_lsn;
-        b->src_off = TSM_WAL_DATA;
+        b->src_off = v.wal->start_off;
         b->dst_off = TSM_WAL_DATA;
         rc = copy_log(b, v.wal);
     }

@@ -56,7 +56,8 @@ typedef struct scan {
     uint8_t *wal;
     uint64_t wal_size;
     int wal_ok;
-    uint64_t wal_seq, start_lsn, checkpoint_lsn, wal_catalog_len;
+    uint64_t wal_seq, start_lsn, checkpoint_lsn, wal_catalog_len, wal_start_off;
+    uint64_t log_chain_bytes;    /* bytes of the records scan_log walked */
     uint64_t log_end, last_lsn, log_records;
     uint64_t points;              /* known slots in the pages checked */
     int writer_live;
@@ -376,8 +377,15 @@ static void load_catalog(scan *s)
 
 static void look_beyond(scan *s, uint64_t off, uint64_t expect)
 {
+    /* anywhere in the ring: past the break, then from the start up to it */
     uint64_t horizon = expect + s->wal_size / TSM_REC_MIN;
-    for (uint64_t at = (off + 8) & ~(uint64_t)7; at + TSM_REC_MIN <= s->wal_size; at += 8) {
+    uint64_t first = (off + 8) & ~(uint64_t)7;
+    for (uint64_t at = first, wrapped = 0; wrapped ? at < off : 1; at += 8) {
+        if (!wrapped && at + TSM_REC_MIN > s->wal_size) {
+            wrapped = 1;
+            at = TSM_WAL_DATA - 8;
+            continue;
+        }
         tsm_rec r;
         if (tsm_rec_parse(s->wal + at, s->wal_size - at, &r) == TSM_OK && r.lsn > expect &&
             r.lsn <= horizon) {
@@ -402,18 +410,28 @@ static void scan_log(scan *s)
         return;
     }
     int rc = tsm_wal_parse_header(s->wal, &s->wal_seq, &s->start_lsn, &s->checkpoint_lsn,
-                                  &s->wal_catalog_len);
+                                  &s->wal_catalog_len, &s->wal_start_off);
+    if (rc == TSM_OK && (s->wal_start_off < TSM_WAL_DATA || s->wal_start_off >= s->wal_size)) {
+        finding(s, TSM_ECORRUPT, s->wal_path, 0, "%s: the log header starts its records at "
+                "offset %llu, outside the file", s->wal_path,
+                (unsigned long long)s->wal_start_off);
+        return;
+    }
     if (rc) {
         finding(s, TSM_ECORRUPT, s->wal_path, 0, "%s: no valid log header in either slot",
                 s->wal_path);
         return;
     }
     s->wal_ok = 1;
-    uint64_t off = TSM_WAL_DATA, expect = s->start_lsn;
-    while (off < s->wal_size) {
+    uint64_t off = s->wal_start_off, expect = s->start_lsn;
+    int wrapped = 0;
+    for (;;) {
         tsm_rec r;
-        if (tsm_rec_parse(s->wal + off, s->wal_size - off, &r) != TSM_OK || r.lsn != expect)
+        uint64_t at = tsm_wal_next(s->wal, s->wal_size, off, expect, &r);
+        if (!at || (at != off && (wrapped || at >= s->wal_start_off)))
             break;
+        wrapped |= at != off;
+        off = at;
         if (r.type == TSM_REC_ALLOC && r.lsn > s->checkpoint_lsn) {
             tsm_alloc_body al;
             tsm_rec_decode_alloc(&r, &al);
@@ -442,6 +460,7 @@ static void scan_log(scan *s)
         off += r.len;
         expect++;
         s->log_records++;
+        s->log_chain_bytes += r.len;
     }
     s->log_end = off;
     s->last_lsn = expect - 1;
@@ -449,7 +468,7 @@ static void scan_log(scan *s)
         return;   /* the writer appends as we read: its end is no finding */
     look_beyond(s, off, expect);
     if (s->log_records)
-        finding(s, TSM_OK, s->wal_path, TSM_WAL_DATA,
+        finding(s, TSM_OK, s->wal_path, (int64_t)s->wal_start_off,
                 "the log holds %llu records past the last checkpoint (LSN %llu..%llu): a "
                 "writer stopped without a checkpoint; the next writer open replays them",
                 (unsigned long long)s->log_records, (unsigned long long)s->start_lsn,
@@ -762,7 +781,7 @@ int tsm_check_deep(const char *path, unsigned flags, tsm_check_figures *fig,
         fig->catalog_records = s->catalog_records;
         fig->pages_file = s->nentries;
         fig->log_records = s->log_records;
-        fig->log_bytes = s->log_end > TSM_WAL_DATA ? s->log_end - TSM_WAL_DATA : 0;
+        fig->log_bytes = s->log_chain_bytes;
         fig->checkpoint_lsn = s->checkpoint_lsn;
         fig->last_lsn = s->wal_ok ? s->last_lsn : 0;
         fig->points = s->points;
@@ -895,10 +914,12 @@ static void replay_log(scan *s)
         }
         return;
     }
+    off = s->wal_start_off;
     for (uint64_t lsn = s->start_lsn; lsn <= s->last_lsn; lsn++) {
-        if (tsm_rec_parse(s->wal + off, s->wal_size - off, &r) != TSM_OK)
+        uint64_t at = tsm_wal_next(s->wal, s->wal_size, off, lsn, &r);
+        if (!at)
             break;
-        off += r.len;
+        off = at + r.len;
         if (r.lsn > s->checkpoint_lsn)
             replay_record(s, &r);
     }

@@ -63,6 +63,21 @@ struct tsm_db {
     size_t npend, pend_cap;
     uint32_t *drops;                /* writer: free pages whose blob the next checkpoint drops */
     size_t ndrops, drops_cap;
+    /* the checkpoint beside the writer (ckpt_begin, ckpt_thread, ckpt_finish) */
+    struct ckpt_item *items;        /* the hot pages it writes out */
+    size_t nitems, items_cap;
+    uint64_t *item_lsn;             /* per hot slot: LSN of the copy written, 0: none */
+    uint32_t *ckpt_freed;           /* pages whose blob it drops, reusable once it is done */
+    size_t nckpt_freed, ckpt_freed_cap;
+    pthread_t ckpt_tid;
+    int ckpt_running;               /* writer: started, not yet finished */
+    _Atomic int ckpt_done;          /* the thread's work is over */
+    int ckpt_rc;                    /* its result, with its error details: */
+    tsm_error ckpt_err;
+    uint64_t ckpt_lsn;              /* every change up to this is in what it writes */
+    uint64_t ckpt_off;              /* where the log record after ckpt_lsn goes */
+    uint64_t ckpt_catalog;          /* catalog bytes it makes durable */
+    pthread_mutex_t space_mu;       /* `space` between that thread and stats */
     pthread_mutex_t map_mu;
     pthread_mutex_t probe_mu;       /* readers: the lock-file probe of writer_gone_copy */
     tsm_hot hot;                    /* working copies of changed pages (hot.c, I14) */
@@ -643,6 +658,9 @@ static int publish_catalog(tsm_db *db, const tsm_rec *r)
 }
 
 static int checkpoint_locked(tsm_db *db);
+static int ckpt_finish(tsm_db *db, int wait);
+static int ckpt_step(tsm_db *db);
+static int ckpt_wait(tsm_db *db);
 
 /* Append one finished record (whose LSN must be next_lsn) to the log. */
 static int log_append(tsm_db *db, tsm_buf *b, tsm_rec *r)
@@ -655,7 +673,13 @@ static int log_append(tsm_db *db, tsm_buf *b, tsm_rec *r)
     if (r->len != b->len || r->lsn != db->next_lsn)
         return tsm_fail(TSM_EINVAL, 0, "", -1, "internal: malformed record");
     if (tsm_wal_room(&db->wal) < r->len + 8) {
-        int rc = checkpoint_locked(db);
+        /* a checkpoint beside the writer frees the log up to where it began;
+         * when that is not enough, the writer waits for one of its own */
+        int rc = ckpt_wait(db);
+        if (rc == TSM_OK && tsm_wal_room(&db->wal) < r->len + 8) {
+            db->st.checkpoint_waits++;
+            rc = checkpoint_locked(db);
+        }
         if (rc)
             return set_fatal(db, rc);
         if (tsm_wal_room(&db->wal) < r->len + 8)
@@ -758,13 +782,8 @@ static int finish_write(tsm_db *db, int rc)
         if (rc)
             set_fatal(db, rc);
     }
-    if (rc == TSM_OK && tsm_wal_room(&db->wal) < db->wal.max_size / 4) {
-        rc = checkpoint_locked(db);
-        if (rc)
-            set_fatal(db, rc);
-        else
-            compact(db, 0);
-    }
+    if (rc == TSM_OK && (rc = ckpt_step(db)))
+        set_fatal(db, rc);
     if (atomic_load(&db->fatal) == TSM_ENOMEM && rc == TSM_OK)
         rc = tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory tracking dirty pages");
     return rc;
@@ -840,12 +859,18 @@ static int table_write(tsm_db *db)
     return TSM_OK;
 }
 
-/* Encoding is most of a checkpoint's work, and the writer waits for it: the
- * changed hot pages are packed into blobs on two threads, a batch of slots
- * at a time, each thread sealing and encoding its half into its own arena
- * (pages are independent; the caller holds the write lock, so nothing else
- * changes them or the catalog meanwhile).  The caller then places the
- * blobs in slot order, as one thread would have. */
+/* A hot page a checkpoint writes out. */
+typedef struct ckpt_item {
+    uint32_t slot, pno;
+} ckpt_item;
+
+/* Encoding is most of a checkpoint's work: the changed hot pages are packed
+ * into blobs a batch at a time, each half of a batch by its own thread (two
+ * when the writer waits, one beside a running writer) into its own arena
+ * (pages are independent); the blobs are then placed in item order, as one
+ * thread would have.  Each page is copied first under its seqlock, so the
+ * writer may go on changing it meanwhile: the blob holds the page as of its
+ * copy, with that copy's LSN (I5), which item_lsn keeps for ckpt_finish. */
 #define PACK_HALF 512u
 
 typedef struct packed {
@@ -855,7 +880,7 @@ typedef struct packed {
 
 typedef struct pack_half {
     tsm_db *db;
-    uint32_t from, to;              /* hot slots */
+    size_t from, to;                /* items */
     uint8_t *arena;                 /* PACK_HALF * TSM_BLOB_MAX bytes */
     size_t n;
     packed out[PACK_HALF];
@@ -866,42 +891,35 @@ static void *pack_range(void *arg)
     pack_half *h = arg;
     tsm_db *db = h->db;
     size_t used = 0;
-    for (uint32_t k = h->from; k < h->to; k++) {
-        uint32_t pno = tsm_hot_owner(&db->hot, k) - 1;
-        uint8_t *slot = tsm_hot_slot(&db->hot, k);
-        if (!tsm_page_dirty(slot))
-            continue;                   /* unchanged since promoted: its blob stands */
-        if (!tsm_catalog_owns(&db->cat, pno))
-            continue;                   /* its metric was deleted: no blob to write */
-        tsm_page_write_begin(slot);
-        tsm_page_seal(slot);
-        tsm_page_write_end(slot);
+    tsm_page_copy copy;
+    for (size_t i = h->from; i < h->to; i++) {
+        const ckpt_item *it = &db->items[i];
+        const uint8_t *slot = tsm_hot_slot(&db->hot, it->slot);
+        /* the writer's own changes are short: wait them out */
+        while (tsm_page_read(slot, &copy) != TSM_OK)
+            ;
+        db->item_lsn[it->slot] = tsm_page_lsn(copy.bytes) + 1;
+        tsm_page_seal(copy.bytes);
         tsm_page_id id;
         uint8_t type;
-        tsm_page_get_id(slot, &id, &type);
+        tsm_page_get_id(copy.bytes, &id, &type);
         if (type != TSM_PAGE_DATA)
             continue;
-        size_t len = tsm_page_pack(slot, pno, h->arena + used);
-        h->out[h->n++] = (packed){pno, (uint32_t)len, used};
+        size_t len = tsm_page_pack(copy.bytes, it->pno, h->arena + used);
+        h->out[h->n++] = (packed){it->pno, (uint32_t)len, used};
         used += len;
     }
     return NULL;
 }
 
-/* Write every changed hot page to the page file as a new blob, make them
- * durable, point the table at them and make it durable, and only then send
- * readers back to the page file and free the blobs replaced (I14, I15).
- * Copy-on-write: no blob the durable table names is overwritten, so a power
- * cut anywhere in between leaves the old table naming intact old blobs. */
-static int hot_flush(tsm_db *db)
+/* Writer: the table entries of pages no live metric owns (their DELETE is
+ * durable: ckpt_begin, checkpoint_locked; or compaction met them) become 0,
+ * hot or not; and the changed hot pages of live metrics become the items. */
+static int ckpt_collect(tsm_db *db)
 {
-    blob_run w = {malloc(TSM_SEG_SIZE), 0, 0};
-    if (!w.buf)
-        return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
-    int rc = TSM_OK;
     db->npend = 0;
-    /* pages no live metric owns lose their blob (their DELETE is durable:
-     * checkpoint_locked; or compaction met them), hot or not */
+    db->nitems = 0;
+    int rc = TSM_OK;
     for (size_t i = 0; i < db->ndrops && rc == TSM_OK; i++) {
         uint32_t pno = db->drops[i];
         if (tsm_catalog_owns(&db->cat, pno) || pno >= atomic_load(&db->pt_entries) ||
@@ -910,17 +928,54 @@ static int hot_flush(tsm_db *db)
         rc = push_pending(db, pno, table_get(db, pno), 0);
     }
     db->ndrops = 0;
+    if (rc == TSM_OK && !db->item_lsn &&
+        !(db->item_lsn = calloc(db->hot.cap, sizeof *db->item_lsn)))
+        rc = tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+    for (uint32_t k = 0; k < db->hot.used && rc == TSM_OK; k++) {
+        db->item_lsn[k] = 0;
+        uint32_t owner = tsm_hot_owner(&db->hot, k);
+        if (!owner || !tsm_page_dirty(tsm_hot_slot(&db->hot, k)))
+            continue;                   /* free, or unchanged since promoted: its blob stands */
+        if (!tsm_catalog_owns(&db->cat, owner - 1))
+            continue;                   /* its metric was deleted: no blob to write */
+        if (db->nitems == db->items_cap) {
+            size_t c = db->items_cap ? db->items_cap * 2 : 4096;
+            ckpt_item *p = realloc(db->items, c * sizeof *p);
+            if (!p) {
+                rc = tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+                break;
+            }
+            db->items = p;
+            db->items_cap = c;
+        }
+        db->items[db->nitems++] = (ckpt_item){k, owner - 1};
+    }
+    return rc;
+}
+
+/* Write the items' blobs to free space of the page file, make them durable,
+ * point the table at them and make it durable (I15).  Copy-on-write: no
+ * blob the durable table names is overwritten, so a power cut anywhere in
+ * between leaves the old table naming intact old blobs.  The blobs the
+ * entries named before stay allocated until ckpt_release. */
+static int ckpt_write(tsm_db *db, int threads)
+{
+    blob_run w = {malloc(TSM_SEG_SIZE), 0, 0};
+    if (!w.buf)
+        return tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
+    int rc = TSM_OK;
     for (size_t i = 0; i < 2 && rc == TSM_OK; i++)
         if (!db->pack_arena[i] && !(db->pack_arena[i] = malloc(PACK_HALF * TSM_BLOB_MAX)))
             rc = tsm_fail(TSM_ENOMEM, 0, "", -1, "out of memory");
-    for (uint32_t b = 0; b < db->hot.used && rc == TSM_OK; b += 2 * PACK_HALF) {
-        /* pack a batch of slots on two threads, then place it in slot order */
-        uint32_t e = b + 2 * PACK_HALF < db->hot.used ? b + 2 * PACK_HALF : db->hot.used;
-        uint32_t mid = b + (e - b + 1) / 2;
+    for (size_t b = 0; b < db->nitems && rc == TSM_OK; b += 2 * PACK_HALF) {
+        /* pack a batch of items, by halves, then place it in item order */
+        size_t e = b + 2 * PACK_HALF < db->nitems ? b + 2 * PACK_HALF : db->nitems;
+        size_t mid = b + (e - b + 1) / 2;
         pack_half h[2] = {{.db = db, .from = b, .to = mid, .arena = db->pack_arena[0]},
                           {.db = db, .from = mid, .to = e, .arena = db->pack_arena[1]}};
         pthread_t helper;
-        int threaded = e - b >= 64 && pthread_create(&helper, NULL, pack_range, &h[1]) == 0;
+        int threaded = threads > 1 && e - b >= 64 &&
+                       pthread_create(&helper, NULL, pack_range, &h[1]) == 0;
         pack_range(&h[0]);
         if (threaded)
             pthread_join(helper, NULL);
@@ -930,8 +985,11 @@ static int hot_flush(tsm_db *db)
             for (size_t j = 0; j < h[half].n && rc == TSM_OK; j++) {
                 const packed *p = &h[half].out[j];
                 uint64_t off;
-                if ((rc = tsm_space_alloc(&db->space, db->io, db->pages_fd, db->pages_path,
-                                          p->len, &off)))
+                pthread_mutex_lock(&db->space_mu);
+                rc = tsm_space_alloc(&db->space, db->io, db->pages_fd, db->pages_path, p->len,
+                                     &off);
+                pthread_mutex_unlock(&db->space_mu);
+                if (rc)
                     break;
                 if (w.len && (off != w.off + w.len || w.len + p->len > TSM_SEG_SIZE))
                     if ((rc = run_flush(db, &w)))
@@ -954,14 +1012,44 @@ static int hot_flush(tsm_db *db)
         return tsm_io_error(errno, db->pages_path, "sync");
     if (db->npend && db->io->datasync(db->pages_fd) != 0)
         return tsm_io_error(errno, db->pages_path, "sync");
-    if ((rc = table_write(db)))
-        return rc;
-    tsm_hot_demote_all(&db->hot);
+    /* the log first (I1): a blob may hold changes of records appended after
+     * the last sync; once the table names it, a power cut must not take
+     * those records, or a call would come back in part */
+    if (db->has_wal) {
+        if (db->recovering ? db->io->datasync(db->wal.fd) != 0 : 0)
+            return tsm_io_error(errno, db->wal.path, "sync");
+        if (!db->recovering && (rc = tsm_wal_sync(&db->wal)))
+            return rc;
+    }
+    return table_write(db);
+}
+
+/* Once the table naming the new blobs is durable: the blobs it replaced
+ * are free space (I15), and the writer's decoded copies are stale. */
+static void ckpt_release(tsm_db *db)
+{
     pcache_clear(db);
+    pthread_mutex_lock(&db->space_mu);
     for (size_t i = 0; i < db->npend; i++)
         tsm_space_release(&db->space, db->pend[i].old);
+    pthread_mutex_unlock(&db->space_mu);
     db->st.blobs_written += db->npend;
     db->npend = 0;
+}
+
+/* Write every changed hot page out as a new blob, with the writer waiting,
+ * then send readers back to the page file (I14). */
+static int hot_flush(tsm_db *db)
+{
+    int rc = ckpt_collect(db);
+    if (!rc)
+        rc = ckpt_write(db, 2);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < db->nitems; i++)
+        db->item_lsn[db->items[i].slot] = 0;
+    tsm_hot_demote_all(&db->hot);
+    ckpt_release(db);
     return TSM_OK;
 }
 
@@ -971,12 +1059,21 @@ static int hot_flush(tsm_db *db)
  * hot pages are only written out. */
 int tsm_db_hot_reserve(tsm_db *db, size_t n)
 {
-    if (db->hot.used + n <= db->hot.cap)
+    if (tsm_hot_room(&db->hot) >= n)
         return TSM_OK;
     if (n > db->hot.cap)
         return tsm_fail(TSM_ETOOBIG, 0, db->hot.path, -1,
                         "one change touches %zu pages; the hot file holds %u", n, db->hot.cap);
-    int rc = db->recovering ? hot_flush(db) : checkpoint_locked(db);
+    /* a checkpoint beside the writer frees the slots of the pages it wrote
+     * that did not change since; when that is not enough, the writer waits
+     * for one of its own */
+    int rc = ckpt_wait(db);
+    if (rc == TSM_OK && tsm_hot_room(&db->hot) >= n)
+        return TSM_OK;
+    if (rc == TSM_OK && !db->recovering)
+        db->st.checkpoint_waits++;
+    if (rc == TSM_OK)
+        rc = db->recovering ? hot_flush(db) : checkpoint_locked(db);
     if (rc)
         return set_fatal(db, rc);
     compact(db, n);
@@ -1008,12 +1105,12 @@ static void compact(tsm_db *db, size_t reserve)
 {
     tsm_space *sp = &db->space;
     uint64_t used = tsm_space_used_bytes(sp);
-    if (db->recovering || db->closing || used < 16ull * TSM_SEG_SIZE ||
-        db->hot.used + reserve >= db->hot.cap)
+    if (db->recovering || db->closing || db->ckpt_running || used < 16ull * TSM_SEG_SIZE ||
+        reserve >= tsm_hot_room(&db->hot))
         return;
     uint32_t most_live = (used - sp->live_bytes) * 4 >= used ? TSM_SEG_SIZE / 2
                                                               : TSM_SEG_SIZE / 8;
-    uint32_t room = (uint32_t)((db->hot.cap - db->hot.used - reserve) / 2);
+    uint32_t room = (uint32_t)((tsm_hot_room(&db->hot) - reserve) / 2);
     uint64_t *cand = malloc((size_t)sp->nseg * sizeof *cand);
     uint8_t *victim = calloc(sp->nseg, 1);
     if (!cand || !victim) {
@@ -1064,6 +1161,8 @@ static void compact(tsm_db *db, size_t reserve)
 static int checkpoint_locked(tsm_db *db)
 {
     int rc;
+    if (db->ckpt_running && (rc = ckpt_finish(db, 1)))
+        return rc;
     if (db->nfreed) {
         /* the DELETEs that freed pages durable before their blobs go */
         if ((rc = tsm_wal_sync(&db->wal)))
@@ -1085,6 +1184,156 @@ static int checkpoint_locked(tsm_db *db)
         release_freed(db);
     }
     return rc;
+}
+
+/* ------------------------------------------------------------ checkpoint beside the writer */
+
+/* A checkpoint that does not stop the writer (I16).  ckpt_begin, on the
+ * writer's thread between calls, notes the LSN L0 of the last record, where
+ * the next record goes in the log and the catalog's length, and which hot
+ * pages changed; a thread then copies each of those pages (under its
+ * seqlock: the writer goes on changing them), writes the copies out as new
+ * blobs with their own LSNs (>= L0), makes them and the table durable, and
+ * syncs the catalog.  ckpt_finish, on the writer's thread again, makes the
+ * log start after L0 (its header, durably: the records up to L0 become free
+ * space), sends readers back to the page file for the pages that did not
+ * change since their copy, and frees the blobs replaced.  A page changed
+ * after its copy stays hot and changed: its newer changes are in the log
+ * after L0, and replay applies to a page only the records past its LSN
+ * (I5), so recovery from the new blob and the log is exact.  Meanwhile the
+ * thread touches no state the writer uses: it reads the items, the page
+ * table entries of pages that are hot (which only checkpoints change) and
+ * the slots under their seqlocks, and owns the space map (under space_mu,
+ * for stats), the pending entries and the pack arenas. */
+#define CKPT_LOG_SHARE 0.625  /* begun when the log's chain holds this much of its maximum */
+#define CKPT_HOT_SHARE 0.75   /* ...or this much of the hot file is in use */
+
+static void *ckpt_thread(void *arg)
+{
+    tsm_db *db = arg;
+    int rc = ckpt_write(db, 1);
+    if (rc == TSM_OK && db->io->datasync(db->catalog_fd) != 0)
+        rc = tsm_io_error(errno, db->catalog_path, "sync");
+    if (rc)
+        tsm_last_error(&db->ckpt_err);
+    db->ckpt_rc = rc;
+    atomic_store_explicit(&db->ckpt_done, 1, memory_order_release);
+    return NULL;
+}
+
+static int ckpt_begin(tsm_db *db)
+{
+    int rc;
+    if (db->nfreed) {
+        /* the DELETEs that freed pages durable before their blobs go */
+        if ((rc = tsm_wal_sync(&db->wal)))
+            return rc;
+        drop_freed(db);
+        /* reusable once this checkpoint is done; pages freed meanwhile wait
+         * for the next one */
+        uint32_t *t = db->ckpt_freed;
+        size_t tc = db->ckpt_freed_cap;
+        db->ckpt_freed = db->freed;
+        db->ckpt_freed_cap = db->freed_cap;
+        db->nckpt_freed = db->nfreed;
+        db->freed = t;
+        db->freed_cap = tc;
+        db->nfreed = 0;
+    }
+    if ((rc = ckpt_collect(db)))
+        return rc;
+    db->ckpt_lsn = db->next_lsn - 1;
+    db->ckpt_off = tsm_wal_next_off(&db->wal);
+    db->ckpt_catalog = db->catalog_size;
+    atomic_store(&db->ckpt_done, 0);
+    db->ckpt_rc = TSM_OK;
+    if (pthread_create(&db->ckpt_tid, NULL, ckpt_thread, db) != 0) {
+        /* no thread: the same work with the writer waiting */
+        db->ckpt_tid = pthread_self();
+        ckpt_thread(db);
+        db->ckpt_running = 1;
+        return ckpt_finish(db, 1);
+    }
+    db->ckpt_running = 1;
+    return TSM_OK;
+}
+
+static int ckpt_finish(tsm_db *db, int wait)
+{
+    if (!db->ckpt_running)
+        return TSM_OK;
+    if (!wait && !atomic_load_explicit(&db->ckpt_done, memory_order_acquire))
+        return TSM_OK;
+    if (!pthread_equal(db->ckpt_tid, pthread_self()))
+        pthread_join(db->ckpt_tid, NULL);
+    db->ckpt_running = 0;
+    if (db->ckpt_rc) {
+        tsm_error *e = &db->ckpt_err;
+        tsm_fail(e->code, e->sys_errno, e->file, e->offset, "%s", e->message);
+        return db->ckpt_rc;
+    }
+    /* a failure met meanwhile (the group-commit thread): the files may lag
+     * what the thread saw, so the log keeps every record (I9) */
+    if (atomic_load(&db->fatal))
+        return fatal_error(db, 0);
+    int rc = tsm_wal_advance(&db->wal, db->ckpt_lsn, db->ckpt_off, db->ckpt_catalog);
+    if (rc)
+        return rc;
+    /* pages unchanged since their copy (or since promoted) leave the hot
+     * file; a reader that still holds the slot sees its owner change */
+    for (size_t i = 0; i < db->nitems; i++) {
+        const ckpt_item *it = &db->items[i];
+        if (tsm_page_lsn(tsm_hot_slot(&db->hot, it->slot)) + 1 != db->item_lsn[it->slot])
+            db->item_lsn[it->slot] = UINT64_MAX;    /* changed since: stays */
+    }
+    for (uint32_t k = 0; k < db->hot.used; k++) {
+        uint32_t owner = tsm_hot_owner(&db->hot, k);
+        if (!owner)
+            continue;
+        int keep = db->item_lsn[k] ? db->item_lsn[k] == UINT64_MAX
+                                   : tsm_page_dirty(tsm_hot_slot(&db->hot, k)) &&
+                                         tsm_catalog_owns(&db->cat, owner - 1);
+        db->item_lsn[k] = 0;
+        if (!keep)
+            tsm_hot_demote(&db->hot, k);
+    }
+    ckpt_release(db);
+    for (size_t i = 0; i < db->nckpt_freed; i++)
+        if (push_u32(&db->free_pages, &db->nfree, &db->free_cap, db->ckpt_freed[i]) != TSM_OK)
+            break;
+    db->nckpt_freed = 0;
+    db->st.checkpoints++;
+    db->st.checkpoints_beside++;
+    return TSM_OK;
+}
+
+/* After a write call: finish a checkpoint whose thread is done, or begin
+ * one when the log or the hot file is filling up. */
+/* The log or the hot file is full: finish the checkpoint beside the writer,
+ * waiting for its thread if it is not done (counted). */
+static int ckpt_wait(tsm_db *db)
+{
+    if (!db->ckpt_running)
+        return TSM_OK;
+    if (!atomic_load_explicit(&db->ckpt_done, memory_order_acquire))
+        db->st.checkpoint_waits++;
+    return ckpt_finish(db, 1);
+}
+
+static int ckpt_step(tsm_db *db)
+{
+    if (db->ckpt_running) {
+        int rc = ckpt_finish(db, 0);
+        if (rc == TSM_OK && !db->ckpt_running)
+            compact(db, 0);
+        return rc;
+    }
+    if (db->recovering || db->backup)
+        return TSM_OK;
+    if (tsm_wal_used(&db->wal) >= CKPT_LOG_SHARE * (double)db->wal.max_size ||
+        tsm_hot_in_use(&db->hot) >= CKPT_HOT_SHARE * db->hot.cap)
+        return ckpt_begin(db);
+    return TSM_OK;
 }
 
 /* ------------------------------------------------------------ group commit */
@@ -1876,6 +2125,14 @@ static void release_resources(tsm_db *db)
     free(db->drops);
     db->drops = NULL;
     db->ndrops = db->drops_cap = 0;
+    free(db->items);
+    db->items = NULL;
+    db->nitems = db->items_cap = 0;
+    free(db->item_lsn);
+    db->item_lsn = NULL;
+    free(db->ckpt_freed);
+    db->ckpt_freed = NULL;
+    db->nckpt_freed = db->ckpt_freed_cap = 0;
     db->sb = NULL;
     if (db->pages_fd >= 0)
         db->io->close(db->pages_fd);
@@ -1905,6 +2162,7 @@ static void free_handle(tsm_db *db)
     pthread_mutex_destroy(&db->probe_mu);
     pthread_mutex_destroy(&db->fatal_mu);
     pthread_mutex_destroy(&db->commit_mu);
+    pthread_mutex_destroy(&db->space_mu);
     pthread_cond_destroy(&db->commit_cv);
     free(db);
 }
@@ -1941,6 +2199,7 @@ int tsm_open(const char *path, const tsm_options *opts, tsm_db **out)
     pthread_mutex_init(&db->probe_mu, NULL);
     pthread_mutex_init(&db->fatal_mu, NULL);
     pthread_mutex_init(&db->commit_mu, NULL);
+    pthread_mutex_init(&db->space_mu, NULL);
     pthread_cond_init(&db->commit_cv, NULL);
     int rc = tsm_catalog_init(&db->cat);
     if (!rc)
@@ -1979,6 +2238,12 @@ int tsm_close(tsm_db *db)
     stop_committer(db);
     pthread_rwlock_wrlock(&db->rw);
     int rc = TSM_OK;
+    if (!db->closed && db->ckpt_running) {
+        /* the checkpoint beside the writer ends first, whatever else fails */
+        int crc = ckpt_finish(db, 1);
+        if (crc && crc != TSM_EFATAL)
+            set_fatal(db, crc);
+    }
     if (!db->closed) {
         if (!db->opts.readonly) {
             /* pages of nearly empty segments go out with the last checkpoint */
@@ -2492,13 +2757,20 @@ int tsm_stats(tsm_db *db, tsm_db_stats *out)
         out->pages_data = db->next_page - 1 - db->nfree - db->nfreed;
     }
     out->last_lsn = atomic_load(&db->sb->last_lsn);
-    out->wal_syncs = db->has_wal ? db->wal.syncs : 0;
+    if (db->has_wal) {
+        /* counted by the group-commit and checkpoint threads, under sync_mu */
+        pthread_mutex_lock(&db->wal.sync_mu);
+        out->wal_syncs = db->wal.syncs;
+        pthread_mutex_unlock(&db->wal.sync_mu);
+    }
     out->disk_bytes = allocated(db, db->pages_path) + allocated(db, db->catalog_path) +
                       allocated(db, db->wal_path) + allocated(db, db->lock_path) +
                       allocated(db, db->ptable_path);
     if (!db->opts.readonly) {
+        pthread_mutex_lock(&db->space_mu);
         out->blob_bytes = db->space.live_bytes;
         out->blob_space = tsm_space_used_bytes(&db->space);
+        pthread_mutex_unlock(&db->space_mu);
     }
     size_t nodes = 0;
     out->index_bytes = tsm_index_memory(db->cat.index, &nodes);
@@ -2644,6 +2916,13 @@ int tsm_db_attach_backup(tsm_db *db, struct tsm_backup *b)
     if (db->backup)
         return tsm_fail(TSM_EBUSY, 0, db->dir, -1, "a backup of %s is already running",
                         db->dir);
+    /* no checkpoint beside the writer while a backup runs: a log reset
+     * hands the backup the records it ends (checkpoint_locked) */
+    if (db->ckpt_running) {
+        int rc = ckpt_finish(db, 1);
+        if (rc)
+            return set_fatal(db, rc);
+    }
     db->backup = b;
     return TSM_OK;
 }

@@ -133,6 +133,9 @@ int tsm_hot_create(tsm_hot *hot, const tsm_io *io, const char *db_dir, const cha
     int rc = tsm_io_write_full(io, hot->fd, &h, sizeof h, 0, hot->path);
     if (rc)
         return rc;
+    hot->spare = malloc((size_t)cap * sizeof *hot->spare);
+    if (!hot->spare)
+        return tsm_fail(TSM_ENOMEM, ENOMEM, hot->path, -1, "out of memory");
     return map_file(hot, io, h.size, 1);
 }
 
@@ -173,6 +176,7 @@ void tsm_hot_detach(tsm_hot *hot, const tsm_io *io, int remove)
         io->close(hot->fd);
     if (remove && hot->path[0])
         unlink(hot->path);
+    free(hot->spare);
     memset(hot, 0, sizeof *hot);
     hot->fd = -1;
 }
@@ -231,8 +235,29 @@ void tsm_hot_populate_behind(tsm_hot *hot)
     }
 }
 
+static uint8_t *fill_slot(tsm_hot *hot, uint32_t k, uint32_t pno, const uint8_t *file_page)
+{
+    uint8_t *slot = tsm_hot_slot(hot, k);
+    /* the slot keeps its own seq word; a reader holding a stale slot number
+     * sees it move and retries (db.c checks index and owner after a copy) */
+    if (file_page) {
+        tsm_page_write_begin(slot);
+        memcpy(slot, file_page, 4);
+        memcpy(slot + 8, file_page + 8, TSM_PAGE_SIZE - 8);
+        tsm_page_write_end(slot);
+    }
+    atomic_store_explicit(&hot->owner[k], pno + 1, memory_order_release);
+    atomic_store_explicit(&hot->index[pno], k + 1, memory_order_release);
+    return slot;
+}
+
 uint8_t *tsm_hot_promote(tsm_hot *hot, uint32_t pno, const uint8_t *file_page)
 {
+    if (hot->nspare) {
+        /* a slot freed by tsm_hot_demote: it has memory already */
+        uint32_t k = hot->spare[--hot->nspare];
+        return fill_slot(hot, k, pno, file_page);
+    }
     uint32_t k = hot->used++;
     if (k >= hot->populated) {
         uint32_t done = atomic_load_explicit(&hot->bg_done, memory_order_acquire);
@@ -250,25 +275,38 @@ uint8_t *tsm_hot_promote(tsm_hot *hot, uint32_t pno, const uint8_t *file_page)
         atomic_store_explicit(&hot->bg_want, want, memory_order_relaxed);
         hot->bg_asked = 1;
     }
-    uint8_t *slot = tsm_hot_slot(hot, k);
-    /* the slot keeps its own seq word; a reader holding a stale slot number
-     * sees it move and retries (db.c checks index and owner after a copy) */
-    if (file_page) {
-        tsm_page_write_begin(slot);
-        memcpy(slot, file_page, 4);
-        memcpy(slot + 8, file_page + 8, TSM_PAGE_SIZE - 8);
-        tsm_page_write_end(slot);
-    }
-    atomic_store_explicit(&hot->owner[k], pno + 1, memory_order_release);
-    atomic_store_explicit(&hot->index[pno], k + 1, memory_order_release);
-    return slot;
+    return fill_slot(hot, k, pno, file_page);
 }
 
 void tsm_hot_demote_all(tsm_hot *hot)
 {
     for (uint32_t k = 0; k < hot->used; k++) {
-        uint32_t pno = atomic_load_explicit(&hot->owner[k], memory_order_relaxed) - 1;
-        atomic_store_explicit(&hot->index[pno], 0, memory_order_release);
+        uint32_t owner = atomic_load_explicit(&hot->owner[k], memory_order_relaxed);
+        if (owner)
+            atomic_store_explicit(&hot->index[owner - 1], 0, memory_order_release);
     }
     hot->used = 0;
+    hot->nspare = 0;
+}
+
+void tsm_hot_demote(tsm_hot *hot, uint32_t k)
+{
+    uint32_t owner = atomic_load_explicit(&hot->owner[k], memory_order_relaxed);
+    if (!owner)
+        return;
+    /* index first: a reader that finds the slot afterwards sees owner 0 and
+     * looks again (db.c checks index and owner after a copy) */
+    atomic_store_explicit(&hot->index[owner - 1], 0, memory_order_release);
+    atomic_store_explicit(&hot->owner[k], 0, memory_order_release);
+    hot->spare[hot->nspare++] = k;
+}
+
+uint32_t tsm_hot_room(const tsm_hot *hot)
+{
+    return hot->cap - hot->used + hot->nspare;
+}
+
+uint32_t tsm_hot_in_use(const tsm_hot *hot)
+{
+    return hot->used - hot->nspare;
 }

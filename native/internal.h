@@ -251,7 +251,9 @@ typedef struct tsm_hot {
     _Atomic uint32_t *index;       /* page number -> slot + 1, 0 when not hot */
     _Atomic uint32_t *owner;       /* slot -> page number + 1 */
     uint8_t *slots;
-    uint32_t used;                 /* writer: slots handed out since the last checkpoint */
+    uint32_t used;                 /* writer: slots handed out since the hot file was empty */
+    uint32_t *spare;               /* writer: slots below `used` freed by tsm_hot_demote */
+    uint32_t nspare;
     uint32_t populated;            /* writer: slots below it have memory (hot.c, promote) */
     /* memory given ahead of the writer by the group-commit thread (hot.c,
      * tsm_hot_populate_behind): the writer asks up to bg_want, the thread
@@ -276,9 +278,9 @@ void tsm_hot_detach(tsm_hot *hot, const tsm_io *io, int remove);
 uint32_t tsm_hot_lookup(const tsm_hot *hot, uint32_t pno);
 uint8_t *tsm_hot_slot(const tsm_hot *hot, uint32_t slot);
 uint32_t tsm_hot_owner(const tsm_hot *hot, uint32_t slot);
-/* Writer: next slot becomes the working copy of page pno (a copy of
+/* Writer: a free slot becomes the working copy of page pno (a copy of
  * file_page: its blob decoded, or an empty page), published in the index.
- * The caller made room (used < cap).  With file_page NULL the slot keeps
+ * The caller made room (tsm_hot_room > 0).  With file_page NULL the slot keeps
  * what it held and the caller initialises it (a new page). */
 uint8_t *tsm_hot_promote(tsm_hot *hot, uint32_t pno, const uint8_t *file_page);
 /* Group-commit thread: give memory to the slots the writer asked for
@@ -287,6 +289,13 @@ uint8_t *tsm_hot_promote(tsm_hot *hot, uint32_t pno, const uint8_t *file_page);
 void tsm_hot_populate_behind(tsm_hot *hot);
 /* Writer: after the hot pages reached the page file, readers go back to it. */
 void tsm_hot_demote_all(tsm_hot *hot);
+/* Writer: one slot goes back to the free ones (its page reached the page
+ * file and was not changed since); readers of the page go to its blob. */
+void tsm_hot_demote(tsm_hot *hot, uint32_t slot);
+/* Writer: slots still free. */
+uint32_t tsm_hot_room(const tsm_hot *hot);
+/* Writer: slots holding a page. */
+uint32_t tsm_hot_in_use(const tsm_hot *hot);
 int tsm_sb_check(const tsm_superblock *sb, const char *file);
 
 /* ------------------------------------------------------------------ records */

@@ -37,7 +37,7 @@ extern "C" {
 #endif
 
 /* CDEF-BEGIN */
-#define TSM_FORMAT_VERSION 3
+#define TSM_FORMAT_VERSION 4
 /* The oldest format this build reads; a writer upgrades it in place. */
 #define TSM_FORMAT_OLDEST 2
 
@@ -157,6 +157,9 @@ typedef struct tsm_db_stats {
     uint64_t blob_space;         /* writer: bytes of the page file's segments in use (blobs,
                                     and space that held replaced ones) */
     uint64_t pages_moved;        /* pages compaction rewrote since open */
+    uint64_t checkpoints_beside; /* of `checkpoints`: those that ran beside the writer */
+    uint64_t checkpoint_waits;   /* times a write waited for a checkpoint: the log or the hot
+                                    file full before one beside the writer was done */
 } tsm_db_stats;
 
 /* Fill *opts with the defaults. */

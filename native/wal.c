@@ -9,17 +9,26 @@
  * Overwriting preallocated blocks keeps each sync cheap, and the appender
  * keeps only the last pages it fills mapped (unmap_behind).
  *
- * Layout (FORMAT.md, "Log"): two 2048-byte header slots at 0 and 2048, the
- * newer valid one (by seq) rules; records from offset 4096, with LSNs
- * start_lsn, start_lsn+1, ... without gaps.  A scan stops at the first
- * record that fails its checksum or breaks the sequence: that is the end
- * of the log.  Older records left from an earlier cycle have smaller LSNs
- * and so can never be taken for new ones.
+ * Layout (FORMAT.md, "wal"): two 2048-byte header slots at 0 and 2048, the
+ * newer valid one (by seq) rules; records from offset 4096.  The records
+ * still needed form a chain of LSNs start_lsn, start_lsn+1, ... without
+ * gaps, from the header's start_off; the file is a ring: a record that does
+ * not fit before the end goes to offset 4096, over records a checkpoint has
+ * made useless.  So the chain continues either right after a record or,
+ * once, at 4096: the next record is whichever of the two has the next LSN.
+ * A scan stops where neither has it: that is the end of the log.  Older
+ * records left from earlier laps or cycles have smaller LSNs and so can
+ * never be taken for new ones.
+ *
+ * A checkpoint that ran beside the writer moves the chain's start forward
+ * to the first record it did not cover (tsm_wal_advance); one that stopped
+ * the writer starts a new chain at 4096 (tsm_wal_reset).
  *
  * Invariants: (W1) a record is appended before any page it changes is
- * touched; (W2) the header is durable before the first record of its cycle
- * is written; (W3) reset happens only after a checkpoint made every change
- * up to checkpoint_lsn durable in the page file and the catalog.
+ * touched; (W2) the header is durable before the first record of its chain
+ * is written, and before a record overwrites one its previous header needed;
+ * (W3) the chain's start moves past a record only after a checkpoint made
+ * every change up to that record durable in the page file and the catalog.
  */
 #define _GNU_SOURCE                     /* madvise */
 #include <errno.h>
@@ -63,6 +72,22 @@ static uint32_t ext_crc(wal_ext x)
     return tsm_crc32c(0, &x, sizeof x);
 }
 
+/* The second extension (format 4): at offset 128 of the slot, under the same
+ * rule; absent, the chain starts at TSM_WAL_DATA. */
+#define EXT2_OFF 128
+typedef struct wal_ext2 {
+    uint64_t start_off;
+    uint64_t seq;
+    uint32_t crc;          /* of the extension with crc = 0 */
+    uint32_t zero;
+} wal_ext2;
+
+static uint32_t ext2_crc(wal_ext2 x)
+{
+    x.crc = 0;
+    return tsm_crc32c(0, &x, sizeof x);
+}
+
 static int read_header(tsm_wal *w)
 {
     int found = 0;
@@ -83,14 +108,18 @@ static int read_header(tsm_wal *w)
             w->checkpoint_lsn = h.checkpoint_lsn;
             w->catalog_len = x.crc == ext_crc(x) && x.seq == h.seq ? x.catalog_len
                                                                    : TSM_WAL_UNKNOWN;
+            wal_ext2 x2;
+            memcpy(&x2, w->map + slot * 2048 + EXT2_OFF, sizeof x2);
+            w->start_off = x2.crc == ext2_crc(x2) && x2.seq == h.seq ? x2.start_off
+                                                                     : TSM_WAL_DATA;
             found = 1;
         }
     }
     return found ? TSM_OK : TSM_ENODB;
 }
 
-static int write_header(tsm_wal *w, uint64_t start_lsn, uint64_t checkpoint_lsn,
-                        uint64_t catalog_len)
+static int write_header(tsm_wal *w, uint64_t start_lsn, uint64_t start_off,
+                        uint64_t checkpoint_lsn, uint64_t catalog_len)
 {
     wal_header h = {0};
     memcpy(h.magic, TSM_WAL_MAGIC, 8);
@@ -101,13 +130,17 @@ static int write_header(tsm_wal *w, uint64_t start_lsn, uint64_t checkpoint_lsn,
     h.crc = header_crc(h);
     wal_ext x = {catalog_len, h.seq, 0, 0};
     x.crc = ext_crc(x);
+    wal_ext2 x2 = {start_off, h.seq, 0, 0};
+    x2.crc = ext2_crc(x2);
     memcpy(w->map + (h.seq % 2) * 2048, &h, sizeof h);
     memcpy(w->map + (h.seq % 2) * 2048 + EXT_OFF, &x, sizeof x);
+    memcpy(w->map + (h.seq % 2) * 2048 + EXT2_OFF, &x2, sizeof x2);
     if (w->io->msync(w->map, TSM_WAL_DATA) != 0)
         return tsm_io_error(errno, w->path, "sync log header of");
     w->hdr_seq = h.seq;
     w->version = h.version;
     w->start_lsn = h.start_lsn;
+    w->start_off = start_off;
     w->checkpoint_lsn = checkpoint_lsn;
     w->catalog_len = catalog_len;
     return TSM_OK;
@@ -119,7 +152,7 @@ int tsm_wal_upgrade(tsm_wal *w)
      * torn write leaves the old header ruling, which reads the same */
     if (w->version == TSM_FORMAT_VERSION)
         return TSM_OK;
-    return write_header(w, w->start_lsn, w->checkpoint_lsn, w->catalog_len);
+    return write_header(w, w->start_lsn, w->start_off, w->checkpoint_lsn, w->catalog_len);
 }
 
 /* Never written: its pages all map the kernel's zero page, so writing from
@@ -171,7 +204,7 @@ static int grow(tsm_wal *w, uint64_t need)
 int tsm_wal_grow_ahead(tsm_wal *w)
 {
     uint64_t size = atomic_load(&w->size);
-    if (size >= w->max_size || atomic_load(&w->write_off) <= size / 2)
+    if (size >= w->max_size || w->wrap_end || atomic_load(&w->write_off) <= size / 2)
         return TSM_OK;
     pthread_mutex_lock(&w->grow_mu);
     int rc = grow(w, atomic_load(&w->size) + 1);
@@ -211,13 +244,17 @@ int tsm_wal_open(tsm_wal *w, const tsm_io *io, const char *path, uint64_t size)
         return tsm_io_error(errno ? errno : ENOMEM, path, "map");
     int rc = fresh ? TSM_ENODB : read_header(w);
     if (rc == TSM_ENODB)
-        rc = write_header(w, 1, 0, TSM_WAL_UNKNOWN);
+        rc = write_header(w, 1, TSM_WAL_DATA, 0, TSM_WAL_UNKNOWN);
+    if (rc == TSM_OK && (w->start_off < TSM_WAL_DATA || w->start_off >= w->size ||
+                         w->start_off % 8))
+        rc = tsm_fail(TSM_ECORRUPT, 0, path, 0,
+                      "%s: the log header starts its records at offset %llu, outside the file",
+                      path, (unsigned long long)w->start_off);
     /* a clean close leaves the log small (tsm_wal_shrink): room again */
     if (rc == TSM_OK && w->size < initial)
         rc = grow(w, initial);
-    atomic_store(&w->write_off, TSM_WAL_DATA);
-    w->synced_off = TSM_WAL_DATA;
-    w->unmapped_off = TSM_WAL_DATA;
+    atomic_store(&w->write_off, w->start_off);
+    w->unmapped_off = w->start_off & ~(uint64_t)(TSM_PAGE_SIZE - 1);
     return rc;
 }
 
@@ -233,26 +270,40 @@ void tsm_wal_close(tsm_wal *w)
     pthread_mutex_destroy(&w->grow_mu);
 }
 
+uint64_t tsm_wal_next(const uint8_t *img, uint64_t size, uint64_t off, uint64_t lsn,
+                      tsm_rec *r)
+{
+    if (off + TSM_REC_HDR <= size && tsm_rec_parse(img + off, size - off, r) == TSM_OK &&
+        r->lsn == lsn)
+        return off;
+    if (off != TSM_WAL_DATA && tsm_rec_parse(img + TSM_WAL_DATA, size - TSM_WAL_DATA, r) == TSM_OK &&
+        r->lsn == lsn)
+        return TSM_WAL_DATA;
+    return 0;
+}
+
 int tsm_wal_scan(tsm_wal *w, tsm_wal_visit visit, void *ctx, uint64_t *last_lsn)
 {
-    uint64_t off = TSM_WAL_DATA, expect = w->start_lsn;
-    while (off < w->size) {
-        tsm_rec r;
-        if (tsm_rec_parse(w->map + off, w->size - off, &r) != TSM_OK)
-            break;
-        if (r.lsn != expect) {
-            /* The header is durable before its cycle's first record (I8), so
+    uint64_t off = w->start_off, expect = w->start_lsn, wrap_end = 0;
+    tsm_rec r;
+    for (;;) {
+        uint64_t at = tsm_wal_next(w->map, w->size, off, expect, &r);
+        if (!at || (at != off && (wrap_end || at >= w->start_off))) {
+            /* The header is durable before its chain's first record (W2), so
              * a first record newer than the header says means the newest
              * header was lost (damage, not a crash): its records would be
              * skipped without a word. */
-            if (off == TSM_WAL_DATA && r.lsn > expect)
-                return tsm_fail(TSM_ECORRUPT, 0, w->path, 0,
+            if (off == w->start_off && expect == w->start_lsn &&
+                tsm_rec_parse(w->map + off, w->size - off, &r) == TSM_OK && r.lsn > expect)
+                return tsm_fail(TSM_ECORRUPT, 0, w->path, (int64_t)off,
                                 "%s: the log holds records from LSN %llu but its valid header "
                                 "starts at LSN %llu: the newest log header is damaged; "
                                 "`tismet check --repair` salvages", w->path,
                                 (unsigned long long)r.lsn, (unsigned long long)expect);
             break;
         }
+        if (at != off)
+            wrap_end = off;             /* the chain went on at the file's start */
         int rc = visit(ctx, &r);
         if (rc == TSM_ECORRUPT) {
             /* a record the catalog refuses (found by fuzzing): name the log
@@ -260,24 +311,44 @@ int tsm_wal_scan(tsm_wal *w, tsm_wal_visit visit, void *ctx, uint64_t *last_lsn)
             tsm_error e;
             tsm_last_error(&e);
             if (e.file[0] == 0)
-                rc = tsm_fail(TSM_ECORRUPT, 0, w->path, (int64_t)off,
+                rc = tsm_fail(TSM_ECORRUPT, 0, w->path, (int64_t)at,
                               "%s: log record at offset %llu: %s", w->path,
-                              (unsigned long long)off, e.message);
+                              (unsigned long long)at, e.message);
         }
         if (rc)
             return rc;
-        off += r.len;
+        off = at + r.len;
         expect++;
     }
     atomic_store(&w->write_off, off);
-    w->synced_off = off;
+    w->wrap_end = wrap_end;
+    w->unmapped_off = off & ~(uint64_t)(TSM_PAGE_SIZE - 1);
     *last_lsn = expect - 1;
     return TSM_OK;
 }
 
 uint64_t tsm_wal_room(const tsm_wal *w)
 {
-    return w->max_size - atomic_load(&w->write_off);
+    uint64_t off = atomic_load(&w->write_off), room;
+    if (w->wrap_end)
+        room = w->start_off - off;
+    else {
+        room = w->max_size - off;
+        if (w->start_off - TSM_WAL_DATA > room)
+            room = w->start_off - TSM_WAL_DATA;
+    }
+    return room > 8 ? room - 8 : 0;
+}
+
+uint64_t tsm_wal_used(const tsm_wal *w)
+{
+    uint64_t off = atomic_load(&w->write_off);
+    return w->wrap_end ? w->wrap_end - w->start_off + (off - TSM_WAL_DATA) : off - w->start_off;
+}
+
+uint64_t tsm_wal_next_off(const tsm_wal *w)
+{
+    return atomic_load(&w->write_off);
 }
 
 /* Pages of the log the appender has filled are taken out of its mapping
@@ -301,8 +372,20 @@ static void unmap_behind(tsm_wal *w, uint64_t end)
 int tsm_wal_append(tsm_wal *w, const uint8_t *rec, size_t len, int by_write)
 {
     uint64_t off = atomic_load_explicit(&w->write_off, memory_order_relaxed);
-    if (len + 8 > w->max_size - off)
-        return tsm_fail(TSM_ETOOBIG, 0, w->path, -1, "log record of %zu bytes does not fit", len);
+    if (w->wrap_end ? len + 8 > w->start_off - off : len + 8 > w->max_size - off) {
+        /* not after the last record: at the file's start, over records the
+         * chain no longer needs, if they leave room (W3) */
+        if (w->wrap_end || len + 8 > w->start_off - TSM_WAL_DATA)
+            return tsm_fail(TSM_ETOOBIG, 0, w->path, -1,
+                            "log record of %zu bytes does not fit", len);
+        if (w->unmapped_off < off)
+            (void)madvise(w->map + w->unmapped_off,
+                          (off & ~(uint64_t)(TSM_PAGE_SIZE - 1)) - w->unmapped_off,
+                          MADV_DONTNEED);
+        w->wrap_end = off;
+        w->unmapped_off = TSM_WAL_DATA;
+        off = TSM_WAL_DATA;
+    }
     if (off + len + 8 > atomic_load_explicit(&w->size, memory_order_acquire)) {
         pthread_mutex_lock(&w->grow_mu);
         int rc = grow(w, off + len + 8);
@@ -321,19 +404,20 @@ int tsm_wal_append(tsm_wal *w, const uint8_t *rec, size_t len, int by_write)
         unmap_behind(w, off + len);
     }
     atomic_store_explicit(&w->write_off, off + len, memory_order_release);
+    atomic_fetch_add_explicit(&w->appended, len, memory_order_release);
     return TSM_OK;
 }
 
 int tsm_wal_sync(tsm_wal *w)
 {
     pthread_mutex_lock(&w->sync_mu);
-    uint64_t end = atomic_load_explicit(&w->write_off, memory_order_acquire);
+    uint64_t end = atomic_load_explicit(&w->appended, memory_order_acquire);
     int rc = TSM_OK;
-    if (end > w->synced_off) {
+    if (end > w->synced) {
         if (w->io->datasync(w->fd) != 0)
             rc = tsm_io_error(errno, w->path, "sync");
         else {
-            w->synced_off = end;
+            w->synced = end;
             w->syncs++;
         }
     }
@@ -344,13 +428,26 @@ int tsm_wal_sync(tsm_wal *w)
 int tsm_wal_reset(tsm_wal *w, uint64_t checkpoint_lsn, uint64_t catalog_len)
 {
     pthread_mutex_lock(&w->sync_mu);
-    int rc = write_header(w, checkpoint_lsn + 1, checkpoint_lsn, catalog_len);
+    int rc = write_header(w, checkpoint_lsn + 1, TSM_WAL_DATA, checkpoint_lsn, catalog_len);
     if (rc == TSM_OK) {
         memset(w->map + TSM_WAL_DATA, 0, 8);
         atomic_store(&w->write_off, TSM_WAL_DATA);
+        w->wrap_end = 0;
         w->unmapped_off = TSM_WAL_DATA;
-        w->synced_off = TSM_WAL_DATA;
     }
+    pthread_mutex_unlock(&w->sync_mu);
+    return rc;
+}
+
+int tsm_wal_advance(tsm_wal *w, uint64_t checkpoint_lsn, uint64_t off, uint64_t catalog_len)
+{
+    pthread_mutex_lock(&w->sync_mu);
+    /* where the chain stands now: whether `off` lies in its wrapped part */
+    uint64_t end = atomic_load(&w->write_off);
+    int past_wrap = w->wrap_end && off <= end && off < w->start_off;
+    int rc = write_header(w, checkpoint_lsn + 1, off, checkpoint_lsn, catalog_len);
+    if (rc == TSM_OK && past_wrap)
+        w->wrap_end = 0;
     pthread_mutex_unlock(&w->sync_mu);
     return rc;
 }
@@ -379,12 +476,15 @@ void tsm_wal_header_image(uint8_t *out, uint64_t checkpoint_lsn, uint64_t catalo
     h.crc = header_crc(h);
     wal_ext x = {catalog_len, h.seq, 0, 0};
     x.crc = ext_crc(x);
+    wal_ext2 x2 = {TSM_WAL_DATA, h.seq, 0, 0};
+    x2.crc = ext2_crc(x2);
     memcpy(out + (h.seq % 2) * 2048, &h, sizeof h);
     memcpy(out + (h.seq % 2) * 2048 + EXT_OFF, &x, sizeof x);
+    memcpy(out + (h.seq % 2) * 2048 + EXT2_OFF, &x2, sizeof x2);
 }
 
 int tsm_wal_parse_header(const uint8_t *img, uint64_t *seq, uint64_t *start_lsn,
-                         uint64_t *checkpoint_lsn, uint64_t *catalog_len)
+                         uint64_t *checkpoint_lsn, uint64_t *catalog_len, uint64_t *start_off)
 {
     tsm_wal w;
     memset(&w, 0, sizeof w);
@@ -394,5 +494,6 @@ int tsm_wal_parse_header(const uint8_t *img, uint64_t *seq, uint64_t *start_lsn,
     *start_lsn = w.start_lsn;
     *checkpoint_lsn = w.checkpoint_lsn;
     *catalog_len = w.catalog_len;
+    *start_off = w.start_off;
     return rc;
 }

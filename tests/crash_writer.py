@@ -10,6 +10,11 @@ os.write (O_APPEND), so each line is either entirely there or not at all after a
     TRYD name        / ACKD name        delete
     TRYU name [[t,v],...] / ACKU name   update_many(name, points, now=NOW)
     TRYK / ACKK                         checkpoint() (no logical change)
+    STAT n                              checkpoints run beside the writer so far (every 50 calls)
+
+Environment: TISMET_CRASH_WAL=bytes opens with that log size and calls checkpoint()
+never (a small log makes the engine checkpoint beside the writer often, and its log
+wrap around).
 
 The number of metrics stays around MAX_METRICS (creates stop above it; deletes go on).
 
@@ -41,11 +46,17 @@ def main():
         os.write(fd, (line + "\n").encode())
 
     rng = random.Random(seed)
-    db = tismet.Database(dbdir, durability=durability, commit_interval=0.05)
+    wal = os.environ.get("TISMET_CRASH_WAL")
+    db = tismet.Database(dbdir, durability=durability, commit_interval=0.05,
+                         wal_size=int(wal) if wal else None)
     log("READY")
     seq = 0
     created = 0
+    calls = 0
     while True:
+        calls += 1
+        if calls % 50 == 0:
+            log("STAT %d" % db.stats()["checkpoints_beside"])
         r = rng.random()
         if len(names) < 3 or (r < 0.06 and len(names) < MAX_METRICS):
             name = "crash.g%d.c%d_%d" % (created % 4, cycle, created)
@@ -60,7 +71,7 @@ def main():
             db.delete(name)
             log("ACKD " + name)
             names.remove(name)
-        elif 0.08 <= r < 0.085:
+        elif 0.08 <= r < 0.085 and not wal:
             log("TRYK -")
             db.checkpoint()
             log("ACKK -")

@@ -195,7 +195,11 @@ class Workload:
         return [n for n, m in self.o.metrics.items() if m["deleted"] is None]
 
     def checkpoints(self):
-        return self.db.stats()["checkpoints"]
+        """Checkpoints that stopped the writer: one inside a call makes the call durable.
+        One that ran beside the writer covers only the records before it began, which a
+        log fsync (settle) promised already."""
+        st = self.db.stats()
+        return st["checkpoints"] - st["checkpoints_beside"]
 
     def step(self):
         """One call; raises what the engine raises (the oracle knows the call in flight)."""
@@ -215,7 +219,7 @@ class Workload:
             before = self.checkpoints()
             db.delete(name)
             o.metrics[name]["deleted"] = o.ack(self.checkpoints() != before)
-        elif r < 0.07 + self.p_delete + self.p_checkpoint:
+        elif self.p_checkpoint and r < 0.07 + self.p_delete + self.p_checkpoint:
             o.inflight = ("K", None, None)
             db.checkpoint()
             o.all_durable()
@@ -324,25 +328,28 @@ def assert_sticky(db, name, where):
         assert code_of_last_error() == lib.TSM_EFATAL, where
 
 
-def setup_db(path, mode, rng, oracle, tag):
+def setup_db(path, mode, rng, oracle, tag, wal_size=None):
     """A baseline: a few metrics with points, made durable, then the handle for the run."""
     with F.FaultyDatabase(path, durability=mode, wal_size=WAL_SETUP) as db:
         w = Workload(db, oracle, rng, tag)
         for _ in range(12):
             w.step()
     oracle.all_durable()
-    db = F.FaultyDatabase(path, durability=mode, commit_interval=0.01)
+    db = F.FaultyDatabase(path, durability=mode, commit_interval=0.01, wal_size=wal_size)
     oracle.all_durable()
     w.db = db
     return db, w
 
 
-def run_case(tmp_path, kind, mode, phase, seed, rounds=1, ops=400):
-    """`rounds` faults in a row on one database; kind/phase None: drawn each round."""
+def run_case(tmp_path, kind, mode, phase, seed, rounds=1, ops=400, beside=False):
+    """`rounds` faults in a row on one database; kind/phase None: drawn each round.
+    beside: a 1 MiB log and no explicit checkpoint, so that the checkpoints the fault
+    meets are those the engine runs beside the writer."""
     rng = random.Random("%s-%s-%s-%d" % (kind, mode, phase, seed))
     path = str(tmp_path / "db")
     oracle = Oracle(mode)
-    db, w = setup_db(path, mode, rng, oracle, "r0")
+    wal_size = WAL_SETUP if beside else None
+    db, w = setup_db(path, mode, rng, oracle, "r0", wal_size)
     fixed = kind, phase
     for rnd in range(rounds):
         kind, phase = fixed
@@ -357,6 +364,8 @@ def run_case(tmp_path, kind, mode, phase, seed, rounds=1, ops=400):
             w.batch, w.p_checkpoint, w.p_sync = 300, 0.0, 0.0
         if phase == "page_growth":       # more metrics than the page file holds
             w.p_create, w.max_metrics = 0.4, len(w.live()) + 300
+        if beside:
+            w.batch, w.p_checkpoint, w.p_sync = 200, 0.0, 0.002
         after = {"log_append": 12, "checkpoint": 3, "page_growth": 1, "catalog_append": 15,
                  "log_growth": 1, "table_write": 3}[phase]
         args = {"times": 1, "tear_at": 0}
@@ -377,8 +386,8 @@ def run_case(tmp_path, kind, mode, phase, seed, rounds=1, ops=400):
                 break
             n += 1
             if n >= ops:
-                if phase in ("checkpoint", "table_write") or (phase == "log_append" and
-                                                              mode == "none"):
+                if not beside and (phase in ("checkpoint", "table_write") or
+                                   (phase == "log_append" and mode == "none")):
                     w.p_checkpoint, w.p_sync = 0.3, 0.3
                 if time.time() > deadline:
                     break
@@ -386,6 +395,15 @@ def run_case(tmp_path, kind, mode, phase, seed, rounds=1, ops=400):
                     time.sleep(0.002)
         c = F.counters()
         assert c["fired"] >= 1, "%s: the fault never fired (%d calls, %r)" % (where, n, c)
+        if beside:
+            st = db.stats()
+            beside_done = st["checkpoints_beside"]
+            # no explicit checkpoint: past the open's, the writer ran one itself only
+            # when the log or the hot file filled before the one beside it was done
+            assert st["checkpoints"] - beside_done - 1 <= st["checkpoint_waits"], (
+                where, {k: v for k, v in st.items() if "checkp" in k})
+            if not st["checkpoint_waits"]:
+                TALLY["beside:fault_met_beside_the_writer"] += 1
         TALLY["fired:%s:%s:%s" % (kind, mode, phase)] += c["fired"]
         TALLY["kind:%s" % kind] += 1
         TALLY["mode:%s" % mode] += 1
@@ -419,7 +437,9 @@ def run_case(tmp_path, kind, mode, phase, seed, rounds=1, ops=400):
                 F.power_cut(rng.randrange(2**32), keep)
                 TALLY["power_cuts"] += 1
             F.disarm()
-        db = F.FaultyDatabase(path, durability=mode, commit_interval=0.01)
+        db = F.FaultyDatabase(path, durability=mode, commit_interval=0.01, wal_size=wal_size)
+        if beside:
+            TALLY["beside:checkpoints_before_fault"] += beside_done
         problems = db.check()
         assert problems == [], "%s: check() after recovery: %r" % (where, problems)
         TALLY["outcome:recovered_check_clean"] += 1
@@ -449,6 +469,19 @@ def test_fault_rounds(tmp_path, mode):
     for seed in range(4 if SOAK else 1):
         run_case(tmp_path / str(seed), None, mode, None, seed, rounds=40 if SOAK else 12,
                  ops=150)
+
+
+BESIDE_CASES = [(k, m, p) for (k, m, p) in CASES if p in ("checkpoint", "table_write")]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind,mode,phase", BESIDE_CASES, ids=["-".join(c) for c in BESIDE_CASES])
+def test_fault_beside_the_writer(tmp_path, kind, mode, phase):
+    """The same faults met by a checkpoint running beside the writer (its own thread,
+    native/DESIGN.md I16): a clear error at the next call, a sticky handle, an
+    untouched reader, and a recovery that keeps every promised point."""
+    for seed in range(3 if SOAK else 1):
+        run_case(tmp_path / str(seed), kind, mode, phase, seed, ops=3000, beside=True)
 
 
 # ------------------------------------------------------------------ regressions

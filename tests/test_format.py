@@ -1,8 +1,8 @@
-"""The on-disk format, pinned: databases written by format versions 3 and 2
-(tests/golden/v3.tar.gz and v2.tar.gz, made by golden/make_golden.py at
+"""The on-disk format, pinned: databases written by format versions 4, 3 and 2
+(tests/golden/v4.tar.gz, v3.tar.gz and v2.tar.gz, made by golden/make_golden.py at
 each version) are parsed here in pure Python from native/FORMAT.md alone,
 checksums and the page encoding included, and read back through the
-engine; a writer upgrades the version 2 one in place.  A format change
+engine; a writer upgrades the older ones in place.  A format change
 that forgets FORMAT.md, the version number or the golden file fails here.
 The format 1 golden file stays: opening it must say which version it is."""
 import os
@@ -16,11 +16,13 @@ from tismet_testutil import REC_MARK, REC_SCHEMA, crc32c, read_catalog
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 GOLDEN_V1 = os.path.join(HERE, "golden", "v1.tar.gz")
-VERSIONS = (2, 3)
+VERSIONS = (2, 3, 4)
+CURRENT = 4
 ARCHIVES = [(10, 2160), (60, 10080)]
 # what each golden database holds (make_golden.py as it was at that version)
 CREATES = {2: [("golden.gauge", 1, ARCHIVES, 0.5), ("golden.counter;host=a", 2, ARCHIVES, 0.0)]}
 CREATES[3] = CREATES[2] + [("golden.avg", 1, ARCHIVES, 0.5)]
+CREATES[4] = CREATES[3]
 
 
 def avg_reading(k):
@@ -322,7 +324,7 @@ def test_format_1_is_refused_by_name(tmp_path):
     for readonly in (True, False):
         with pytest.raises(tismet.UnsupportedVersion) as e:
             tismet.Database(str(tmp_path), readonly=readonly)
-        assert "format version 1" in str(e.value) and "reads 2 to 3" in str(e.value)
+        assert "format version 1" in str(e.value) and "reads 2 to %d" % CURRENT in str(e.value)
 
 
 def test_wal_header(golden, version):
@@ -336,10 +338,18 @@ def test_wal_header(golden, version):
         blank[12:16] = b"\0\0\0\0"
         assert crc == crc32c(bytes(blank))
         assert got_version == version
+        start_off = 4096
+        if version >= 4:
+            # the second extension: where the chain of records starts
+            start_off, ext_seq, ext_crc = struct.unpack_from("<QQI", data, slot + 128)
+            blank = bytearray(data[slot + 128:slot + 152])
+            blank[16:20] = b"\0\0\0\0"
+            assert ext_crc == crc32c(bytes(blank)) and ext_seq == seq
         if best is None or seq > best[0]:
-            best = (seq, start, ckpt)
+            best = (seq, start, ckpt, start_off)
     assert best is not None
     assert best[1] == best[2] + 1
+    assert best[3] == 4096      # a closed database: the chain starts after the header
 
 
 def test_engine_reads_golden(golden, version):
@@ -359,8 +369,8 @@ def test_engine_reads_golden(golden, version):
     # and the writer opens (and recovers) it as well, upgrading it to this version
     with tismet.Database(str(golden)) as db:
         assert db.exists("golden.gauge")
-    assert superblock_version(golden) == 3
-    assert read_table(golden, 3)[0] == 0
+    assert superblock_version(golden) == CURRENT
+    assert read_table(golden, CURRENT)[0] == 0
     with tismet.Database(str(golden), readonly=True) as db:
         (start, end, step), values = db.fetch("golden.gauge", NOW - 300, NOW, now=NOW)
         got = {start + i * step: v for i, v in enumerate(values) if v is not None}
@@ -370,20 +380,20 @@ def test_engine_reads_golden(golden, version):
 
 def test_version_2_upgrade_is_durable_and_refused_by_nothing(tmp_path):
     """A writer upgrades a version 2 database before it writes: the log, the
-    page table and the superblock all say 3 afterwards, and averages written
+    page table and the superblock all say 4 afterwards, and averages written
     then (AVG blobs) read back exactly, through a reader and a new writer."""
     with tarfile.open(os.path.join(HERE, "golden", "v2.tar.gz")) as tar:
         tar.extractall(tmp_path)
     with tismet.Database(str(tmp_path)) as db:
         db.create("new.avg", ARCHIVES, 0.0, "average")
         db.update_many("new.avg", [(NOW - 10 * k, avg_reading(k)) for k in range(600)], now=NOW)
-    assert superblock_version(tmp_path) == 3
-    read_table(tmp_path, 3)
+    assert superblock_version(tmp_path) == CURRENT
+    read_table(tmp_path, CURRENT)
     wal = (tmp_path / "wal").read_bytes()
     versions = {struct.unpack_from("<8sI", wal, slot) for slot in (0, 2048)}
-    assert (b"TISMETWL", 3) in versions
+    assert (b"TISMETWL", CURRENT) in versions
     pages = (tmp_path / "pages").read_bytes()
-    table = read_table(tmp_path, 3)
+    table = read_table(tmp_path, CURRENT)
     kinds = {pages[(e & (2 ** 40 - 1)) * 4 + 28] for e in table if e}
     assert 5 in kinds, "an AVG blob"
     # the catalog keeps its version 2 records, then a MARK and compact records
