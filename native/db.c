@@ -1015,12 +1015,12 @@ static int ckpt_write(tsm_db *db, int threads)
     /* the log first (I1): a blob may hold changes of records appended after
      * the last sync; once the table names it, a power cut must not take
      * those records, or a call would come back in part */
-    if (db->has_wal) {
-        if (db->recovering ? db->io->datasync(db->wal.fd) != 0 : 0)
-            return tsm_io_error(errno, db->wal.path, "sync");
-        if (!db->recovering && (rc = tsm_wal_sync(&db->wal)))
-            return rc;
-    }
+    /* (during recovery the replayed records were read, not appended: the
+     * appender's count says nothing of their durability, so sync outright) */
+    if (db->has_wal && db->recovering && db->io->datasync(db->wal.fd) != 0)
+        return tsm_io_error(errno, db->wal.path, "sync");
+    if (db->has_wal && !db->recovering && (rc = tsm_wal_sync(&db->wal)))
+        return rc;
     return table_write(db);
 }
 

@@ -55,12 +55,14 @@ static uint32_t header_crc(wal_header h)
     return tsm_crc32c(0, &h, sizeof h);
 }
 
-/* The header extension (FORMAT.md): at offset 64 of the slot, valid only
- * with its checksum and the seq of the header beside it, so an engine that
- * writes headers without it leaves no stale value behind. */
-#define EXT_OFF 64
+/* Header extensions (FORMAT.md): one value each, valid only with its
+ * checksum and the seq of the header beside it, so an engine that writes
+ * headers without them leaves no stale value behind.  At offset 64 of the
+ * slot the catalog length; at 128 (format 4) where the chain starts. */
+#define EXT_CATALOG 64
+#define EXT_START 128
 typedef struct wal_ext {
-    uint64_t catalog_len;
+    uint64_t value;
     uint64_t seq;
     uint32_t crc;          /* of the extension with crc = 0 */
     uint32_t zero;
@@ -72,20 +74,19 @@ static uint32_t ext_crc(wal_ext x)
     return tsm_crc32c(0, &x, sizeof x);
 }
 
-/* The second extension (format 4): at offset 128 of the slot, under the same
- * rule; absent, the chain starts at TSM_WAL_DATA. */
-#define EXT2_OFF 128
-typedef struct wal_ext2 {
-    uint64_t start_off;
-    uint64_t seq;
-    uint32_t crc;          /* of the extension with crc = 0 */
-    uint32_t zero;
-} wal_ext2;
-
-static uint32_t ext2_crc(wal_ext2 x)
+/* The extension at `off` of a slot, or `absent` when it does not count. */
+static uint64_t ext_read(const uint8_t *slot, size_t off, uint64_t seq, uint64_t absent)
 {
-    x.crc = 0;
-    return tsm_crc32c(0, &x, sizeof x);
+    wal_ext x;
+    memcpy(&x, slot + off, sizeof x);
+    return x.crc == ext_crc(x) && x.seq == seq ? x.value : absent;
+}
+
+static void ext_write(uint8_t *slot, size_t off, uint64_t seq, uint64_t value)
+{
+    wal_ext x = {value, seq, 0, 0};
+    x.crc = ext_crc(x);
+    memcpy(slot + off, &x, sizeof x);
 }
 
 static int read_header(tsm_wal *w)
@@ -101,17 +102,11 @@ static int read_header(tsm_wal *w)
                             "%s: log format version %u", w->path, h.version);
         if (!found || h.seq > w->hdr_seq) {
             w->version = h.version;
-            wal_ext x;
-            memcpy(&x, w->map + slot * 2048 + EXT_OFF, sizeof x);
             w->hdr_seq = h.seq;
             w->start_lsn = h.start_lsn;
             w->checkpoint_lsn = h.checkpoint_lsn;
-            w->catalog_len = x.crc == ext_crc(x) && x.seq == h.seq ? x.catalog_len
-                                                                   : TSM_WAL_UNKNOWN;
-            wal_ext2 x2;
-            memcpy(&x2, w->map + slot * 2048 + EXT2_OFF, sizeof x2);
-            w->start_off = x2.crc == ext2_crc(x2) && x2.seq == h.seq ? x2.start_off
-                                                                     : TSM_WAL_DATA;
+            w->catalog_len = ext_read(w->map + slot * 2048, EXT_CATALOG, h.seq, TSM_WAL_UNKNOWN);
+            w->start_off = ext_read(w->map + slot * 2048, EXT_START, h.seq, TSM_WAL_DATA);
             found = 1;
         }
     }
@@ -128,13 +123,9 @@ static int write_header(tsm_wal *w, uint64_t start_lsn, uint64_t start_off,
     h.start_lsn = start_lsn;
     h.checkpoint_lsn = checkpoint_lsn;
     h.crc = header_crc(h);
-    wal_ext x = {catalog_len, h.seq, 0, 0};
-    x.crc = ext_crc(x);
-    wal_ext2 x2 = {start_off, h.seq, 0, 0};
-    x2.crc = ext2_crc(x2);
     memcpy(w->map + (h.seq % 2) * 2048, &h, sizeof h);
-    memcpy(w->map + (h.seq % 2) * 2048 + EXT_OFF, &x, sizeof x);
-    memcpy(w->map + (h.seq % 2) * 2048 + EXT2_OFF, &x2, sizeof x2);
+    ext_write(w->map + (h.seq % 2) * 2048, EXT_CATALOG, h.seq, catalog_len);
+    ext_write(w->map + (h.seq % 2) * 2048, EXT_START, h.seq, start_off);
     if (w->io->msync(w->map, TSM_WAL_DATA) != 0)
         return tsm_io_error(errno, w->path, "sync log header of");
     w->hdr_seq = h.seq;
@@ -474,13 +465,9 @@ void tsm_wal_header_image(uint8_t *out, uint64_t checkpoint_lsn, uint64_t catalo
     h.start_lsn = checkpoint_lsn + 1;
     h.checkpoint_lsn = checkpoint_lsn;
     h.crc = header_crc(h);
-    wal_ext x = {catalog_len, h.seq, 0, 0};
-    x.crc = ext_crc(x);
-    wal_ext2 x2 = {TSM_WAL_DATA, h.seq, 0, 0};
-    x2.crc = ext2_crc(x2);
     memcpy(out + (h.seq % 2) * 2048, &h, sizeof h);
-    memcpy(out + (h.seq % 2) * 2048 + EXT_OFF, &x, sizeof x);
-    memcpy(out + (h.seq % 2) * 2048 + EXT2_OFF, &x2, sizeof x2);
+    ext_write(out + (h.seq % 2) * 2048, EXT_CATALOG, h.seq, catalog_len);
+    ext_write(out + (h.seq % 2) * 2048, EXT_START, h.seq, TSM_WAL_DATA);
 }
 
 int tsm_wal_parse_header(const uint8_t *img, uint64_t *seq, uint64_t *start_lsn,
