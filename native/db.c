@@ -211,6 +211,7 @@ int tsm_db_page_prepare(tsm_db *db, uint32_t pno, uint8_t **out)
         return rc;
     tsm_page_seal(copy.bytes);          /* a clean hot page carries its checksum (I4) */
     *out = tsm_hot_promote(&db->hot, pno, copy.bytes);
+    db->st.pages_decoded++;
     return TSM_OK;
 }
 
@@ -227,6 +228,7 @@ uint8_t *tsm_db_page_w(tsm_db *db, uint32_t pno)
     if (load_page(db, pno, &copy) != TSM_OK)
         memset(copy.bytes, 0, TSM_PAGE_SIZE);
     tsm_page_seal(copy.bytes);
+    db->st.pages_decoded++;
     return tsm_hot_promote(&db->hot, pno, copy.bytes);
 }
 
@@ -862,6 +864,9 @@ static int table_write(tsm_db *db)
 /* A hot page a checkpoint writes out. */
 typedef struct ckpt_item {
     uint32_t slot, pno;
+    uint64_t lsn;                   /* the page's LSN as copied (pack_range) */
+    uint32_t crc;                   /* the sealed copy's checksum */
+    bool blob;                      /* a blob of the copy was written */
 } ckpt_item;
 
 /* Encoding is most of a checkpoint's work: the changed hot pages are packed
@@ -893,17 +898,19 @@ static void *pack_range(void *arg)
     size_t used = 0;
     tsm_page_copy copy;
     for (size_t i = h->from; i < h->to; i++) {
-        const ckpt_item *it = &db->items[i];
+        ckpt_item *it = &db->items[i];
         const uint8_t *slot = tsm_hot_slot(&db->hot, it->slot);
         /* the writer's own changes are short: wait them out */
         while (tsm_page_read(slot, &copy) != TSM_OK)
             ;
-        db->item_lsn[it->slot] = tsm_page_lsn(copy.bytes) + 1;
-        tsm_page_seal(copy.bytes);
+        it->lsn = tsm_page_lsn(copy.bytes);
+        db->item_lsn[it->slot] = it->lsn + 1;
+        it->crc = tsm_page_seal(copy.bytes);
         tsm_page_id id;
         uint8_t type;
         tsm_page_get_id(copy.bytes, &id, &type);
-        if (type != TSM_PAGE_DATA)
+        it->blob = type == TSM_PAGE_DATA;
+        if (!it->blob)
             continue;
         size_t len = tsm_page_pack(copy.bytes, it->pno, h->arena + used);
         h->out[h->n++] = (packed){it->pno, (uint32_t)len, used};
@@ -948,7 +955,7 @@ static int ckpt_collect(tsm_db *db)
             db->items = p;
             db->items_cap = c;
         }
-        db->items[db->nitems++] = (ckpt_item){k, owner - 1};
+        db->items[db->nitems++] = (ckpt_item){.slot = k, .pno = owner - 1};
     }
     return rc;
 }
@@ -1037,8 +1044,61 @@ static void ckpt_release(tsm_db *db)
     db->npend = 0;
 }
 
+/* The hot file keeps up to this share of its slots after a checkpoint. */
+#define HOT_KEEP_SHARE 0.5
+
+static int cmp_item_lsn(const void *x, const void *y)
+{
+    const ckpt_item *a = x, *b = y;
+    return a->lsn < b->lsn ? -1 : a->lsn > b->lsn;
+}
+
+/* The items oldest first, as settle_hot takes them. */
+static void sort_items(tsm_db *db)
+{
+    if (db->nitems > 1)
+        qsort(db->items, db->nitems, sizeof *db->items, cmp_item_lsn);
+}
+
+/* After a checkpoint wrote its items out (sorted by LSN, oldest first),
+ * with the table naming their blobs durable: which pages stay hot (I14).
+ * Up to HOT_KEEP_SHARE of the hot file stays, so that a page still being
+ * written is not decoded again at its next change; beyond that, the pages
+ * written longest ago leave first: those no change reached since the
+ * checkpoint before (clean, and no item), then the items by LSN.  An item
+ * changed since its copy stays, changed; one unchanged since that stays
+ * equals its new blob and becomes clean (the copy's checksum is its own).
+ * Pages of deleted metrics leave. */
+static void settle_hot(tsm_db *db)
+{
+    tsm_hot *hot = &db->hot;
+    uint32_t keep = (uint32_t)(hot->cap * HOT_KEEP_SHARE);
+    for (uint32_t k = 0; k < hot->used; k++) {
+        uint32_t owner = tsm_hot_owner(hot, k);
+        if (!owner || db->item_lsn[k])
+            continue;
+        if (!tsm_catalog_owns(&db->cat, owner - 1) ||
+            (tsm_hot_in_use(hot) > keep && !tsm_page_dirty(tsm_hot_slot(hot, k))))
+            tsm_hot_demote(hot, k);
+    }
+    for (size_t i = 0; i < db->nitems; i++) {
+        const ckpt_item *it = &db->items[i];
+        uint8_t *slot = tsm_hot_slot(hot, it->slot);
+        db->item_lsn[it->slot] = 0;
+        if (tsm_page_lsn(slot) != it->lsn)
+            continue;                       /* changed since its copy */
+        if (!it->blob || tsm_hot_in_use(hot) > keep || !tsm_catalog_owns(&db->cat, it->pno)) {
+            tsm_hot_demote(hot, it->slot);
+            continue;
+        }
+        tsm_page_write_begin(slot);
+        tsm_page_set_clean(slot, it->crc);
+        tsm_page_write_end(slot);
+    }
+}
+
 /* Write every changed hot page out as a new blob, with the writer waiting,
- * then send readers back to the page file (I14). */
+ * then settle the hot file (I14). */
 static int hot_flush(tsm_db *db)
 {
     int rc = ckpt_collect(db);
@@ -1046,9 +1106,8 @@ static int hot_flush(tsm_db *db)
         rc = ckpt_write(db, 2);
     if (rc)
         return rc;
-    for (size_t i = 0; i < db->nitems; i++)
-        db->item_lsn[db->items[i].slot] = 0;
-    tsm_hot_demote_all(&db->hot);
+    sort_items(db);
+    settle_hot(db);
     ckpt_release(db);
     return TSM_OK;
 }
@@ -1214,6 +1273,8 @@ static void *ckpt_thread(void *arg)
     int rc = ckpt_write(db, 1);
     if (rc == TSM_OK && db->io->datasync(db->catalog_fd) != 0)
         rc = tsm_io_error(errno, db->catalog_path, "sync");
+    if (rc == TSM_OK)       /* for settle_hot, here rather than on the writer's time */
+        sort_items(db);
     if (rc)
         tsm_last_error(&db->ckpt_err);
     db->ckpt_rc = rc;
@@ -1279,24 +1340,7 @@ static int ckpt_finish(tsm_db *db, int wait)
     int rc = tsm_wal_advance(&db->wal, db->ckpt_lsn, db->ckpt_off, db->ckpt_catalog);
     if (rc)
         return rc;
-    /* pages unchanged since their copy (or since promoted) leave the hot
-     * file; a reader that still holds the slot sees its owner change */
-    for (size_t i = 0; i < db->nitems; i++) {
-        const ckpt_item *it = &db->items[i];
-        if (tsm_page_lsn(tsm_hot_slot(&db->hot, it->slot)) + 1 != db->item_lsn[it->slot])
-            db->item_lsn[it->slot] = UINT64_MAX;    /* changed since: stays */
-    }
-    for (uint32_t k = 0; k < db->hot.used; k++) {
-        uint32_t owner = tsm_hot_owner(&db->hot, k);
-        if (!owner)
-            continue;
-        int keep = db->item_lsn[k] ? db->item_lsn[k] == UINT64_MAX
-                                   : tsm_page_dirty(tsm_hot_slot(&db->hot, k)) &&
-                                         tsm_catalog_owns(&db->cat, owner - 1);
-        db->item_lsn[k] = 0;
-        if (!keep)
-            tsm_hot_demote(&db->hot, k);
-    }
+    settle_hot(db);
     ckpt_release(db);
     for (size_t i = 0; i < db->nckpt_freed; i++)
         if (push_u32(&db->free_pages, &db->nfree, &db->free_cap, db->ckpt_freed[i]) != TSM_OK)
@@ -1307,8 +1351,6 @@ static int ckpt_finish(tsm_db *db, int wait)
     return TSM_OK;
 }
 
-/* After a write call: finish a checkpoint whose thread is done, or begin
- * one when the log or the hot file is filling up. */
 /* The log or the hot file is full: finish the checkpoint beside the writer,
  * waiting for its thread if it is not done (counted). */
 static int ckpt_wait(tsm_db *db)
@@ -1320,6 +1362,8 @@ static int ckpt_wait(tsm_db *db)
     return ckpt_finish(db, 1);
 }
 
+/* After a write call: finish a checkpoint whose thread is done, or begin
+ * one when the log or the hot file is filling up. */
 static int ckpt_step(tsm_db *db)
 {
     if (db->ckpt_running) {
@@ -2771,6 +2815,7 @@ int tsm_stats(tsm_db *db, tsm_db_stats *out)
         out->blob_bytes = db->space.live_bytes;
         out->blob_space = tsm_space_used_bytes(&db->space);
         pthread_mutex_unlock(&db->space_mu);
+        out->hot_pages = db->hot.base ? tsm_hot_in_use(&db->hot) : 0;
     }
     size_t nodes = 0;
     out->index_bytes = tsm_index_memory(db->cat.index, &nodes);

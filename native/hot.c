@@ -278,17 +278,6 @@ uint8_t *tsm_hot_promote(tsm_hot *hot, uint32_t pno, const uint8_t *file_page)
     return fill_slot(hot, k, pno, file_page);
 }
 
-void tsm_hot_demote_all(tsm_hot *hot)
-{
-    for (uint32_t k = 0; k < hot->used; k++) {
-        uint32_t owner = atomic_load_explicit(&hot->owner[k], memory_order_relaxed);
-        if (owner)
-            atomic_store_explicit(&hot->index[owner - 1], 0, memory_order_release);
-    }
-    hot->used = 0;
-    hot->nspare = 0;
-}
-
 void tsm_hot_demote(tsm_hot *hot, uint32_t k)
 {
     uint32_t owner = atomic_load_explicit(&hot->owner[k], memory_order_relaxed);

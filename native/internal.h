@@ -117,8 +117,11 @@ void tsm_page_set_lsn(uint8_t *page, uint64_t lsn);
 bool tsm_page_dirty(const uint8_t *page);
 /* Mark dirty; returns true if it was clean (caller records it). */
 bool tsm_page_mark_dirty(uint8_t *page);
-/* Compute the checksum and clear the dirty flag (checkpoint). */
-void tsm_page_seal(uint8_t *page);
+/* Compute the checksum and clear the dirty flag (checkpoint); returns it. */
+uint32_t tsm_page_seal(uint8_t *page);
+/* Writer, inside tsm_page_write_begin/end: the page is identical to a copy
+ * sealed with checksum crc (same LSN, I5): store it and clear the flag. */
+void tsm_page_set_clean(uint8_t *page, uint32_t crc);
 /* Clear a torn seqlock left by a crashed writer (recovery only). */
 void tsm_page_reset_seq(uint8_t *page);
 bool tsm_page_seq_odd(const uint8_t *page);
@@ -287,8 +290,6 @@ uint8_t *tsm_hot_promote(tsm_hot *hot, uint32_t pno, const uint8_t *file_page);
  * (bg_want); the writer's promotions then find it there.  Never changes
  * a slot's contents. */
 void tsm_hot_populate_behind(tsm_hot *hot);
-/* Writer: after the hot pages reached the page file, readers go back to it. */
-void tsm_hot_demote_all(tsm_hot *hot);
 /* Writer: one slot goes back to the free ones (its page reached the page
  * file and was not changed since); readers of the page go to its blob. */
 void tsm_hot_demote(tsm_hot *hot, uint32_t slot);

@@ -177,7 +177,7 @@ bool tsm_page_mark_dirty(uint8_t *page)
     return true;
 }
 
-void tsm_page_seal(uint8_t *page)
+uint32_t tsm_page_seal(uint8_t *page)
 {
     /* The checksum (computed as if DIRTY were already clear) is stored
      * before the flag is cleared, so no instant shows a clean page with a
@@ -189,6 +189,14 @@ void tsm_page_seal(uint8_t *page)
     put32(page, OFF_CRC, crc);
     compiler_order();
     page[OFF_FLAGS] = clean;
+    return crc;
+}
+
+void tsm_page_set_clean(uint8_t *page, uint32_t crc)
+{
+    put32(page, OFF_CRC, crc);      /* before the flag, as in tsm_page_seal */
+    compiler_order();
+    page[OFF_FLAGS] &= (uint8_t)~TSM_PAGE_FLAG_DIRTY;
 }
 
 void tsm_page_get_id(const uint8_t *page, tsm_page_id *id, uint8_t *type)

@@ -160,6 +160,9 @@ typedef struct tsm_db_stats {
     uint64_t checkpoints_beside; /* of `checkpoints`: those that ran beside the writer */
     uint64_t checkpoint_waits;   /* times a write waited for a checkpoint: the log or the hot
                                     file full before one beside the writer was done */
+    uint64_t hot_pages;          /* writer: pages in the hot file now */
+    uint64_t pages_decoded;      /* writer: pages made hot from their blob since open (the
+                                    first change after they left the hot file) */
 } tsm_db_stats;
 
 /* Fill *opts with the defaults. */

@@ -111,3 +111,65 @@ def test_closed_handle(tmp_path):
 
 def test_empty_points_are_a_no_op(db):
     db.update_many("nosuch", [], now=1005)   # as before: nothing to write, no lookup
+
+
+# -- the Writer: each Database's update_many as one C callable --------------------------------
+
+def test_update_many_is_one_c_callable_taking_the_methods_arguments(db):
+    assert type(db.update_many).__name__ == "Writer"
+    db.create("m", ARCH)
+    db.update_many("m", [(1000, 1.0)], 1005)                     # now positional
+    db.update_many("m", [(1010, 2.0)], now=1015)                 # now by keyword
+    db.update_many(name="m", points=[(1020, 3.0)], now=1025)     # all by keyword: careful path
+    db.update_many("m", points=[(1030, 4.0)])                    # the real clock: too old, kept out
+    assert stored(db, "m", 1035)[1][-4:] == [1.0, 2.0, 3.0, None]
+    for args, kwargs in [(("m",), {}), (("m", [], 1, 2), {}), (("m", []), {"when": 1}),
+                         ((), {})]:
+        with pytest.raises(TypeError):
+            db.update_many(*args, **kwargs)
+
+
+def test_a_subclass_update_many_is_called(tmp_path):
+    calls = []
+
+    class Counting(tismet.Database):
+        def update_many(self, name, points, now=None):
+            calls.append(name)
+            return super().update_many(name, points, now)
+
+    with Counting(str(tmp_path), durability="none") as d:
+        d.create("m", ARCH)
+        d.update_many("m", [(1000, 1.0)], now=1005)
+        assert calls == ["m"] and stored(d, "m", 1005)[1][-1] == 1.0
+
+
+def test_the_writer_makes_no_reference_cycle(tmp_path):
+    """Dropping an unclosed Database releases the writer lock at once, as before the Writer
+    existed; a kept update_many keeps the engine handle (never the Database) alive."""
+    import gc
+    import weakref
+    gc.disable()
+    try:
+        d = tismet.Database(str(tmp_path), durability="none")
+        d.create("m", ARCH)
+        gone = weakref.ref(d)
+        write = d.update_many
+        del d
+        assert gone() is None, "the Database was freed by reference counting"
+        write("m", [(1000, 1.0)], now=1005)       # the handle lives on in the Writer
+        with pytest.raises(tismet.DatabaseLocked):
+            tismet.Database(str(tmp_path))
+        del write
+        with tismet.Database(str(tmp_path), durability="none") as d2:
+            assert stored(d2, "m", 1005)[1][-1] == 1.0
+    finally:
+        gc.enable()
+
+
+@pytest.mark.parametrize("t", [0, 1, -1, 2 ** 30 - 1, 2 ** 30, -(2 ** 30), 2 ** 31 + 7,
+                               2 ** 53 + 1, -(2 ** 53 + 3), 2 ** 60 - 1, -(2 ** 60 - 1),
+                               2 ** 60, 2 ** 62 + 12345, True])
+def test_ints_convert_as_float_does(t):
+    """Small ints are read from their digits; every int converts as float(t) would."""
+    import struct
+    assert tismet._convert.pack_points([(t, 1.0)]) == struct.pack("=dd", float(t), 1.0)

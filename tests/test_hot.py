@@ -90,6 +90,48 @@ def test_full_hot_file_checkpoints_and_loses_nothing(tmp_path):
         check_metrics(ro, 120)
 
 
+def test_pages_still_written_stay_hot_after_a_checkpoint(tmp_path):
+    """After a checkpoint, the pages it wrote stay in the hot file, clean, up to half of it,
+    the ones written longest ago leaving first (native/DESIGN.md, I14): the next change to a
+    page still being written does not decode it from the page file again, and a reader, who
+    checks a clean hot page's checksum, reads every point."""
+    dbdir = str(tmp_path / "db")
+    names = ["k.%02d" % i for i in range(90)]
+    with tismet.Database(dbdir, hot_pages=128) as db, \
+            tismet.Database(dbdir, readonly=True) as ro:
+        for name in names:
+            db.create(name, [(10, 300)])        # one page per metric
+        before = db.stats()["checkpoints"]
+        for i, name in enumerate(names):        # page LSNs in the order of the names
+            db.update_many(name, [(NOW, float(i))], now=NOW)
+        st = db.stats()
+        assert (st["hot_pages"], st["checkpoints"]) == (90, before)
+        db.checkpoint()
+        st = db.stats()
+        assert st["hot_pages"] == 64, "half of the 128-page hot file stays"
+        decoded = st["pages_decoded"]
+        # the 64 written last stayed: changing them decodes nothing
+        for i, name in enumerate(names[26:], 26):
+            db.update_many(name, [(NOW + 10, i + 0.5)], now=NOW + 10)
+        assert db.stats()["pages_decoded"] == decoded
+        # the 26 written first left: each is decoded again at its next change
+        for i, name in enumerate(names[:26]):
+            db.update_many(name, [(NOW + 10, i + 0.5)], now=NOW + 10)
+        assert db.stats()["pages_decoded"] == decoded + 26
+        for i, name in enumerate(names):
+            (start, end, step), vals = ro.fetch(name, NOW - 10, NOW + 10, now=NOW + 10)
+            assert vals == [float(i), i + 0.5], name
+        # the next checkpoint settles the same way: the 26 changed first leave
+        db.checkpoint()
+        assert db.stats()["hot_pages"] == 64
+        for i, name in enumerate(names):
+            assert ro.fetch(name, NOW - 10, NOW + 10, now=NOW + 10)[1] == [float(i), i + 0.5]
+        assert db.check() == [] and ro.check() == []
+    with tismet.Database(dbdir, readonly=True) as ro:
+        for i, name in enumerate(names):
+            assert ro.fetch(name, NOW - 10, NOW + 10, now=NOW + 10)[1] == [float(i), i + 0.5]
+
+
 READER = r"""
 import sys, time, tismet
 path, n = sys.argv[1], int(sys.argv[2])

@@ -2,8 +2,10 @@
  * _convert.c - the one place that moves many values between Python objects
  * and C arrays, so that no hot path loops over points in Python.
  *
+ *   Writer(fn, handle, addr, careful, raise_code)
+ *       a Database's update_many: its whole write path in one C callable.
  *   update_many(fn, db, name, points, now) -> int or None
- *       Database.update_many's whole write path (see the function).
+ *       the same write path for a subclass's update_many in Python.
  *   find_pairs(data) -> list
  *       tsm_find's buffer as Database.find's sorted (name, is_leaf) pairs.
  *   pack_points(points) -> bytes
@@ -33,13 +35,40 @@
 
 #include "tismet.h"
 
-static int as_double(PyObject *o, double *out)
+/* An int of at most two digits (|i| < 2^60: every timestamp) read straight
+ * from its digits, as CPython 3.11 lays them out; 0 when it is larger or
+ * the interpreter lays ints out differently (the general path then). */
+static inline int small_int(PyObject *o, long long *out)
+{
+#if PY_VERSION_HEX < 0x030C0000 && PyLong_SHIFT == 30
+    const digit *dg = ((PyLongObject *)o)->ob_digit;
+    switch (Py_SIZE(o)) {
+    case 0: *out = 0; return 1;
+    case 1: *out = (long long)dg[0]; return 1;
+    case -1: *out = -(long long)dg[0]; return 1;
+    case 2: *out = (long long)dg[1] << PyLong_SHIFT | dg[0]; return 1;
+    case -2: *out = -((long long)dg[1] << PyLong_SHIFT | dg[0]); return 1;
+    default: return 0;
+    }
+#else
+    (void)o;
+    (void)out;
+    return 0;
+#endif
+}
+
+static inline int as_double(PyObject *o, double *out)
 {
     if (PyFloat_CheckExact(o)) {
         *out = PyFloat_AS_DOUBLE(o);
         return 0;
     }
     if (PyLong_CheckExact(o)) {   /* timestamps: no float object on the way */
+        long long small;
+        if (small_int(o, &small)) {
+            *out = (double)small;   /* rounds to nearest even, as PyLong_AsDouble does */
+            return 0;
+        }
         int overflow;
         long long i = PyLong_AsLongLongAndOverflow(o, &overflow);
         if (!overflow) {
@@ -110,19 +139,91 @@ static PyObject *pack_points(PyObject *self, PyObject *arg)
     return out;
 }
 
-/* update_many(fn, db, name, points, now) -> int or None
- *
- * The write path of Database.update_many in one C call: fn is the address
- * of tsm_update_many and db the engine handle (both from cffi), the points
- * are converted onto the stack (or one heap block for large batches) and
- * the engine is called without the GIL.  Returns the engine's code, or None
- * when the name or `now` need the careful path in Python (not str/bytes,
- * not UTF-8, `now` not an int), which then raises the documented error. */
+/* The write path of Database.update_many in C: the points are converted
+ * onto the stack (or one heap block for large batches) and the engine is
+ * called without the GIL.  fn is the address of tsm_update_many and db the
+ * engine handle (both from cffi). */
 typedef int (*update_fn)(void *db, const char *name, size_t name_len, const void *points,
                          size_t npoints, int use_now, int64_t now);
 
 #define STACK_POINTS 64
 
+enum { FAST_DONE, FAST_CAREFUL, FAST_ERROR };
+
+/* FAST_DONE with the engine's code in *rc; FAST_CAREFUL when the name or
+ * `now` need the careful path in Python (not str/bytes, not UTF-8, `now`
+ * not an int or float in range), which then raises the documented error;
+ * FAST_ERROR with a Python exception set (points that are no pairs of
+ * numbers, as the careful path's conversion reports them). */
+static int fast_update(update_fn fn, void *db, PyObject *name_obj, PyObject *points,
+                       PyObject *now_obj, int *rc)
+{
+    const char *name;
+    Py_ssize_t name_len;
+    if (PyUnicode_CheckExact(name_obj)) {
+        name = PyUnicode_AsUTF8AndSize(name_obj, &name_len);
+        if (!name) {
+            PyErr_Clear();
+            return FAST_CAREFUL;
+        }
+    } else if (PyBytes_CheckExact(name_obj)) {
+        name = PyBytes_AS_STRING(name_obj);
+        name_len = PyBytes_GET_SIZE(name_obj);
+    } else {
+        return FAST_CAREFUL;
+    }
+    int use_now = 0;
+    long long now = 0;
+    if (PyFloat_CheckExact(now_obj)) {
+        double v = PyFloat_AS_DOUBLE(now_obj);
+        if (!(v > -9.0e18 && v < 9.0e18))
+            return FAST_CAREFUL;
+        now = (long long)v; /* int(now): truncation */
+        use_now = 1;
+    } else if (now_obj != Py_None) {
+        if (!PyLong_CheckExact(now_obj))
+            return FAST_CAREFUL;
+        int overflow;
+        now = PyLong_AsLongLongAndOverflow(now_obj, &overflow);
+        if (overflow || (now == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return FAST_CAREFUL;
+        }
+        use_now = 1;
+    }
+    PyObject *seq = PySequence_Fast(points, "points must be an iterable of (timestamp, value)");
+    if (!seq)
+        return FAST_ERROR;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    *rc = 0;
+    if (n == 0) {
+        Py_DECREF(seq);
+        return FAST_DONE;
+    }
+    double stack[2 * STACK_POINTS];
+    double *d = n <= STACK_POINTS ? stack : PyMem_Malloc((size_t)n * 2 * sizeof(double));
+    if (!d) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return FAST_ERROR;
+    }
+    int out = FAST_DONE;
+    if (fill_points(seq, n, d)) {
+        out = FAST_ERROR;
+    } else {
+        Py_BEGIN_ALLOW_THREADS
+        *rc = fn(db, name, (size_t)name_len, d, (size_t)n, use_now, (int64_t)now);
+        Py_END_ALLOW_THREADS
+    }
+    Py_DECREF(seq);
+    if (d != stack)
+        PyMem_Free(d);
+    return out;
+}
+
+/* update_many(fn, db, name, points, now) -> int or None: fast_update for
+ * Python callers (Database.update_many of a subclass that overrides it):
+ * the engine's code, or None for the careful path. */
 static PyObject *update_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)self;
@@ -134,68 +235,131 @@ static PyObject *update_many(PyObject *self, PyObject *const *args, Py_ssize_t n
     void *db = PyLong_AsVoidPtr(args[1]);
     if (PyErr_Occurred())
         return NULL;
-    const char *name;
-    Py_ssize_t name_len;
-    if (PyUnicode_CheckExact(args[2])) {
-        name = PyUnicode_AsUTF8AndSize(args[2], &name_len);
-        if (!name) {
-            PyErr_Clear();
-            Py_RETURN_NONE;
-        }
-    } else if (PyBytes_CheckExact(args[2])) {
-        name = PyBytes_AS_STRING(args[2]);
-        name_len = PyBytes_GET_SIZE(args[2]);
-    } else {
-        Py_RETURN_NONE;
+    int rc;
+    switch (fast_update(fn, db, args[2], args[3], args[4], &rc)) {
+    case FAST_DONE: return PyLong_FromLong(rc);
+    case FAST_CAREFUL: Py_RETURN_NONE;
+    default: return NULL;
     }
-    int use_now = 0;
-    long long now = 0;
-    if (PyFloat_CheckExact(args[4])) {
-        double v = PyFloat_AS_DOUBLE(args[4]);
-        if (!(v > -9.0e18 && v < 9.0e18))
-            Py_RETURN_NONE;
-        now = (long long)v; /* int(now): truncation */
-        use_now = 1;
-    } else if (args[4] != Py_None) {
-        if (!PyLong_CheckExact(args[4]))
-            Py_RETURN_NONE;
-        int overflow;
-        now = PyLong_AsLongLongAndOverflow(args[4], &overflow);
-        if (overflow || (now == -1 && PyErr_Occurred())) {
-            PyErr_Clear();
-            Py_RETURN_NONE;
-        }
-        use_now = 1;
-    }
-    PyObject *seq = PySequence_Fast(args[3], "points must be an iterable of (timestamp, value)");
-    if (!seq)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n == 0) {
-        Py_DECREF(seq);
-        return PyLong_FromLong(0);
-    }
-    double stack[2 * STACK_POINTS];
-    double *d = n <= STACK_POINTS ? stack : PyMem_Malloc((size_t)n * 2 * sizeof(double));
-    if (!d) {
-        Py_DECREF(seq);
-        return PyErr_NoMemory();
-    }
-    int rc = 0;
-    if (fill_points(seq, n, d)) {
-        rc = -1;
-    } else {
-        Py_BEGIN_ALLOW_THREADS
-        rc = fn(db, name, (size_t)name_len, d, (size_t)n, use_now, (int64_t)now);
-        Py_END_ALLOW_THREADS
-    }
-    Py_DECREF(seq);
-    if (d != stack)
-        PyMem_Free(d);
-    if (rc == -1 && PyErr_Occurred())
-        return NULL;
-    return PyLong_FromLong(rc);
 }
+
+/* Writer(fn, handle, careful, raise_code): a Database's update_many as one
+ * C callable, so that a write costs no Python frame (a tenth of a one-point
+ * write).  handle is the engine handle's cffi object (kept alive here: the
+ * engine frees it only when the last reference goes); careful(handle, name,
+ * points, now=None) is the careful path, which also takes any call whose
+ * arguments are not (name, points[, now]); raise_code(code) raises the
+ * engine's error for a failed write. */
+typedef struct writer {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    update_fn fn;
+    void *db;
+    PyObject *handle, *careful, *raise_code;
+} writer;
+
+static PyObject *writer_careful(writer *w, PyObject *const *args, size_t nargs,
+                                PyObject *kwnames)
+{
+    /* careful(handle, *args, **kwargs) */
+    size_t nkw = kwnames ? (size_t)PyTuple_GET_SIZE(kwnames) : 0;
+    PyObject *small[8];
+    PyObject **all = nargs + nkw + 1 <= 8 ? small
+                                           : PyMem_Malloc((nargs + nkw + 1) * sizeof *all);
+    if (!all)
+        return PyErr_NoMemory();
+    all[0] = w->handle;
+    memcpy(all + 1, args, (nargs + nkw) * sizeof *all);
+    PyObject *r = PyObject_Vectorcall(w->careful, all, nargs + 1, kwnames);
+    if (all != small)
+        PyMem_Free(all);
+    return r;
+}
+
+static PyObject *writer_call(PyObject *self, PyObject *const *args, size_t nargsf,
+                             PyObject *kwnames)
+{
+    writer *w = (writer *)self;
+    size_t nargs = (size_t)PyVectorcall_NARGS(nargsf);
+    PyObject *now = Py_None;
+    if (kwnames && PyTuple_GET_SIZE(kwnames) == 1 && nargs == 2 &&
+        PyUnicode_CompareWithASCIIString(PyTuple_GET_ITEM(kwnames, 0), "now") == 0)
+        now = args[2];
+    else if (kwnames || nargs < 2 || nargs > 3)
+        return writer_careful(w, args, nargs, kwnames);
+    else if (nargs == 3)
+        now = args[2];
+    int rc;
+    switch (fast_update(w->fn, w->db, args[0], args[1], now, &rc)) {
+    case FAST_DONE:
+        if (rc == 0)
+            Py_RETURN_NONE;
+        PyObject *code = PyLong_FromLong(rc);
+        if (!code)
+            return NULL;
+        PyObject *r = PyObject_CallOneArg(w->raise_code, code);
+        Py_DECREF(code);
+        return r;
+    case FAST_CAREFUL:
+        return writer_careful(w, args, nargs, kwnames);
+    default:
+        return NULL;
+    }
+}
+
+static PyObject *writer_new(PyTypeObject *type, PyObject *args, PyObject *kw)
+{
+    PyObject *fn, *handle, *addr, *careful, *raise_code;
+    if (kw && PyDict_GET_SIZE(kw)) {
+        PyErr_SetString(PyExc_TypeError, "Writer takes positional arguments only");
+        return NULL;
+    }
+    if (!PyArg_ParseTuple(args, "OOOOO", &fn, &handle, &addr, &careful, &raise_code))
+        return NULL;
+    if (!PyCallable_Check(careful) || !PyCallable_Check(raise_code)) {
+        PyErr_SetString(PyExc_TypeError, "Writer: careful and raise_code must be callable");
+        return NULL;
+    }
+    update_fn f = (update_fn)PyLong_AsVoidPtr(fn);
+    void *db = PyLong_AsVoidPtr(addr);
+    if (PyErr_Occurred())
+        return NULL;
+    writer *w = (writer *)type->tp_alloc(type, 0);
+    if (!w)
+        return NULL;
+    w->vectorcall = writer_call;
+    w->fn = f;
+    w->db = db;
+    Py_INCREF(handle);
+    w->handle = handle;
+    Py_INCREF(careful);
+    w->careful = careful;
+    Py_INCREF(raise_code);
+    w->raise_code = raise_code;
+    return (PyObject *)w;
+}
+
+static void writer_dealloc(PyObject *self)
+{
+    writer *w = (writer *)self;
+    Py_XDECREF(w->handle);
+    Py_XDECREF(w->careful);
+    Py_XDECREF(w->raise_code);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyTypeObject writer_type = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tismet._convert.Writer",
+    .tp_basicsize = sizeof(writer),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "update_many(name, points, now=None): write (timestamp, value) points with "
+              "whisper.update_many's semantics; all or nothing.",
+    .tp_new = writer_new,
+    .tp_dealloc = writer_dealloc,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(writer, vectorcall),
+};
 
 /* Python floats are immutable, so equal values can share one object: metric
  * values repeat a lot (flat series, zeros, few decimals), and sharing saves
@@ -834,5 +998,16 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__convert(void)
 {
-    return PyModule_Create(&module);
+    if (PyType_Ready(&writer_type) < 0)
+        return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m)
+        return NULL;
+    Py_INCREF(&writer_type);
+    if (PyModule_AddObject(m, "Writer", (PyObject *)&writer_type) < 0) {
+        Py_DECREF(&writer_type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }
