@@ -67,6 +67,8 @@ struct tsm_db {
     struct ckpt_item *items;        /* the hot pages it writes out */
     size_t nitems, items_cap;
     uint64_t *item_lsn;             /* per hot slot: LSN of the copy written, 0: none */
+    struct evictee *evict;          /* writer: the clean hot pages, oldest first (settle_hot) */
+    size_t nevict, evict_next;      /* entries, and the first not yet taken */
     uint32_t *ckpt_freed;           /* pages whose blob it drops, reusable once it is done */
     size_t nckpt_freed, ckpt_freed_cap;
     pthread_t ckpt_tid;
@@ -1044,9 +1046,6 @@ static void ckpt_release(tsm_db *db)
     db->npend = 0;
 }
 
-/* The hot file keeps up to this share of its slots after a checkpoint. */
-#define HOT_KEEP_SHARE 0.5
-
 static int cmp_item_lsn(const void *x, const void *y)
 {
     const ckpt_item *a = x, *b = y;
@@ -1060,40 +1059,96 @@ static void sort_items(tsm_db *db)
         qsort(db->items, db->nitems, sizeof *db->items, cmp_item_lsn);
 }
 
+/* The clean hot pages in the order they leave when room is needed: by LSN,
+ * written longest ago first.  settle_hot appends the pages it makes clean
+ * (each checkpoint's are newer than all before); evict_clean takes from the
+ * front.  An entry is stale once its page changed again (dirty, or another
+ * LSN) or left: it is skipped then, and a later settle_hot appends the page
+ * anew.  So every clean hot page has an entry at or after evict_next. */
+typedef struct evictee {
+    uint64_t lsn;
+    uint32_t slot, pno;
+} evictee;
+
+#define EVICT_SHARE 0.6875  /* evict_clean leaves 11/16 of the hot file in use */
+
+static bool evictee_valid(const tsm_db *db, const evictee *e)
+{
+    if (tsm_hot_owner(&db->hot, e->slot) != e->pno + 1)
+        return false;
+    const uint8_t *page = tsm_hot_slot(&db->hot, e->slot);
+    return !tsm_page_dirty(page) && tsm_page_lsn(page) == e->lsn;
+}
+
+/* Room for `more` entries (stale ones are dropped to make it); false when
+ * there is no memory for the list. */
+static bool evict_room(tsm_db *db, size_t more)
+{
+    size_t cap = 2 * (size_t)db->hot.cap;
+    if (!db->evict && !(db->evict = malloc(cap * sizeof *db->evict)))
+        return false;
+    size_t n = 0;
+    for (size_t i = db->evict_next; i < db->nevict; i++)
+        db->evict[n++] = db->evict[i];
+    db->nevict = n;
+    db->evict_next = 0;
+    if (n + more > cap) {
+        n = 0;
+        for (size_t i = 0; i < db->nevict; i++)
+            if (evictee_valid(db, &db->evict[i]))
+                db->evict[n++] = db->evict[i];
+        db->nevict = n;     /* at most the clean pages: one hot file's worth */
+    }
+    return true;
+}
+
+/* Room in the hot file without a checkpoint: a clean hot page reads the same
+ * as its blob in the page file (I14), so it may leave at any time.  Clean
+ * pages leave, oldest first, until at most `target` pages are in use or none
+ * is left. */
+static void evict_clean(tsm_db *db, uint32_t target)
+{
+    tsm_hot *hot = &db->hot;
+    while (tsm_hot_in_use(hot) > target && db->evict_next < db->nevict) {
+        const evictee *e = &db->evict[db->evict_next++];
+        if (!evictee_valid(db, e))
+            continue;
+        tsm_hot_demote(hot, e->slot);
+        db->st.pages_evicted++;
+    }
+}
+
 /* After a checkpoint wrote its items out (sorted by LSN, oldest first),
  * with the table naming their blobs durable: which pages stay hot (I14).
- * Up to HOT_KEEP_SHARE of the hot file stays, so that a page still being
- * written is not decoded again at its next change; beyond that, the pages
- * written longest ago leave first: those no change reached since the
- * checkpoint before (clean, and no item), then the items by LSN.  An item
- * changed since its copy stays, changed; one unchanged since that stays
- * equals its new blob and becomes clean (the copy's checksum is its own).
- * Pages of deleted metrics leave. */
+ * An item changed since its copy stays, changed.  One unchanged since equals
+ * its new blob: it stays too, clean (the copy's checksum is its own), so a
+ * page still being written is not decoded again at its next change, and
+ * leaves only when the hot file needs room (evict_clean).  (Without memory
+ * for the list of clean pages, it leaves now.)  Pages of deleted metrics
+ * leave. */
 static void settle_hot(tsm_db *db)
 {
     tsm_hot *hot = &db->hot;
-    uint32_t keep = (uint32_t)(hot->cap * HOT_KEEP_SHARE);
     for (uint32_t k = 0; k < hot->used; k++) {
         uint32_t owner = tsm_hot_owner(hot, k);
-        if (!owner || db->item_lsn[k])
-            continue;
-        if (!tsm_catalog_owns(&db->cat, owner - 1) ||
-            (tsm_hot_in_use(hot) > keep && !tsm_page_dirty(tsm_hot_slot(hot, k))))
+        if (owner && !db->item_lsn[k] && !tsm_catalog_owns(&db->cat, owner - 1))
             tsm_hot_demote(hot, k);
     }
+    bool listed = evict_room(db, db->nitems);
     for (size_t i = 0; i < db->nitems; i++) {
         const ckpt_item *it = &db->items[i];
         uint8_t *slot = tsm_hot_slot(hot, it->slot);
         db->item_lsn[it->slot] = 0;
         if (tsm_page_lsn(slot) != it->lsn)
             continue;                       /* changed since its copy */
-        if (!it->blob || tsm_hot_in_use(hot) > keep || !tsm_catalog_owns(&db->cat, it->pno)) {
+        if (!listed || !it->blob || !tsm_catalog_owns(&db->cat, it->pno)) {
             tsm_hot_demote(hot, it->slot);
             continue;
         }
         tsm_page_write_begin(slot);
         tsm_page_set_clean(slot, it->crc);
         tsm_page_write_end(slot);
+        db->evict[db->nevict++] = (evictee){it->lsn, it->slot, it->pno};
     }
 }
 
@@ -1123,18 +1178,31 @@ int tsm_db_hot_reserve(tsm_db *db, size_t n)
     if (n > db->hot.cap)
         return tsm_fail(TSM_ETOOBIG, 0, db->hot.path, -1,
                         "one change touches %zu pages; the hot file holds %u", n, db->hot.cap);
-    /* a checkpoint beside the writer frees the slots of the pages it wrote
-     * that did not change since; when that is not enough, the writer waits
-     * for one of its own */
-    int rc = ckpt_wait(db);
-    if (rc == TSM_OK && tsm_hot_room(&db->hot) >= n)
+    /* clean pages leave first; then a checkpoint beside the writer, once
+     * finished, has made the pages it wrote clean; when that is not enough,
+     * the writer waits for a checkpoint of its own, which makes every page
+     * clean */
+    uint32_t keep = (uint32_t)(db->hot.cap * EVICT_SHARE);
+    if (keep > db->hot.cap - n)
+        keep = db->hot.cap - (uint32_t)n;
+    evict_clean(db, keep);
+    if (tsm_hot_room(&db->hot) >= n)
         return TSM_OK;
-    if (rc == TSM_OK && !db->recovering)
-        db->st.checkpoint_waits++;
-    if (rc == TSM_OK)
+    int rc = ckpt_wait(db);
+    if (rc == TSM_OK) {
+        evict_clean(db, keep);
+        if (tsm_hot_room(&db->hot) >= n)
+            return TSM_OK;
+        if (!db->recovering)
+            db->st.checkpoint_waits++;
         rc = db->recovering ? hot_flush(db) : checkpoint_locked(db);
+    }
     if (rc)
         return set_fatal(db, rc);
+    evict_clean(db, keep);
+    if (tsm_hot_room(&db->hot) < n)         /* every page is clean: cannot happen */
+        return set_fatal(db, tsm_fail(TSM_EINVAL, 0, db->hot.path, -1,
+                                      "internal: no room in the hot file after a checkpoint"));
     compact(db, n);
     return TSM_OK;
 }
@@ -1143,8 +1211,9 @@ int tsm_db_hot_reserve(tsm_db *db, size_t n)
  * next to each other; those still written keep moving at every checkpoint
  * and leave their segment, those no longer written stay.  Segments thus
  * end up holding a few live blobs among dead ones.  The pages of the
- * emptiest segments are made hot (a copy of their blob, marked changed) so
- * that the next checkpoint writes them out together, and their segments
+ * emptiest segments are made hot (a copy of their blob, marked changed; or,
+ * hot and clean already, marked changed) so that the next checkpoint writes
+ * them out together, and their segments
  * become free: when more than a quarter of the space in use is dead,
  * segments at most half live; otherwise segments at most an eighth live
  * (moving 8 KiB frees 56), when there are at least COMPACT_MIN_SEGS of
@@ -1195,9 +1264,21 @@ static void compact(tsm_db *db, size_t reserve)
     uint64_t np = atomic_load(&db->pt_entries);
     for (uint64_t p = 1; p < np && room; p++) {
         uint64_t e = table_get(db, (uint32_t)p);
-        if (!e || !tsm_entry_sane(e) || !victim[TSM_ENTRY_OFF(e) / TSM_SEG_SIZE] ||
-            tsm_hot_lookup(&db->hot, (uint32_t)p))
+        if (!e || !tsm_entry_sane(e) || !victim[TSM_ENTRY_OFF(e) / TSM_SEG_SIZE])
             continue;
+        uint32_t k = tsm_hot_lookup(&db->hot, (uint32_t)p);
+        if (k) {
+            /* hot already: a changed page moves with the next checkpoint
+             * anyway; a clean one (I14) is marked changed so that it does */
+            uint8_t *slot = tsm_hot_slot(&db->hot, k - 1);
+            if (!tsm_page_dirty(slot) && tsm_catalog_owns(&db->cat, (uint32_t)p)) {
+                tsm_page_write_begin(slot);
+                tsm_page_mark_dirty(slot);
+                tsm_page_write_end(slot);
+                db->st.pages_moved++;
+            }
+            continue;
+        }
         if (!tsm_catalog_owns(&db->cat, (uint32_t)p)) {
             push_u32(&db->drops, &db->ndrops, &db->drops_cap, (uint32_t)p);
             continue;
@@ -1374,6 +1455,8 @@ static int ckpt_step(tsm_db *db)
     }
     if (db->recovering || db->backup)
         return TSM_OK;
+    if (tsm_hot_in_use(&db->hot) >= CKPT_HOT_SHARE * db->hot.cap)
+        evict_clean(db, (uint32_t)(db->hot.cap * EVICT_SHARE));
     if (tsm_wal_used(&db->wal) >= CKPT_LOG_SHARE * (double)db->wal.max_size ||
         tsm_hot_in_use(&db->hot) >= CKPT_HOT_SHARE * db->hot.cap)
         return ckpt_begin(db);
@@ -2174,6 +2257,9 @@ static void release_resources(tsm_db *db)
     db->nitems = db->items_cap = 0;
     free(db->item_lsn);
     db->item_lsn = NULL;
+    free(db->evict);
+    db->evict = NULL;
+    db->nevict = db->evict_next = 0;
     free(db->ckpt_freed);
     db->ckpt_freed = NULL;
     db->nckpt_freed = db->ckpt_freed_cap = 0;

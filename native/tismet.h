@@ -163,6 +163,8 @@ typedef struct tsm_db_stats {
     uint64_t hot_pages;          /* writer: pages in the hot file now */
     uint64_t pages_decoded;      /* writer: pages made hot from their blob since open (the
                                     first change after they left the hot file) */
+    uint64_t pages_evicted;      /* writer: clean pages that left the hot file to make room
+                                    since open (written longest ago first) */
 } tsm_db_stats;
 
 /* Fill *opts with the defaults. */
