@@ -10,6 +10,7 @@ retention 10s:6h,1m:7d,10m:5y, average, xff 0.5, a deterministic `now` on every 
   2. writes one point per call: update_many with a single point   (calls/s, tismet/whisper)
   3. fetch of N series (default 1,000) x 24 h into Python         (ms, whisper/tismet)
      tismet as N fetch() calls and as one fetch_many(); whisper as N whisper.fetch() calls
+     (and, for reference, CPython's own floor: array.tolist() of the same number of doubles)
   4. bytes on disk per point written, apparent and allocated      (whisper/tismet)
 
 Whisper preallocates 3.3 MB per metric for this retention, so by default it runs on a sample
@@ -34,6 +35,7 @@ This is a benchmark, not a test: it asserts nothing about speed.
 """
 
 import argparse
+import array
 import gc
 import json
 import os
@@ -526,18 +528,27 @@ def run(a):
         tismet_fetch = lambda: [fetch(n, frm, until, NOW_END) for n in fnames]  # noqa: E731
         tismet_fetch_many = lambda: fetch_many(fnames, frm, until, NOW_END)     # noqa: E731
         whisper_fetch = lambda: [wfetch(p, frm, until, NOW_END) for p in fpaths]  # noqa: E731
+        # CPython's floor for the same work: array.tolist() makes a float per value of
+        # C doubles, nothing else (the same values, from tismet's result, untimed)
+        arrays = [array.array("d", [float("nan") if v is None else v for v in r[1]])
+                  for r in fetch_many(fnames, frm, until, NOW_END) if r is not None]
+        times["python_floor"] = []
+        python_floor = lambda: [x.tolist() for x in arrays]   # noqa: E731
         for _ in range(a.repeat):
             times["tismet_fetch"].append(timed_call(tismet_fetch))
             times["tismet_fetch_many"].append(timed_call(tismet_fetch_many))
             times["whisper_fetch"].append(timed_call(whisper_fetch))
+            times["python_floor"].append(timed_call(python_floor))
         # the same fetch_many with the allocator's arenas kept, as the graphite-web finder
         # runs it (tismet.keep_arenas, TISMET_KEEP_ARENAS_MB=64): after the rows above, since
         # the setting is process-wide
         keep = getattr(tismet, "keep_arenas", None)
         if keep is not None:
             keep(KEEP_ARENAS_MB)
-            times["tismet_fetch_many_kept"] = [timed_call(tismet_fetch_many)
-                                               for _ in range(a.repeat)]
+            times["tismet_fetch_many_kept"], times["python_floor_kept"] = [], []
+            for _ in range(a.repeat):
+                times["tismet_fetch_many_kept"].append(timed_call(tismet_fetch_many))
+                times["python_floor_kept"].append(timed_call(python_floor))
             keep(0)
         # results once more, untimed, to compare engines and count what came back
         r_t = [fetch(n, frm, until, NOW_END) for n in fnames]
@@ -554,7 +565,7 @@ def run(a):
             "check_24h_tismet_fetch_vs_whisper": compare(r_t, r_w),
             "check_24h_tismet_fetch_many_vs_fetch": compare(r_tm, r_t),
         }
-        del r_t, r_tm, r_w
+        del r_t, r_tm, r_w, arrays, python_floor
         med = {k: statistics.median(v) for k, v in times.items()}
         res["row3_fetch"]["ratio_whisper_over_tismet_fetch"] = \
             med["whisper_fetch"] / med["tismet_fetch"]
@@ -783,6 +794,16 @@ def print_table(res):
               " fetch_many median %.1f ms, min %.1f ms" % (
                   KEEP_ARENAS_MB, 1000 * s["tismet_fetch_many_kept"]["median"],
                   1000 * s["tismet_fetch_many_kept"]["min"]))
+    fl = s["python_floor"]["median"]
+    line = ("  python floor        : array.tolist() making the same %s floats from C doubles:"
+            " median %.1f ms (fetch_many %.2fx that)" % (
+                human(r["whisper_known_values"]), 1000 * fl,
+                s["tismet_fetch_many"]["median"] / fl))
+    if "python_floor_kept" in s:
+        flk = s["python_floor_kept"]["median"]
+        line += "; arenas kept %.1f ms (%.2fx)" % (
+            1000 * flk, s["tismet_fetch_many_kept"]["median"] / flk)
+    print(line)
     for key, label in (("check_24h_tismet_fetch_vs_whisper", "24 h tismet vs whisper"),
                        ("check_24h_tismet_fetch_many_vs_fetch", "24 h fetch_many vs fetch"),
                        (None, "2 h tismet vs whisper")):

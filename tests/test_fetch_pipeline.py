@@ -110,7 +110,7 @@ def test_call_errors_are_the_serial_paths(tmp_path, monkeypatch):
 def test_repeated_values_share_objects_and_noisy_series_do_not(tmp_path):
     """fetch results share one float object per repeated value within a call (values
     repeat a lot: flat series, flags), but a series whose first values hardly repeat
-    gets plain floats for the rest (the sharing cache would only cost evictions).
+    gets plain floats throughout (the sharing cache would only cost evictions).
     Values are the same either way."""
     import random
     path = str(tmp_path / "db")
@@ -132,3 +132,28 @@ def test_repeated_values_share_objects_and_noisy_series_do_not(tmp_path):
     assert len({id(v) for v in fv}) == 3            # 0.0, 1.0, 2.0: one object each
     tail = [v for v in n if v is not None][200:]
     assert len({id(v) for v in tail}) == len(tail)  # 100 x 5.5, each its own object
+
+
+def test_noisy_series_leave_the_shared_objects_alone(tmp_path):
+    """A noisy series never goes through the sharing cache (each of its misses would evict
+    another series' object): two flat series with 40 noisy ones between them still share
+    the same three objects, though the noisy ones bring 12,000 distinct values."""
+    import random
+    path = str(tmp_path / "db")
+    rng = random.Random(5)
+    start = NOW - 3000
+    names = ["flat.a"] + ["noisy.%02d" % i for i in range(40)] + ["flat.b"]
+    with tismet.Database(path) as db:
+        for name in names:
+            db.create(name, [(10, 360)])
+            if name.startswith("flat"):
+                pts = [(start + 10 * k, float(k % 3)) for k in range(300)]
+            else:
+                pts = [(start + 10 * k, rng.random()) for k in range(300)]
+            db.update_many(name, pts, now=NOW)
+    with tismet.Database(path, readonly=True) as db:
+        results = db.fetch_many(names, start - 1, NOW, now=NOW)
+    first = {v: id(v) for v in results[0][1] if v is not None}
+    last = {v: id(v) for v in results[-1][1] if v is not None}
+    assert sorted(first) == [0.0, 1.0, 2.0]
+    assert first == last

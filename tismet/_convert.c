@@ -370,7 +370,6 @@ static PyTypeObject writer_type = {
 typedef struct float_cache {
     uint64_t bits[FLOAT_CACHE];
     PyObject *obj[FLOAT_CACHE];
-    Py_ssize_t hits;            /* lookups answered from the cache */
 } float_cache;
 
 static PyObject *cached_float(float_cache *fc, double v)
@@ -381,7 +380,6 @@ static PyObject *cached_float(float_cache *fc, double v)
     PyObject *o = fc->obj[h];
     if (o && fc->bits[h] == bits) {
         Py_INCREF(o);
-        fc->hits++;
         return o;
     }
     o = PyFloat_FromDouble(v);
@@ -401,23 +399,48 @@ static void float_cache_clear(float_cache *fc)
     PyMem_Free(fc);
 }
 
-/* A series whose first SHARE_PROBE values hit the cache less than a quarter
- * of the time (a noisy one) gets plain floats for the rest: sharing would
- * save little, and each miss costs an eviction. */
-#define SHARE_PROBE 128
+/* Whether a series' values repeat enough for sharing to pay: at least a
+ * quarter of its first SHARE_PROBE values (NaNs aside) equal an earlier one.
+ * A noisy series (most gauges' averages) then never touches the cache: each
+ * of its misses would evict another series' object, a cold cache line. */
+#define SHARE_PROBE 64
+#define PROBE_SLOTS 128         /* a power of two, twice SHARE_PROBE */
+
+static int worth_sharing(const char *base, Py_ssize_t count)
+{
+    uint64_t seen[PROBE_SLOTS];
+    unsigned char used[PROBE_SLOTS] = {0};
+    Py_ssize_t n = count < SHARE_PROBE ? count : SHARE_PROBE, values = 0, repeats = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double v;
+        uint64_t bits;
+        memcpy(&v, base + i * (Py_ssize_t)sizeof(double), sizeof v);
+        if (isnan(v))
+            continue;
+        values++;
+        memcpy(&bits, &v, sizeof bits);
+        size_t h = (size_t)((bits * 0x9E3779B97F4A7C15ull) >> 57);   /* 7 bits */
+        while (used[h] && seen[h] != bits)
+            h = (h + 1) & (PROBE_SLOTS - 1);
+        if (used[h]) {
+            repeats++;
+        } else {
+            used[h] = 1;
+            seen[h] = bits;
+        }
+    }
+    return values && repeats * 4 >= values;
+}
 
 static PyObject *doubles_to_list(const char *base, Py_ssize_t count, float_cache *fc)
 {
     PyObject *list = PyList_New(count);
     if (!list)
         return NULL;
-    Py_ssize_t hits0 = fc->hits;
-    int share = 1;
+    int share = worth_sharing(base, count);
     for (Py_ssize_t i = 0; i < count; i++) {
         double v;
         memcpy(&v, base + i * (Py_ssize_t)sizeof(double), sizeof v);
-        if (i == SHARE_PROBE && (fc->hits - hits0) * 4 < SHARE_PROBE)
-            share = 0;
         PyObject *o;
         if (isnan(v)) {
             o = Py_None;
