@@ -297,6 +297,19 @@ static int propagate(struct tsm_db *db, const tsm_metric *m, wset *w, scratch *s
     return rc ? rc : 1;
 }
 
+/* The start of t's interval of `step` seconds (t >= 0), given `near`, the
+ * start of an earlier interval: points come sorted and mostly one step
+ * apart, so a 64-bit division (tens of cycles) is seldom needed. */
+static inline int64_t interval_near(int64_t t, int64_t near, int64_t step)
+{
+    int64_t d = t - near;
+    if (d >= 0 && d < step)
+        return near;
+    if (d >= step && d < 2 * step)
+        return near + step;
+    return t - t % step;
+}
+
 /* whisper.__archive_update_many for group g (newest first) of archive a. */
 static int archive_update(struct tsm_db *db, const tsm_metric *m, wset *w, scratch *sc,
                           uint32_t a, const pt *g, size_t n)
@@ -308,7 +321,7 @@ static int archive_update(struct tsm_db *db, const tsm_metric *m, wset *w, scrat
     for (size_t k = n; k-- > 0;) {
         int64_t cur = iv;
         if (k > 0)
-            iv = g[k - 1].t - g[k - 1].t % step;   /* the next point's interval */
+            iv = interval_near(g[k - 1].t, cur, step);   /* the next point's interval */
         if (k > 0 && iv == cur)
             continue;
         if (prev_iv >= 0 && cur == prev_iv + step)
@@ -328,7 +341,7 @@ static int archive_update(struct tsm_db *db, const tsm_metric *m, wset *w, scrat
          * walking it backwards visits each unique one once, oldest first */
         int64_t prev = -1;
         for (size_t k = n; k-- > 0;) {
-            int64_t low = g[k].t - g[k].t % ls;
+            int64_t low = prev < 0 ? g[k].t - g[k].t % ls : interval_near(g[k].t, prev, ls);
             if (low == prev)
                 continue;
             prev = low;
