@@ -58,6 +58,7 @@ struct tsm_db {
     _Atomic uint64_t pt_entries;    /* page numbers the mapping covers */
     tsm_space space;                /* writer: where blobs go (store.c) */
     struct pcache *pcache;          /* writer: decoded pages read by tsm_db_page_ptr */
+    tsm_rcache *rcache;             /* decoded pages fetches read from blobs (I17), or NULL */
     uint8_t *pack_arena[2];         /* writer: hot_flush's blobs being packed, per thread */
     struct pending *pend;           /* writer: table entries a checkpoint changes */
     size_t npend, pend_cap;
@@ -128,6 +129,7 @@ void tsm_options_init(tsm_options *o)
     o->durability = TSM_DURABLE_GROUP;
     o->commit_interval_ms = 200;
     o->wal_bytes = 128ull << 20;
+    o->read_cache_pages = 8192;
 }
 
 tsm_buf *tsm_db_scratch(tsm_db *db, int which) { return &db->scratch[which]; }
@@ -453,9 +455,10 @@ static inline uint64_t table_get(tsm_db *db, uint32_t pno)
  * it, so a reader that read the entry long before copying the blob may copy
  * another blob or half of one: that copy fails its checks (checksum, page
  * number) and the reader looks at the entry again.  Damage is what stays. */
-static int read_blob(tsm_db *db, uint32_t pno, tsm_page_copy *copy)
+static int read_blob_from(tsm_db *db, uint32_t pno, tsm_page_copy *copy, uint64_t *from)
 {
     uint8_t buf[TSM_BLOB_MAX] __attribute__((aligned(16)));
+    *from = 0;
     int rc = ensure_page(db, pno);
     if (rc)
         return rc;
@@ -475,6 +478,8 @@ static int read_blob(tsm_db *db, uint32_t pno, tsm_page_copy *copy)
         else if (!(rc = ensure_bytes(db, off + len))) {
             memcpy(buf, db->base + off, len);
             rc = tsm_page_unpack(buf, len, pno, copy, db->pages_path, off);
+            if (rc == TSM_OK)
+                *from = e;
         }
         if (rc != TSM_ECORRUPT)
             return rc;
@@ -485,6 +490,36 @@ static int read_blob(tsm_db *db, uint32_t pno, tsm_page_copy *copy)
         struct timespec ts = {0, 200000};
         nanosleep(&ts, NULL);
     }
+}
+
+static int read_blob(tsm_db *db, uint32_t pno, tsm_page_copy *copy)
+{
+    uint64_t from;
+    return read_blob_from(db, pno, copy, &from);
+}
+
+/* read_blob through the read cache (I17): a copy decoded from the blob the
+ * table names now, whose LSN is still the one there, is that blob's bytes
+ * (copy-on-write, I15; a page's LSN grows with every change).  The entry is
+ * read again after the LSN: space is reused only after the table stops
+ * naming it, so an LSN read between two equal looks is the blob's. */
+static int read_blob_cached(tsm_db *db, uint32_t pno, tsm_page_copy *copy)
+{
+    int rc = ensure_page(db, pno);
+    if (rc)
+        return rc;
+    uint64_t e = table_get(db, pno);
+    if (e && tsm_entry_sane(e) &&
+        ensure_bytes(db, TSM_ENTRY_OFF(e) + TSM_ENTRY_LEN(e)) == TSM_OK) {
+        uint64_t lsn = tsm_blob_lsn(db->base + TSM_ENTRY_OFF(e));
+        if (table_get(db, pno) == e && tsm_rcache_get(db->rcache, pno, e, lsn, copy))
+            return TSM_OK;
+    }
+    uint64_t from;
+    rc = read_blob_from(db, pno, copy, &from);
+    if (rc == TSM_OK && from)
+        tsm_rcache_put(db->rcache, pno, from, tsm_page_lsn(copy->bytes), copy);
+    return rc;
 }
 
 static int build_space(tsm_db *db);
@@ -606,7 +641,7 @@ static int read_stable(tsm_db *db, const uint8_t *page, tsm_page_copy *copy, uin
     return rc;
 }
 
-int tsm_db_read_page(tsm_db *db, uint32_t pno, tsm_page_copy *copy)
+static int read_page(tsm_db *db, uint32_t pno, tsm_page_copy *copy, int cached)
 {
     /* A hot page is read from its working copy, which is then checked to
      * still be that page's (index and owner unchanged around the copy: the
@@ -623,14 +658,19 @@ int tsm_db_read_page(tsm_db *db, uint32_t pno, tsm_page_copy *copy)
         if (tsm_hot_lookup(&db->hot, pno) == k && tsm_hot_owner(&db->hot, k - 1) == pno + 1)
             return tsm_page_verify(copy, db->pages_path, pno);
     }
-    return read_blob(db, pno, copy);
+    return cached && db->rcache ? read_blob_cached(db, pno, copy) : read_blob(db, pno, copy);
 }
 
-int tsm_db_read_owned_page(tsm_db *db, const tsm_metric *m, unsigned archive, uint32_t ring,
-                           tsm_page_copy *copy, int *owned)
+int tsm_db_read_page(tsm_db *db, uint32_t pno, tsm_page_copy *copy)
+{
+    return read_page(db, pno, copy, 0);
+}
+
+static int read_owned(tsm_db *db, const tsm_metric *m, unsigned archive, uint32_t ring,
+                      tsm_page_copy *copy, int *owned, int cached)
 {
     *owned = 0;
-    int rc = tsm_db_read_page(db, tsm_metric_page(m, archive, ring), copy);
+    int rc = read_page(db, tsm_metric_page(m, archive, ring), copy, cached);
     if (rc)
         return rc;
     tsm_page_id id;
@@ -639,6 +679,18 @@ int tsm_db_read_owned_page(tsm_db *db, const tsm_metric *m, unsigned archive, ui
     *owned = type == TSM_PAGE_DATA && id.metric_id == m->id && id.archive == archive &&
              id.ring_page == ring;
     return TSM_OK;
+}
+
+int tsm_db_read_owned_page(tsm_db *db, const tsm_metric *m, unsigned archive, uint32_t ring,
+                           tsm_page_copy *copy, int *owned)
+{
+    return read_owned(db, m, archive, ring, copy, owned, 0);
+}
+
+int tsm_db_fetch_page(tsm_db *db, const tsm_metric *m, unsigned archive, uint32_t ring,
+                      tsm_page_copy *copy, int *owned)
+{
+    return read_owned(db, m, archive, ring, copy, owned, 1);
 }
 
 /* ------------------------------------------------------------ logging */
@@ -2242,6 +2294,8 @@ static void release_resources(tsm_db *db)
     tsm_space_free(&db->space);
     free(db->pcache);
     db->pcache = NULL;
+    tsm_rcache_free(db->rcache);
+    db->rcache = NULL;
     for (int i = 0; i < 2; i++) {
         free(db->pack_arena[i]);
         db->pack_arena[i] = NULL;
@@ -2332,6 +2386,8 @@ int tsm_open(const char *path, const tsm_options *opts, tsm_db **out)
     pthread_mutex_init(&db->space_mu, NULL);
     pthread_cond_init(&db->commit_cv, NULL);
     int rc = tsm_catalog_init(&db->cat);
+    if (!rc && o.read_cache_pages)
+        rc = tsm_rcache_new(o.read_cache_pages, &db->rcache);
     if (!rc)
         rc = open_all(db, path);
     if (!rc && !o.readonly && o.durability == TSM_DURABLE_GROUP) {
@@ -2907,6 +2963,9 @@ int tsm_stats(tsm_db *db, tsm_db_stats *out)
     out->index_bytes = tsm_index_memory(db->cat.index, &nodes);
     out->index_nodes = nodes;
     out->catalog_bytes = tsm_catalog_memory(&db->cat);
+    if (db->rcache)
+        tsm_rcache_counts(db->rcache, &out->read_cache_pages, &out->read_cache_hits,
+                          &out->read_cache_misses);
     pthread_rwlock_unlock(&db->rw);
     return TSM_OK;
 }

@@ -10,6 +10,7 @@
  *   codec.c    a page's slots encoded (codec.h)
  *   store.c    which segments of the page file hold blobs (copy-on-write)
  *   hot.c      the hot file of working page copies
+ *   rcache.c   the read cache: decoded copies of pages fetches read from blobs
  *   record.c   log/catalog record encoding and validation
  *   wal.c      the write-ahead log file
  *   catalog.c  the catalog file and the in-memory metric table
@@ -298,6 +299,25 @@ uint32_t tsm_hot_room(const tsm_hot *hot);
 /* Writer: slots holding a page. */
 uint32_t tsm_hot_in_use(const tsm_hot *hot);
 int tsm_sb_check(const tsm_superblock *sb, const char *file);
+
+/* ------------------------------------------------------------------ read cache (rcache.c) */
+
+/* Decoded copies of pages read from their blobs, each with the page table
+ * entry and blob LSN it came from (I17); shared by a handle's threads. */
+typedef struct tsm_rcache tsm_rcache;
+
+/* A cache of at most `pages` copies (> 0).  TSM_OK, TSM_EINVAL, TSM_ENOMEM. */
+int tsm_rcache_new(size_t pages, tsm_rcache **out);
+void tsm_rcache_free(tsm_rcache *c);
+/* Copy page pno into *copy if the cache holds it decoded from the blob at
+ * table entry `entry` with LSN `lsn`: 1, else 0 (counted as hit or miss). */
+int tsm_rcache_get(tsm_rcache *c, uint32_t pno, uint64_t entry, uint64_t lsn,
+                   tsm_page_copy *copy);
+/* Keep *copy as page pno decoded from (entry, lsn), replacing an older copy
+ * of pno, or the copy read longest ago when full. */
+void tsm_rcache_put(tsm_rcache *c, uint32_t pno, uint64_t entry, uint64_t lsn,
+                    const tsm_page_copy *copy);
+void tsm_rcache_counts(tsm_rcache *c, uint64_t *pages, uint64_t *hits, uint64_t *misses);
 
 /* ------------------------------------------------------------------ records */
 
@@ -596,6 +616,10 @@ void tsm_db_prefetch(struct tsm_db *db, const uint32_t *pno, const uint32_t *slo
  * no longer carries that identity (freed and reused: I7). */
 int tsm_db_read_owned_page(struct tsm_db *db, const tsm_metric *m, unsigned archive,
                            uint32_t ring, tsm_page_copy *copy, int *owned);
+/* The same for fetch: a page read from its blob goes through the handle's
+ * read cache (I17). */
+int tsm_db_fetch_page(struct tsm_db *db, const tsm_metric *m, unsigned archive,
+                      uint32_t ring, tsm_page_copy *copy, int *owned);
 /* Writer: allocate a page for (metric, archive, ring page), log it. */
 int tsm_db_alloc_page(struct tsm_db *db, tsm_metric *m, uint16_t archive,
                       uint32_t ring_page, uint32_t *pno);

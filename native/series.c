@@ -731,7 +731,7 @@ static int fill_segment(struct tsm_db *db, const tsm_metric *m, uint32_t archive
     if (!tsm_metric_page(m, archive, ring))
         return TSM_OK;
     tsm_page_copy copy;
-    int owned, rc = tsm_db_read_owned_page(db, m, archive, ring, &copy, &owned);
+    int owned, rc = tsm_db_fetch_page(db, m, archive, ring, &copy, &owned);
     if (rc || !owned)
         return rc;   /* not owned: freed and reused since our catalog view (I7) */
     const uint32_t *tags = tsm_page_tags(&copy);

@@ -112,6 +112,9 @@ typedef struct tsm_options {
                                      else the database directory) */
     uint32_t hot_pages;           /* writer: its capacity in 4 KiB pages (0: 65536); a
                                      full hot file triggers a checkpoint */
+    uint32_t read_cache_pages;    /* decoded copies of pages fetches read from the page
+                                     file, kept for the next fetch of them (default 8192:
+                                     32 MiB at most, taken as it fills; 0: none) */
 } tsm_options;
 
 typedef struct tsm_error {
@@ -165,6 +168,9 @@ typedef struct tsm_db_stats {
                                     first change after they left the hot file) */
     uint64_t pages_evicted;      /* writer: clean pages that left the hot file to make room
                                     since open (written longest ago first) */
+    uint64_t read_cache_pages;   /* pages in the read cache now */
+    uint64_t read_cache_hits;    /* fetch reads of pages answered from it since open */
+    uint64_t read_cache_misses;  /* ...and decoded from their blob instead */
 } tsm_db_stats;
 
 /* Fill *opts with the defaults. */

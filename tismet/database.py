@@ -175,7 +175,7 @@ class Database:
     """
 
     def __init__(self, path, readonly=False, durability="group", commit_interval=0.2,
-                 wal_size=None, hot_dir=None, hot_pages=None):
+                 wal_size=None, hot_dir=None, hot_pages=None, read_cache_mb=None):
         if durability not in DURABILITY_MODES:
             raise errors.InvalidArgument("durability must be one of %s, not %r"
                                          % (", ".join(DURABILITY_MODES), durability))
@@ -198,6 +198,19 @@ class Database:
             if not 0 < int(hot_pages) < 2 ** 31:
                 raise errors.InvalidArgument("hot_pages must be a positive page count")
             opts.hot_pages = int(hot_pages)
+        # decoded pages kept for the next fetch of them (native/DESIGN.md I17): the
+        # engine's 32 MiB by default; TISMET_READ_CACHE_MB or read_cache_mb (0: none)
+        if read_cache_mb is None:
+            read_cache_mb = os.environ.get("TISMET_READ_CACHE_MB") or None
+        if read_cache_mb is not None:
+            mb = read_cache_mb
+            if isinstance(mb, str) and mb.strip().isdigit():
+                mb = int(mb)
+            if isinstance(mb, bool) or not isinstance(mb, int) or not 0 <= mb <= 65536:
+                raise errors.InvalidArgument(
+                    "read_cache_mb (TISMET_READ_CACHE_MB) must be a whole number of MiB "
+                    "from 0 (none) to 65536, not %r" % (read_cache_mb,))
+            opts.read_cache_pages = mb * (1 << 20) // 4096
         self._configure(opts)
         self.path = os.fspath(path)
         self.readonly = bool(readonly)

@@ -19,8 +19,9 @@ _handles = {}  # path -> (pid, Database)
 class Store:
     """One database directory as seen by this graphite-web process."""
 
-    def __init__(self, path):
+    def __init__(self, path, read_cache_mb=None):
         self.path = os.path.abspath(path)
+        self.read_cache_mb = read_cache_mb   # None: TISMET_READ_CACHE_MB, else 32 MiB
 
     def db(self):
         """The shared read-only handle, or None while the directory holds no database."""
@@ -32,7 +33,8 @@ class Store:
             entry = _handles.get(self.path)
             if entry is None or entry[0] != pid:
                 try:
-                    handle = tismet.Database(self.path, readonly=True)
+                    handle = tismet.Database(self.path, readonly=True,
+                                             read_cache_mb=self.read_cache_mb)
                 except tismet.DatabaseNotFound:
                     return None
                 _handles[self.path] = entry = (pid, handle)
@@ -43,13 +45,16 @@ class Store:
 
 
 def stores_from_settings(directories=None):
-    """The Store objects for ``directories`` or graphite-web's ``TISMET_DIRS``."""
+    """The Store objects for ``directories`` or graphite-web's ``TISMET_DIRS`` (with its
+    ``TISMET_READ_CACHE_MB``: MiB of decoded pages each worker keeps for repeated fetches)."""
+    read_cache_mb = None
     if directories is None:
         from django.conf import settings
         directories = getattr(settings, "TISMET_DIRS", None)
+        read_cache_mb = getattr(settings, "TISMET_READ_CACHE_MB", None)
     if isinstance(directories, str):
         directories = [directories]
     if not directories:
         raise ValueError("TISMET_DIRS must list at least one Tismet database directory "
                          "(the TISMET_DIR of each carbon-cache instance)")
-    return [Store(d) for d in directories]
+    return [Store(d, read_cache_mb) for d in directories]
