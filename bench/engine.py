@@ -223,14 +223,18 @@ def timed_phase(fn, gauges, keys, rounds, phase):
     return seconds, len(call_keys), npoints
 
 
-def timed_call(fn):
-    """Seconds one fn() takes, garbage collection off; its result is dropped untimed."""
+def timed_call(fn, cpu=None):
+    """Seconds one fn() takes, garbage collection off; its result is dropped untimed. With a
+    list `cpu`, the process CPU seconds of the call (every thread) are appended to it."""
     gc.collect()
     gc.disable()
     try:
+        c0 = time.process_time()
         t0 = time.perf_counter()
         result = fn()
         seconds = time.perf_counter() - t0
+        if cpu is not None:
+            cpu.append(time.process_time() - c0)
     finally:
         gc.enable()
     del result
@@ -535,7 +539,7 @@ def run(a):
         arrays = [array.array("d", [float("nan") if v is None else v for v in r[1]])
                   for r in fetch_many(fnames, frm, until, NOW_END) if r is not None]
         times["python_floor"] = []
-        python_floor = lambda: [x.tolist() for x in arrays]   # noqa: E731
+        python_floor = lambda arrays=arrays: [x.tolist() for x in arrays]   # noqa: E731
         for _ in range(a.repeat):
             times["tismet_fetch"].append(timed_call(tismet_fetch))
             times["tismet_fetch_many"].append(timed_call(tismet_fetch_many))
@@ -558,12 +562,14 @@ def run(a):
                 times["tismet_fetch_many_kept_uncached"] = []
                 uncached_fetch_many = lambda: uncached.fetch_many(  # noqa: E731
                     fnames, frm, until, NOW_END)
+            cpu = {"tismet_fetch_many_kept": [], "tismet_fetch_many_kept_uncached": []}
             for _ in range(a.repeat):
-                times["tismet_fetch_many_kept"].append(timed_call(tismet_fetch_many))
+                times["tismet_fetch_many_kept"].append(
+                    timed_call(tismet_fetch_many, cpu["tismet_fetch_many_kept"]))
                 times["python_floor_kept"].append(timed_call(python_floor))
                 if uncached is not None:
-                    times["tismet_fetch_many_kept_uncached"].append(
-                        timed_call(uncached_fetch_many))
+                    times["tismet_fetch_many_kept_uncached"].append(timed_call(
+                        uncached_fetch_many, cpu["tismet_fetch_many_kept_uncached"]))
             keep(0)
         if uncached is not None:
             uncached.close()
@@ -575,6 +581,8 @@ def run(a):
         slots = sum(len(r[1]) for r in r_w if r is not None)
         res["row3_fetch"] = {
             "series": F, "from": frm, "until": until, "now": NOW_END,
+            "cpu_seconds": {k: statistics.median(v) for k, v in cpu.items() if v}
+            if keep is not None else {},
             "whisper_slots_returned": slots, "whisper_known_values": known,
             "step": r_w[0][0][2] if r_w and r_w[0] else None,
             "seconds": {k: {"median": statistics.median(v), "min": min(v), "all": v}
@@ -818,6 +826,12 @@ def print_table(res):
               " fetch_many median %.1f ms, min %.1f ms" % (
                   KEEP_ARENAS_MB, 1000 * s["tismet_fetch_many_kept"]["median"],
                   1000 * s["tismet_fetch_many_kept"]["min"]))
+    cpu = r.get("cpu_seconds", {})
+    if "tismet_fetch_many_kept_uncached" in cpu:
+        print("  fetch CPU time      : fetch_many, arenas kept, both threads (median): %.1f ms "
+              "with the read cache, %.1f ms without" % (
+                  1000 * cpu["tismet_fetch_many_kept"],
+                  1000 * cpu["tismet_fetch_many_kept_uncached"]))
     fl = s["python_floor"]["median"]
     line = ("  python floor        : array.tolist() making the same %s floats from C doubles:"
             " median %.1f ms (fetch_many %.2fx that)" % (
