@@ -100,7 +100,7 @@ struct tsm_db {
     uint32_t *freed;                /* freed by DELETEs not yet durable: not reusable */
     size_t nfreed, freed_cap;
     tsm_buf scratch[2];
-    tsm_buf catbuf;                 /* a catalog record in the file's form */
+    tsm_buf catbuf;                 /* catalog records staged, in the file's form */
     tsm_update_scratch *upd;
     int closed;                     /* set by tsm_close under the write lock */
     int closing;                    /* tsm_close's checkpoint: no compaction */
@@ -695,22 +695,38 @@ int tsm_db_fetch_page(tsm_db *db, const tsm_metric *m, unsigned archive, uint32_
 
 /* ------------------------------------------------------------ logging */
 
-/* Append the catalog file's form of r (already applied to the table) and
- * publish it to readers (I6). */
-static int publish_catalog(tsm_db *db, const tsm_rec *r)
+/* Write the catalog records staged since the last flush (one write for
+ * all of them) and publish them to readers (I6).  Every write call ends with
+ * a flush (finish_write), and so does whatever makes the catalog durable
+ * (checkpoint_locked, ckpt_begin): a record staged but not written must
+ * never be behind a checkpoint, which lets the log drop it. */
+static int flush_catalog(tsm_db *db)
 {
     tsm_buf *b = &db->catbuf;
-    b->len = 0;
-    int rc = tsm_catalog_encode(&db->cat, r, db->catalog_size, b);
-    if (rc)
-        return rc;
-    rc = tsm_io_write_full(db->io, db->catalog_fd, b->data, b->len, (off_t)db->catalog_size,
-                           db->catalog_path);
+    if (!b->len)
+        return TSM_OK;
+    int rc = tsm_io_write_full(db->io, db->catalog_fd, b->data, b->len,
+                               (off_t)db->catalog_size, db->catalog_path);
     if (rc)
         return rc;
     db->catalog_size += b->len;
+    b->len = 0;
     atomic_store_explicit(&db->sb->catalog_len, db->catalog_size, memory_order_release);
     return TSM_OK;
+}
+
+/* Stage the catalog file's form of r (already applied to the table) after
+ * the records staged before it. */
+static int stage_catalog(tsm_db *db, const tsm_rec *r)
+{
+    return tsm_catalog_encode(&db->cat, r, db->catalog_size + db->catbuf.len, &db->catbuf);
+}
+
+/* Append the catalog file's form of r and publish it to readers at once. */
+static int publish_catalog(tsm_db *db, const tsm_rec *r)
+{
+    int rc = stage_catalog(db, r);
+    return rc ? rc : flush_catalog(db);
 }
 
 static int checkpoint_locked(tsm_db *db);
@@ -821,9 +837,12 @@ int tsm_db_alloc_page(tsm_db *db, tsm_metric *m, uint16_t archive, uint32_t ring
     tsm_page_write_end(page);
     /* No blob yet: until the next checkpoint writes one, a reader without
      * the hot file (a dead writer's gone with a reboot) finds no page, or the
-     * previous owner's blob, and reads the page as empty (I7). */
-    if ((rc = catalog_commit(db, &r)))
-        return rc;
+     * previous owner's blob, and reads the page as empty (I7).  The record
+     * is staged: readers learn of the page when the write call ends
+     * (finish_write), with the other pages the call allocated, in one
+     * write of the catalog file (a call often allocates one per archive). */
+    if ((rc = tsm_catalog_apply(&db->cat, &r, free_sink, db)) || (rc = stage_catalog(db, &r)))
+        return set_fatal(db, rc);
     *out = pno;
     return TSM_OK;
 }
@@ -833,6 +852,14 @@ static void compact(tsm_db *db, size_t reserve);
 /* After a write call: sync mode makes the log durable before returning. */
 static int finish_write(tsm_db *db, int rc)
 {
+    /* the pages the call allocated, whatever became of the rest of it: their
+     * records are in the log and in the writer's table already */
+    int frc = flush_catalog(db);
+    if (frc) {
+        set_fatal(db, frc);
+        if (rc == TSM_OK)
+            rc = frc;
+    }
     if (rc == TSM_OK && db->opts.durability == TSM_DURABLE_SYNC) {
         rc = tsm_wal_sync(&db->wal);
         if (rc)
@@ -1366,6 +1393,8 @@ static void compact(tsm_db *db, size_t reserve)
 static int checkpoint_locked(tsm_db *db)
 {
     int rc;
+    if ((rc = flush_catalog(db)))
+        return rc;
     if (db->ckpt_running && (rc = ckpt_finish(db, 1)))
         return rc;
     if (db->nfreed) {
@@ -1428,9 +1457,24 @@ static void *ckpt_thread(void *arg)
     return NULL;
 }
 
+/* The checkpoint's own thread runs below the writer's priority: where
+ * both want a core, the writer's calls go first (the checkpoint catches up
+ * when the writer pauses, or at once when the log fills and the writer waits
+ * for it).  Only its thread: when none could be made, the writer runs
+ * ckpt_thread itself. */
+#define CKPT_NICE 10
+
+static void *ckpt_thread_main(void *arg)
+{
+    tsm_thread_background(CKPT_NICE);
+    return ckpt_thread(arg);
+}
+
 static int ckpt_begin(tsm_db *db)
 {
     int rc;
+    if ((rc = flush_catalog(db)))
+        return rc;
     if (db->nfreed) {
         /* the DELETEs that freed pages durable before their blobs go */
         if ((rc = tsm_wal_sync(&db->wal)))
@@ -1454,7 +1498,7 @@ static int ckpt_begin(tsm_db *db)
     db->ckpt_catalog = db->catalog_size;
     atomic_store(&db->ckpt_done, 0);
     db->ckpt_rc = TSM_OK;
-    if (pthread_create(&db->ckpt_tid, NULL, ckpt_thread, db) != 0) {
+    if (pthread_create(&db->ckpt_tid, NULL, ckpt_thread_main, db) != 0) {
         /* no thread: the same work with the writer waiting */
         db->ckpt_tid = pthread_self();
         ckpt_thread(db);

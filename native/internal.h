@@ -79,6 +79,8 @@ int tsm_io_read_full(const tsm_io *io, int fd, void *buf, size_t len, off_t off,
                      const char *file);
 int tsm_io_write_full(const tsm_io *io, int fd, const void *buf, size_t len,
                       off_t off, const char *file);
+/* Lower the calling thread's CPU priority (io.c). */
+void tsm_thread_background(int steps);
 int tsm_io_error(int sys_errno, const char *file, const char *what);
 
 /* ------------------------------------------------------------------ pages */

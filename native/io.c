@@ -13,7 +13,9 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -115,6 +117,23 @@ const tsm_io tsm_posix_io = {
     px_allocate, px_size, px_lock, px_lock_shared, px_unlock, px_reserve, px_map, px_msync, px_unmap,
     px_mkdir, px_rename, px_syncdir, px_punch,
 };
+
+/* Lower the calling thread's CPU priority by `steps` nice levels, at most
+ * to 19.  Linux schedules each thread as a task of its own, so this touches
+ * no other thread; elsewhere it does nothing.  Failure is harmless. */
+void tsm_thread_background(int steps)
+{
+#ifdef __linux__
+    id_t tid = (id_t)syscall(SYS_gettid);
+    errno = 0;
+    int cur = getpriority(PRIO_PROCESS, tid);
+    if (cur == -1 && errno)
+        return;
+    (void)setpriority(PRIO_PROCESS, tid, cur + steps > 19 ? 19 : cur + steps);
+#else
+    (void)steps;
+#endif
+}
 
 int tsm_io_error(int sys_errno, const char *file, const char *what)
 {
