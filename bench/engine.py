@@ -22,13 +22,21 @@ scaled to the full metric count (whisper files have a fixed size whatever they h
 script checks that every sample file has the same size). The output marks every sampled or
 scaled number.
 
-Fairness: all the point lists of a write phase are built before the phase is timed; each
-engine then runs the phase as one uninterrupted timed loop of update_many calls (tismet's
-phase, then whisper's); only the update_many / fetch calls are inside the timer; the garbage
-collector is disabled inside timed sections (for both engines); os.sync() runs (untimed)
-before each engine's phase so that neither engine pays for the kernel writeback of the
-other's dirty pages (once per phase, not per round: a sync write-protects freshly cleaned
-pages, and syncing every round would add that cost far more often than a real writer sees).
+Fairness: all the point lists of a write phase are built before the phase is timed; only
+the update_many / fetch calls are inside the timer; the garbage collector is disabled inside
+timed sections (for both engines); os.sync() runs (untimed) before each write phase so that
+neither engine pays for the kernel writeback of earlier work (once per phase, not per trial: a
+sync write-protects freshly cleaned pages, and syncing every trial would add that cost far more
+often than a real writer sees). Rows 1 and 2 are interleaved: their rounds are cut into
+--trials consecutive trials, and each trial times tismet's calls and whisper's calls of the
+same rounds back to back (tismet first in even trials, whisper first in odd ones), so that both
+engines meet the same machine: on a shared machine whose speed moves by tens of percent within
+a minute, two phases timed a minute apart compare the machine as much as the engines. Before
+every trial the script waits (untimed) until the process's other threads are idle, so that
+tismet's background checkpoint never runs inside whisper's timer; the CPU those threads used in
+the waits after tismet's trials is printed. The row's ratio is pooled: each engine's work
+over its seconds summed across the trials (so the trials that allocate new pages count as
+much as they weigh); the per-trial ratios are printed beside it.
 Whisper runs with its defaults (no fsync, no locking); tismet runs with its write-ahead log in
 the chosen durability mode (default 'group'), and its close() (final checkpoint) is timed and
 reported separately.
@@ -223,6 +231,82 @@ def timed_phase(fn, gauges, keys, rounds, phase):
     return seconds, len(call_keys), npoints
 
 
+def background_cpu():
+    """CPU seconds this process's threads other than the calling one have used."""
+    return time.process_time() - time.thread_time()
+
+
+def wait_background_idle(quiet=0.002, window=0.05, timeout=10.0):
+    """Untimed: wait until the process's other threads (tismet's checkpoint and commit
+    threads; whisper has none) used less than `quiet` CPU seconds over `window` seconds.
+    Returns the CPU seconds they used during the wait."""
+    start = last = background_cpu()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(window)
+        now = background_cpu()
+        if now - last < quiet:
+            break
+        last = now
+    return background_cpu() - start
+
+
+def interleaved_phase(engines, rounds, phase, trials):
+    """Rows 1 and 2: engines is [(label, fn, gauges, keys)]; the rounds (t0, n, now) are cut
+    into `trials` consecutive groups, and each trial runs every engine's calls of its group
+    back to back, alternating which engine goes first. All calls are built before anything
+    is timed. Returns {label: {"seconds": [...], "calls": [...], "points": [...],
+    "background_cpu_after": [...]}}, one entry per trial."""
+    per_round = {}
+    for label, fn, gauges, keys in engines:
+        k, p, nw = build_phase(gauges, keys, rounds, phase)
+        per_round[label] = (k, p, nw, len(keys))
+    bounds = [len(rounds) * i // trials for i in range(trials + 1)]
+    out = {label: {"seconds": [], "calls": [], "points": [], "background_cpu_after": []}
+           for label, _, _, _ in engines}
+    quiesce()
+    gc.collect()
+    gc.disable()
+    try:
+        for t in range(trials):
+            order = engines if t % 2 == 0 else engines[::-1]
+            for label, fn, _, _ in order:
+                k, p, nw, width = per_round[label]
+                lo, hi = bounds[t] * width, bounds[t + 1] * width
+                wait_background_idle()
+                t0 = time.perf_counter()
+                for key, pts, now in zip(k[lo:hi], p[lo:hi], nw[lo:hi]):
+                    fn(key, pts, now)
+                seconds = time.perf_counter() - t0
+                o = out[label]
+                o["seconds"].append(seconds)
+                o["calls"].append(hi - lo)
+                o["points"].append(sum(map(len, p[lo:hi])))
+                o["background_cpu_after"].append(wait_background_idle())
+    finally:
+        gc.enable()
+    return out
+
+
+def write_row(trials, metrics, unit):
+    """The JSON of row 1 or 2 from interleaved_phase's trials; unit is 'points' or 'calls'."""
+    row = {}
+    for label in ("tismet", "whisper"):
+        tr = trials[label]
+        done, secs = sum(tr[unit]), sum(tr["seconds"])
+        row[label] = {"metrics": metrics[label], "points": sum(tr["points"]),
+                      "calls": sum(tr["calls"]), "seconds": secs,
+                      unit + "_per_s": done / secs, "trials": tr}
+    ratios = [(a / b) / (c / d) for a, b, c, d in zip(
+        trials["tismet"][unit], trials["tismet"]["seconds"],
+        trials["whisper"][unit], trials["whisper"]["seconds"])]
+    row["trial_ratios"] = ratios
+    rate = unit + "_per_s"
+    row["ratio_tismet_over_whisper"] = row["tismet"][rate] / row["whisper"][rate]
+    row["ratio_trial_median"] = statistics.median(ratios)
+    return row
+
+
 def timed_call(fn, cpu=None):
     """Seconds one fn() takes, garbage collection off; its result is dropped untimed. With a
     list `cpu`, the process CPU seconds of the call (every thread) are appended to it."""
@@ -323,6 +407,9 @@ def parse_args(argv):
                    help="row 1: update_many calls of 100 points per metric (default 6; 3 quick)")
     p.add_argument("--singles", type=int, default=None,
                    help="row 2: one-point update_many calls per metric (default 30; 10 quick)")
+    p.add_argument("--trials", type=int, default=None,
+                   help="rows 1 and 2: interleaved trials each row's rounds are cut into "
+                        "(default 6; 3 quick)")
     p.add_argument("--repeat", type=int, default=5,
                    help="row 3: repetitions of each fetch pass; the median is reported")
     p.add_argument("--durability", choices=("sync", "group", "none"), default="group",
@@ -347,14 +434,16 @@ def parse_args(argv):
         a.batches = 3 if q else 6
     if a.singles is None:
         a.singles = 10 if q else 30
+    if a.trials is None:
+        a.trials = 3 if q else 6
     if a.quick and a.repeat == 5:
         a.repeat = 3
     if not 1 <= a.whisper_metrics <= a.metrics:
         p.error("--whisper-metrics must be between 1 and --metrics")
     if not 1 <= a.fetch_series <= a.whisper_metrics:
         p.error("--fetch-series must be between 1 and --whisper-metrics")
-    if a.batches < 1 or a.singles < 1 or a.repeat < 1:
-        p.error("--batches, --singles and --repeat must be >= 1")
+    if a.batches < 1 or a.singles < 1 or a.repeat < 1 or a.trials < 1:
+        p.error("--batches, --singles, --trials and --repeat must be >= 1")
     span = (BATCH * a.batches + a.singles) * STEP
     if span > ARCHIVES[0][0] * ARCHIVES[0][1] - 600:
         p.error("--batches/--singles cover more than the 6 h finest archive")
@@ -442,7 +531,8 @@ def run(a):
         "versions": {"tismet": dist_version("tismet", tismet), "tismet_module": tismet.__file__,
                      "whisper": dist_version("whisper", whisper)},
         "config": {"metrics": M, "whisper_metrics": W, "fetch_series": F,
-                   "batches": a.batches, "singles": a.singles, "repeat": a.repeat,
+                   "batches": a.batches, "singles": a.singles, "trials": a.trials,
+                   "repeat": a.repeat,
                    "durability": a.durability, "retention": RETENTION, "archives": ARCHIVES,
                    "xff": XFF, "aggregation": AGG, "step": STEP, "now_end": NOW_END,
                    "seed": a.seed, "quick": a.quick},
@@ -496,33 +586,26 @@ def run(a):
                           "tismet": {"seconds": ht}, "whisper": {"seconds": hw}}
 
         # --- 1. batched writes, round robin over the metrics like carbon's flush
-        log("row 1: %d rounds of one %d-point update_many per metric" % (a.batches, BATCH))
+        log("row 1: %d rounds of one %d-point update_many per metric, in %d trials"
+            % (a.batches, BATCH, min(a.trials, a.batches)))
         rounds = [(plan.row1_t0 + r * BATCH * STEP, BATCH, NOW_END) for r in range(a.batches)]
-        t1t, c1t, p1t = timed_phase(db.update_many, g_t, names, rounds, "row1")
-        t1w, c1w, p1w = timed_phase(whisper.update_many, g_w, wpaths, rounds, "row1")
-        written["tismet"] += p1t
-        written["whisper"] += p1w
-        res["row1_batched"] = {
-            "tismet": {"metrics": M, "points": p1t, "calls": c1t, "seconds": t1t,
-                       "points_per_s": p1t / t1t},
-            "whisper": {"metrics": W, "points": p1w, "calls": c1w, "seconds": t1w,
-                        "points_per_s": p1w / t1w, "sample": W < M},
-        }
-        res["row1_batched"]["ratio_tismet_over_whisper"] = (p1t / t1t) / (p1w / t1w)
+        engines = [("tismet", db.update_many, g_t, names),
+                   ("whisper", whisper.update_many, g_w, wpaths)]
+        tr = interleaved_phase(engines, rounds, "row1", min(a.trials, a.batches))
+        res["row1_batched"] = write_row(tr, {"tismet": M, "whisper": W}, "points")
+        res["row1_batched"]["whisper"]["sample"] = W < M
+        written["tismet"] += res["row1_batched"]["tismet"]["points"]
+        written["whisper"] += res["row1_batched"]["whisper"]["points"]
 
         # --- 2. one point per call
-        log("row 2: %d rounds of one 1-point update_many per metric" % a.singles)
+        log("row 2: %d rounds of one 1-point update_many per metric, in %d trials"
+            % (a.singles, min(a.trials, a.singles)))
         rounds = [(plan.row2_t0 + r * STEP, 1, NOW_END) for r in range(a.singles)]
-        t2t, c2t, p2t = timed_phase(db.update_many, g_t, names, rounds, "row2")
-        t2w, c2w, p2w = timed_phase(whisper.update_many, g_w, wpaths, rounds, "row2")
-        written["tismet"] += p2t
-        written["whisper"] += p2w
-        res["row2_single"] = {
-            "tismet": {"metrics": M, "calls": c2t, "seconds": t2t, "calls_per_s": c2t / t2t},
-            "whisper": {"metrics": W, "calls": c2w, "seconds": t2w, "calls_per_s": c2w / t2w,
-                        "sample": W < M},
-        }
-        res["row2_single"]["ratio_tismet_over_whisper"] = (c2t / t2t) / (c2w / t2w)
+        tr = interleaved_phase(engines, rounds, "row2", min(a.trials, a.singles))
+        res["row2_single"] = write_row(tr, {"tismet": M, "whisper": W}, "calls")
+        res["row2_single"]["whisper"]["sample"] = W < M
+        written["tismet"] += res["row2_single"]["tismet"]["points"]
+        written["whisper"] += res["row2_single"]["whisper"]["points"]
 
         # --- 3. fetch F series x 24 h into Python
         log("row 3: fetch %d series x 24 h, %d repetitions" % (F, a.repeat))
@@ -704,7 +787,7 @@ def print_table(res):
     r = res["row1_batched"]
     add("1", "writes, 100 pts/update_many", "tismet", str(M), human(r["tismet"]["points"]) + " pts",
         "%.3f" % r["tismet"]["seconds"], human(r["tismet"]["points_per_s"]) + " pts/s",
-        "%.1fx tismet/whisper pts/s" % r["ratio_tismet_over_whisper"],
+        "%.1fx tismet/whisper pts/s (a)" % r["ratio_tismet_over_whisper"],
         ">=%.0fx" % TARGET_WRITE_RATIO)
     add("", "", "whisper", str(W) + star, human(r["whisper"]["points"]) + " pts",
         "%.3f" % r["whisper"]["seconds"], human(r["whisper"]["points_per_s"]) + " pts/s")
@@ -712,7 +795,7 @@ def print_table(res):
     r = res["row2_single"]
     add("2", "writes, 1 pt/update_many", "tismet", str(M), human(r["tismet"]["calls"]) + " calls",
         "%.3f" % r["tismet"]["seconds"], human(r["tismet"]["calls_per_s"]) + " calls/s",
-        "%.1fx tismet/whisper calls/s" % r["ratio_tismet_over_whisper"],
+        "%.1fx tismet/whisper calls/s (a)" % r["ratio_tismet_over_whisper"],
         ">=%.0fx" % TARGET_WRITE_RATIO)
     add("", "", "whisper", str(W) + star, human(r["whisper"]["calls"]) + " calls",
         "%.3f" % r["whisper"]["seconds"], human(r["whisper"]["calls_per_s"]) + " calls/s")
@@ -785,6 +868,15 @@ def print_table(res):
                      "have a fixed size: sizes seen %s bytes); per point = scaled bytes / the "
                      "%s points tismet holds." % (d["whisper_file_sizes"],
                                                   human(d["tismet_points_written"])))
+    for key, row in (("row1_batched", 1), ("row2_single", 2)):
+        r = res[key]
+        notes.append("(a) row %d: %d interleaved trials, each engine's work over its summed "
+                     "seconds; the trials' own ratios %s (median %.1fx); tismet's background "
+                     "threads used %.3f s of CPU in the untimed waits after its trials"
+                     % (row, len(r["trial_ratios"]),
+                        " ".join("%.1fx" % x for x in r["trial_ratios"]),
+                        r["ratio_trial_median"],
+                        sum(r["tismet"]["trials"]["background_cpu_after"])))
     notes.append("whisper sample on its own: %s allocated / %s apparent for %s points written "
                  "= %.1f B/pt allocated."
                  % (human_bytes(d["whisper_sample"]["allocated"]),
