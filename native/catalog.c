@@ -157,6 +157,13 @@ tsm_metric *tsm_catalog_get(const tsm_catalog *c, const char *name, size_t len)
     return tsm_catalog_by_id(c, tsm_index_lookup(c->index, name, len));
 }
 
+tsm_metric *tsm_catalog_get_w(tsm_catalog *c, const char *name, size_t len)
+{
+    if (memchr(name, ';', len))
+        return tagged_get(c, name, len);
+    return tsm_catalog_by_id(c, tsm_index_lookup_w(c->index, name, len));
+}
+
 const char *tsm_catalog_name(const tsm_catalog *c, const tsm_metric *m, char *buf, size_t cap)
 {
     if (m->name)

@@ -2587,12 +2587,24 @@ static int read_begin(tsm_db *db)
 
 /* ------------------------------------------------------------ API */
 
+static int lookup_miss(const char *name, size_t len);
+
 static int lookup(tsm_db *db, const char *name, size_t len, tsm_metric **m)
 {
     /* a stored name was checked when it was created: check only on a miss */
     *m = len <= TSM_MAX_NAME ? tsm_catalog_get(&db->cat, name, len) : NULL;
-    if (*m)
-        return TSM_OK;
+    return *m ? TSM_OK : lookup_miss(name, len);
+}
+
+/* lookup for a write call, under the write lock: the writer's name table */
+static int lookup_w(tsm_db *db, const char *name, size_t len, tsm_metric **m)
+{
+    *m = len <= TSM_MAX_NAME ? tsm_catalog_get_w(&db->cat, name, len) : NULL;
+    return *m ? TSM_OK : lookup_miss(name, len);
+}
+
+static int lookup_miss(const char *name, size_t len)
+{
     int rc = tsm_check_name(name, len);
     if (rc)
         return rc;
@@ -2688,7 +2700,7 @@ int tsm_update_many(tsm_db *db, const char *name, size_t len, const void *points
     if (rc)
         return rc;
     tsm_metric *m;
-    rc = lookup(db, name, len, &m);
+    rc = lookup_w(db, name, len, &m);
     if (!rc)
         rc = tsm_series_update(db, m, points, npoints, now);
     if (!rc)
@@ -2705,7 +2717,7 @@ int tsm_write_archive(tsm_db *db, const char *name, size_t len, unsigned archive
     if (rc)
         return rc;
     tsm_metric *m;
-    rc = lookup(db, name, len, &m);
+    rc = lookup_w(db, name, len, &m);
     if (!rc)
         rc = tsm_series_write_archive(db, m, archive, points, npoints);
     if (!rc)

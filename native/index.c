@@ -97,6 +97,8 @@ struct tsm_index {
     uint32_t *last_nodes;
     uint32_t *at_depth;        /* live nodes per depth (root = 0): search planning */
     uint32_t depth_cap;
+    struct name_ent *ntab;     /* the writer's names (tsm_index_lookup_w) */
+    uint32_t ntab_cap, ntab_n; /* power of two (or 0); entries, stale ones too */
 };
 
 /* ------------------------------------------------------------ growth */
@@ -325,6 +327,7 @@ void tsm_index_free(tsm_index *ix)
     free(ix->last);
     free(ix->last_nodes);
     free(ix->at_depth);
+    free(ix->ntab);
     free(ix);
 }
 
@@ -480,7 +483,99 @@ void tsm_index_remove(tsm_index *ix, tsm_metric *m)
     }
 }
 
+static uint32_t lookup_node(const tsm_index *ix, const char *name, size_t len);
+
 uint32_t tsm_index_lookup(const tsm_index *ix, const char *name, size_t len)
+{
+    uint32_t node = lookup_node(ix, name, len);
+    return node ? ix->nodes[node].leaf : 0;
+}
+
+/* ------------------------------------------------------------ the writer's names */
+
+/* The writer looks up the name of every write.  Walking the tree costs a
+ * hash, a probe and a comparison per component, and a scan of each node's
+ * children: a fifth of a one-point write.  So the writer also keeps the
+ * names it has looked up in a table of (low 32 bits of the full name's
+ * hash, leaf node), open addressing, node 0 = empty, filled on first use
+ * (nothing at open).  A hit is confirmed by comparing the name with the
+ * node's components, last first, so an entry never names the wrong metric:
+ * one left by a node since freed (parent FREE_MARK) or reused for another
+ * name fails the comparison, and the probe goes on.  Entries are never
+ * removed one by one (no tombstones); the table drops those of freed
+ * nodes and of nodes that are no longer leaves when it grows.  Used only
+ * under the writer's lock (tsm_index_lookup_w); reader handles and fetches
+ * walk the tree and never touch it. */
+typedef struct name_ent {
+    uint32_t hash, node;
+} name_ent;
+
+#define NTAB_FIRST 1024u
+
+/* Is node's full name name[0..len)? */
+static int node_is(const tsm_index *ix, uint32_t node, const char *name, size_t len)
+{
+    size_t pos = len;
+    /* each level takes at least its '.', so this ends within len + 1 levels */
+    for (uint32_t p = node; p != ROOT;) {
+        const inode *n = &ix->nodes[p];
+        if (n->parent == FREE_MARK)
+            return 0;
+        const comp *c = &ix->comps[n->comp];
+        if (c->len > pos || memcmp(name + pos - c->len, ix->chars + c->off, c->len) != 0)
+            return 0;
+        pos -= c->len;
+        p = n->parent;
+        if (p != ROOT) {
+            if (pos == 0 || name[pos - 1] != '.')
+                return 0;
+            pos--;
+        }
+    }
+    return pos == 0;
+}
+
+static void ntab_insert(name_ent *t, uint32_t cap, name_ent e)
+{
+    uint32_t i = e.hash & (cap - 1);
+    while (t[i].node)
+        i = (i + 1) & (cap - 1);
+    t[i] = e;
+}
+
+/* Room for one more entry: a new table holding the entries whose nodes are
+ * still live leaves, at most half full after the insert to come.
+ * TSM_ENOMEM leaves the table as it was. */
+static int ntab_room(tsm_index *ix)
+{
+    if ((uint64_t)(ix->ntab_n + 1) * 2 <= ix->ntab_cap)
+        return TSM_OK;
+    uint32_t keep = 0;
+    for (uint32_t i = 0; i < ix->ntab_cap; i++) {
+        const inode *n = ix->ntab[i].node ? &ix->nodes[ix->ntab[i].node] : NULL;
+        keep += n && n->parent != FREE_MARK && n->leaf;
+    }
+    uint64_t cap = NTAB_FIRST;
+    while (cap < ((uint64_t)keep + 1) * 4)
+        cap *= 2;
+    if (cap > UINT32_MAX)
+        return TSM_ENOMEM;
+    name_ent *t = calloc(cap, sizeof *t);
+    if (!t)
+        return TSM_ENOMEM;
+    for (uint32_t i = 0; i < ix->ntab_cap; i++) {
+        const inode *n = ix->ntab[i].node ? &ix->nodes[ix->ntab[i].node] : NULL;
+        if (n && n->parent != FREE_MARK && n->leaf)
+            ntab_insert(t, (uint32_t)cap, ix->ntab[i]);
+    }
+    free(ix->ntab);
+    ix->ntab = t;
+    ix->ntab_cap = (uint32_t)cap;
+    ix->ntab_n = keep;
+    return TSM_OK;
+}
+
+static uint32_t lookup_node(const tsm_index *ix, const char *name, size_t len)
 {
     uint32_t cur = ROOT;
     size_t start = 0;
@@ -492,7 +587,27 @@ uint32_t tsm_index_lookup(const tsm_index *ix, const char *name, size_t len)
             return 0;
         start = i + 1;
     }
-    return ix->nodes[cur].leaf;
+    return cur;
+}
+
+uint32_t tsm_index_lookup_w(tsm_index *ix, const char *name, size_t len)
+{
+    uint32_t h = (uint32_t)tsm_hash_bytes(name, len);
+    if (ix->ntab_cap) {         /* at most half full: a probe meets an empty entry */
+        uint32_t mask = ix->ntab_cap - 1;
+        for (uint32_t i = h & mask; ix->ntab[i].node; i = (i + 1) & mask)
+            if (ix->ntab[i].hash == h && node_is(ix, ix->ntab[i].node, name, len))
+                return ix->nodes[ix->ntab[i].node].leaf;
+    }
+    uint32_t node = lookup_node(ix, name, len);
+    if (!node)
+        return 0;
+    /* remembered only as a leaf; without memory for it, walked again next time */
+    if (ix->nodes[node].leaf && ntab_room(ix) == TSM_OK) {
+        ntab_insert(ix->ntab, ix->ntab_cap, (name_ent){h, node});
+        ix->ntab_n++;
+    }
+    return ix->nodes[node].leaf;
 }
 
 static size_t name_length(const tsm_index *ix, uint32_t node)
@@ -530,7 +645,8 @@ size_t tsm_index_memory(const tsm_index *ix, size_t *nodes)
 {
     size_t bytes = sizeof *ix + (size_t)ix->nnodes * sizeof *ix->nodes +
                    (size_t)ix->kids_cap * sizeof *ix->kids + (size_t)ix->ncomps * sizeof *ix->comps +
-                   (size_t)ix->ctab_cap * sizeof *ix->ctab + ix->nchars;
+                   (size_t)ix->ctab_cap * sizeof *ix->ctab + ix->nchars +
+                   (size_t)ix->ntab_cap * sizeof *ix->ntab;
     for (uint32_t k = 0; k < ix->ncomps; k++)
         bytes += (size_t)ix->comps[k].cap * sizeof(uint32_t);
     if (nodes)

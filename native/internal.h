@@ -516,6 +516,8 @@ typedef struct tsm_catalog {
 int tsm_catalog_init(tsm_catalog *c);
 void tsm_catalog_free(tsm_catalog *c);
 tsm_metric *tsm_catalog_get(const tsm_catalog *c, const char *name, size_t len);
+/* The same for the writer's calls, under its write lock (tsm_index_lookup_w). */
+tsm_metric *tsm_catalog_get_w(tsm_catalog *c, const char *name, size_t len);
 tsm_metric *tsm_catalog_by_id(const tsm_catalog *c, uint32_t id);
 /* The metric's name in buf (cap bytes; TSM_MAX_NAME + 1 always fits), or the
  * stored name of a tagged metric.  Returns a NUL-terminated string. */
@@ -563,6 +565,9 @@ int tsm_index_add(tsm_index *ix, tsm_metric *m, const char *name, size_t len);
 void tsm_index_remove(tsm_index *ix, tsm_metric *m);
 /* The metric id whose name is name[0..len), or 0. */
 uint32_t tsm_index_lookup(const tsm_index *ix, const char *name, size_t len);
+/* The same for the writer, under its write lock only: answered from the
+ * names it looked up before where it can, remembering this one (index.c). */
+uint32_t tsm_index_lookup_w(tsm_index *ix, const char *name, size_t len);
 /* Spell node's full name into buf (NUL-terminated) when it fits in cap
  * bytes; returns its length either way. */
 size_t tsm_index_name(const tsm_index *ix, uint32_t node, char *buf, size_t cap);
