@@ -152,7 +152,8 @@ typedef struct tsm_db_stats {
     uint64_t points_written;     /* points accepted by update_many since open */
     uint64_t last_lsn;
     uint64_t disk_bytes;         /* bytes allocated by the database files */
-    uint64_t index_bytes;        /* memory of the name tree (components, nodes, hashes, postings) */
+    uint64_t index_bytes;        /* memory of the name tree (components, nodes, hashes, postings;
+                                    a writer: also the names its writes looked up) */
     uint64_t index_nodes;        /* nodes in the name tree */
     uint64_t catalog_bytes;      /* memory of the metric table: records, page tables, tagged names */
     uint64_t blobs_written;      /* page blobs written by checkpoints since open */
