@@ -273,15 +273,17 @@ def interleaved_phase(engines, rounds, phase, trials):
             for label, fn, _, _ in order:
                 k, p, nw, width = per_round[label]
                 lo, hi = bounds[t] * width, bounds[t + 1] * width
+                calls = list(zip(k[lo:hi], p[lo:hi], nw[lo:hi]))   # sliced before timing
                 wait_background_idle()
                 t0 = time.perf_counter()
-                for key, pts, now in zip(k[lo:hi], p[lo:hi], nw[lo:hi]):
+                for key, pts, now in calls:
                     fn(key, pts, now)
                 seconds = time.perf_counter() - t0
                 o = out[label]
                 o["seconds"].append(seconds)
-                o["calls"].append(hi - lo)
-                o["points"].append(sum(map(len, p[lo:hi])))
+                o["calls"].append(len(calls))
+                o["points"].append(sum(len(pts) for _, pts, _ in calls))
+                del calls
                 o["background_cpu_after"].append(wait_background_idle())
     finally:
         gc.enable()

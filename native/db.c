@@ -782,13 +782,14 @@ static int log_append(tsm_db *db, tsm_buf *b, tsm_rec *r)
     return TSM_OK;
 }
 
-/* Apply a logged catalog record to the metric table, append it to the
- * catalog file and publish it to readers (I6). */
-static int catalog_commit(tsm_db *db, const tsm_rec *r)
+/* Apply a logged catalog record to the metric table and append it to the
+ * catalog file, published to readers (I6) at once or, staged, when the
+ * write call ends (finish_write). */
+static int catalog_commit(tsm_db *db, const tsm_rec *r, bool staged)
 {
     int rc = tsm_catalog_apply(&db->cat, r, free_sink, db);
     if (!rc)
-        rc = publish_catalog(db, r);
+        rc = staged ? stage_catalog(db, r) : publish_catalog(db, r);
     return rc ? set_fatal(db, rc) : TSM_OK;
 }
 
@@ -797,7 +798,7 @@ int tsm_db_log(tsm_db *db, tsm_buf *b, bool catalog)
     tsm_rec r;
     int rc = log_append(db, b, &r);
     if (!rc && catalog)
-        rc = catalog_commit(db, &r);
+        rc = catalog_commit(db, &r, false);
     return rc;
 }
 
@@ -841,8 +842,8 @@ int tsm_db_alloc_page(tsm_db *db, tsm_metric *m, uint16_t archive, uint32_t ring
      * is staged: readers learn of the page when the write call ends
      * (finish_write), with the other pages the call allocated, in one
      * write of the catalog file (a call often allocates one per archive). */
-    if ((rc = tsm_catalog_apply(&db->cat, &r, free_sink, db)) || (rc = stage_catalog(db, &r)))
-        return set_fatal(db, rc);
+    if ((rc = catalog_commit(db, &r, true)))
+        return rc;
     *out = pno;
     return TSM_OK;
 }

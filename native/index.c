@@ -548,15 +548,18 @@ static void ntab_insert(name_ent *t, uint32_t cap, name_ent e)
  * fuller, a new table of the entries whose nodes are still live leaves,
  * 1/4 to 1/2 full.  8 bytes an entry: 10 to 32 bytes per name.  TSM_ENOMEM
  * leaves the table as it was. */
+static int ntab_keeps(const tsm_index *ix, name_ent e)
+{
+    return e.node && ix->nodes[e.node].parent != FREE_MARK && ix->nodes[e.node].leaf;
+}
+
 static int ntab_room(tsm_index *ix)
 {
     if ((uint64_t)(ix->ntab_n + 1) * 4 <= (uint64_t)ix->ntab_cap * 3)
         return TSM_OK;
     uint32_t keep = 0;
-    for (uint32_t i = 0; i < ix->ntab_cap; i++) {
-        const inode *n = ix->ntab[i].node ? &ix->nodes[ix->ntab[i].node] : NULL;
-        keep += n && n->parent != FREE_MARK && n->leaf;
-    }
+    for (uint32_t i = 0; i < ix->ntab_cap; i++)
+        keep += ntab_keeps(ix, ix->ntab[i]);
     uint64_t cap = NTAB_FIRST;
     while (cap < ((uint64_t)keep + 1) * 2)
         cap *= 2;
@@ -565,11 +568,9 @@ static int ntab_room(tsm_index *ix)
     name_ent *t = calloc(cap, sizeof *t);
     if (!t)
         return TSM_ENOMEM;
-    for (uint32_t i = 0; i < ix->ntab_cap; i++) {
-        const inode *n = ix->ntab[i].node ? &ix->nodes[ix->ntab[i].node] : NULL;
-        if (n && n->parent != FREE_MARK && n->leaf)
+    for (uint32_t i = 0; i < ix->ntab_cap; i++)
+        if (ntab_keeps(ix, ix->ntab[i]))
             ntab_insert(t, (uint32_t)cap, ix->ntab[i]);
-    }
     free(ix->ntab);
     ix->ntab = t;
     ix->ntab_cap = (uint32_t)cap;
